@@ -1,0 +1,380 @@
+"""Cross-validation: one cloned estimator per fold; scores, gaps, curves and measures per fold."""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from sklearn.base import clone
+
+from gencv.errors import DivergenceError, GencvError
+from gencv.estimators import GencvEstimator
+from gencv.metrics import METRICS, score_all
+from gencv.splits import Fold
+from gencv.tracking import NullTracker, Tracker
+
+__all__ = ["CVResult", "FoldResult", "Progress", "cross_validate", "derive_seed", "fit_and_score"]
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("skorch",)
+
+
+def derive_seed(root: int, *keys: int | str) -> int:
+    """A 32-bit seed derived from the root seed and a path of keys (e.g. 'fold', 3)."""
+    ints = [zlib.crc32(k.encode()) if isinstance(k, str) else int(k) for k in keys]
+    return int(np.random.SeedSequence([int(root), *ints]).generate_state(1)[0])
+
+
+class Progress(Protocol):
+    """Progress events; the CLI renders them, the library only emits them."""
+
+    def fold_start(self, fold: int, n_folds: int, max_epochs: int) -> None: ...
+    def epoch_end(self, fold: int, epoch: int, row: Mapping[str, Any]) -> None: ...
+    def fold_end(self, fold: int, result: FoldResult) -> None: ...
+
+
+class _NoProgress:
+    def fold_start(self, fold: int, n_folds: int, max_epochs: int) -> None:
+        pass
+
+    def epoch_end(self, fold: int, epoch: int, row: Mapping[str, Any]) -> None:
+        pass
+
+    def fold_end(self, fold: int, result: FoldResult) -> None:
+        pass
+
+
+@dataclass
+class FoldResult:
+    """Everything measured on one fold. Scores are dicts metric -> value."""
+
+    index: int
+    seed: int
+    n_train: int
+    n_valid: int
+    status: str = "ok"  # "ok" | "failed"
+    reason: str = ""
+    train_scores: dict[str, float] = field(default_factory=dict)
+    valid_scores: dict[str, float] = field(default_factory=dict)
+    test_scores: dict[str, float] = field(default_factory=dict)
+    gaps: dict[str, float] = field(default_factory=dict)
+    train_loss: float = float("nan")
+    valid_loss: float = float("nan")
+    test_loss: float = float("nan")
+    epochs_run: int = 0
+    best_epoch: int = 0
+    fit_seconds: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+    measures: dict[str, float] = field(default_factory=dict)
+    measure_notes: list[str] = field(default_factory=list)
+    inner_valid_idx: np.ndarray | None = None
+    run_id: str | None = None
+    estimator: GencvEstimator | None = None
+    artifacts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def flat_metrics(self) -> dict[str, float]:
+        """Metric name -> value as logged on the fold run."""
+        out: dict[str, float] = {}
+        for prefix, scores in (("train", self.train_scores), ("valid", self.valid_scores), ("test", self.test_scores)):
+            out.update({f"{prefix}_{k}": v for k, v in scores.items()})
+        out.update({f"gap_{k}": v for k, v in self.gaps.items()})
+        out.update({"train_loss": self.train_loss, "valid_loss": self.valid_loss, "test_loss": self.test_loss,
+                    "epochs_run": self.epochs_run, "best_epoch": self.best_epoch, "fit_seconds": self.fit_seconds})
+        out.update(self.measures)
+        return {k: float(v) for k, v in out.items() if v is not None and np.isfinite(v)}
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-safe record (no estimator), enough to resume without refitting."""
+        d = asdict(self) if self.estimator is None else asdict(_without_estimator(self))
+        d.pop("estimator", None)
+        d.pop("artifacts", None)
+        d["inner_valid_idx"] = None if self.inner_valid_idx is None else self.inner_valid_idx.tolist()
+        return _json_safe(d)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> FoldResult:
+        d = dict(d)
+        iv = d.pop("inner_valid_idx", None)
+        fr = cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        fr.inner_valid_idx = None if iv is None else np.asarray(iv)
+        for name in ("train_loss", "valid_loss", "test_loss"):
+            if getattr(fr, name) is None:
+                setattr(fr, name, float("nan"))
+        return fr
+
+
+def _without_estimator(fr: FoldResult) -> FoldResult:
+    import copy
+
+    est, fr.estimator = fr.estimator, None
+    try:
+        return copy.deepcopy(fr)
+    finally:
+        fr.estimator = est
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return float(x) if np.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+@dataclass
+class CVResult:
+    """Per-fold results plus what they were measured with."""
+
+    folds: list[FoldResult]
+    metric: str
+    task: str
+    seed: int
+
+    @property
+    def higher_is_better(self) -> bool:
+        return METRICS[self.metric].higher_is_better
+
+    @property
+    def ok_folds(self) -> list[FoldResult]:
+        return [f for f in self.folds if f.ok]
+
+    @property
+    def n_failed(self) -> int:
+        return sum(not f.ok for f in self.folds)
+
+    def values(self, key: str) -> np.ndarray:
+        """One flat metric across the successful folds (NaN where missing)."""
+        return np.array([f.flat_metrics().get(key, np.nan) for f in self.ok_folds], dtype=float)
+
+    def mean_score(self, split: str = "valid") -> float:
+        """Mean primary metric over successful folds (NaN if none)."""
+        vals = self.values(f"{split}_{self.metric}")
+        vals = vals[np.isfinite(vals)]
+        return float(vals.mean()) if len(vals) else float("nan")
+
+
+FoldCallback = Callable[[FoldResult, int], None]
+
+
+def fit_and_score(
+    estimator: GencvEstimator,
+    X: np.ndarray,
+    y: np.ndarray,
+    fold: Fold,
+    *,
+    metric: str,
+    seed: int,
+    X_test: np.ndarray | None = None,
+    y_test: np.ndarray | None = None,
+    measures: Sequence[str] = (),
+    measure_config: Any = None,
+    progress: Progress | None = None,
+) -> FoldResult:
+    """Clone, fit on the fold's training part, score train / valid / test, compute measures.
+
+    A diverging fit (NaN/inf loss) or any other error in fitting is returned as a failed
+    FoldResult with the reason; KeyboardInterrupt propagates.
+    """
+    progress = progress or _NoProgress()
+    est: GencvEstimator = clone(estimator).set_params(seed=seed)
+    res = FoldResult(index=fold.index, seed=seed, n_train=len(fold.train), n_valid=len(fold.valid))
+    Xtr, ytr, Xva, yva = X[fold.train], y[fold.train], X[fold.valid], y[fold.valid]
+
+    def on_epoch(epoch: int, row: dict[str, Any]) -> None:
+        progress.epoch_end(fold.index, epoch, row)
+
+    t0 = time.perf_counter()
+    try:
+        est.fit(Xtr, ytr, X_eval=Xva, y_eval=yva, on_epoch=on_epoch)
+    except DivergenceError as exc:
+        res.status, res.reason = "failed", f"diverged: {exc}"
+        res.fit_seconds = time.perf_counter() - t0
+        res.epochs_run = int(exc.epoch or 0)
+        return res
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # a fold's failure is reported, the other folds go on
+        res.status, res.reason = "failed", f"{type(exc).__name__}: {exc}"
+        res.fit_seconds = time.perf_counter() - t0
+        log.debug("fold %d failed:\n%s", fold.index, traceback.format_exc())
+        return res
+    res.fit_seconds = time.perf_counter() - t0
+    res.epochs_run, res.best_epoch = est.epochs_run_, est.best_epoch_
+    res.history = _history(est)
+    if est.inner_valid_positions_ is not None:
+        res.inner_valid_idx = fold.train[est.inner_valid_positions_]
+
+    labels = list(range(est.n_classes)) if est.task == "classification" else []
+    res.train_scores, res.train_loss = _score(est, Xtr, ytr, labels)
+    res.valid_scores, res.valid_loss = _score(est, Xva, yva, labels)
+    if X_test is not None and len(X_test):
+        res.test_scores, res.test_loss = _score(est, X_test, y_test, labels)
+    res.gaps = gaps(res.train_scores, res.valid_scores, res.train_loss, res.valid_loss)
+    bad = [k for k in ("train_loss", "valid_loss") if not np.isfinite(getattr(res, k))]
+    if bad:
+        res.status, res.reason = "failed", f"diverged: final {bad[0]} is not finite"
+        return res
+    if measures:
+        try:
+            m = _measures(est, Xtr, ytr, measures, measure_config, derive_seed(seed, "measures"))
+            res.measures, res.measure_notes = m.values, list(m.notes)
+            res.artifacts["measure_result"] = m
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            res.measure_notes.append(f"measures failed: {type(exc).__name__}: {exc}")
+            log.warning("fold %d: measures failed: %s", fold.index, exc)
+    res.estimator = est
+    return res
+
+
+def gaps(train: Mapping[str, float], valid: Mapping[str, float], train_loss: float, valid_loss: float) -> dict[str, float]:
+    """Generalization gap per metric, signed so that positive means 'worse on held-out data'."""
+    out: dict[str, float] = {}
+    for name, tr in train.items():
+        if name not in valid:
+            continue
+        va = valid[name]
+        out[name] = (tr - va) if METRICS[name].higher_is_better else (va - tr)
+    out["loss"] = valid_loss - train_loss
+    return out
+
+
+def _score(est: GencvEstimator, X: np.ndarray, y: np.ndarray, labels: list[int]) -> tuple[dict[str, float], float]:
+    if est.task == "classification":
+        proba = est.predict_proba(X)
+        pred = proba.argmax(1)
+    else:
+        proba, pred = None, est.predict(X)
+    return score_all(est.task, y, pred, proba, labels), est.loss(X, y)
+
+
+def _history(est: GencvEstimator) -> list[dict[str, float]]:
+    rows = []
+    scale = est.y_std_ if est.task == "regression" else 1.0
+    score_name = "curve_valid_accuracy" if est.task == "classification" else "curve_valid_rmse"
+    for h in est.net_.history:
+        row = {"epoch": float(h["epoch"]), "curve_train_loss": float(h.get("train_loss", np.nan)),
+               "seconds": float(h.get("dur", np.nan))}
+        if "valid_loss" in h:
+            row["curve_es_loss"] = float(h["valid_loss"])
+        if "curve_valid_loss" in h:
+            row["curve_valid_loss"] = float(h["curve_valid_loss"])
+        if "curve_valid_score" in h:
+            row[score_name] = float(h["curve_valid_score"]) * scale
+        rows.append(row)
+    return rows
+
+
+def _measures(est: GencvEstimator, X: np.ndarray, y: np.ndarray, names: Sequence[str], config: Any, seed: int) -> Any:
+    from gencv.measures import compute_measures
+
+    module = est.net_.module_
+    Xt = torch.as_tensor(est.preprocess_.transform(X))
+    yt = torch.as_tensor(est._y_fit(y))
+    loss = torch.nn.functional.cross_entropy if est.task == "classification" else torch.nn.functional.mse_loss
+    return compute_measures(module, Xt, yt, loss, list(names), seed=seed, config=config, init_state=est.init_state_)
+
+
+def cross_validate(
+    estimator: GencvEstimator,
+    X: np.ndarray,
+    y: np.ndarray,
+    folds: Sequence[Fold],
+    *,
+    metric: str,
+    seed: int,
+    X_test: np.ndarray | None = None,
+    y_test: np.ndarray | None = None,
+    measures: Sequence[str] = (),
+    measure_config: Any = None,
+    tracker: Tracker | None = None,
+    experiment: str = "gencv",
+    parent_run: str | None = None,
+    progress: Progress | None = None,
+    on_fold_end: FoldCallback | None = None,
+    fold_order: Sequence[int] | None = None,
+    done: Mapping[int, FoldResult] | None = None,
+    keep_estimators: bool = False,
+    engine: str = "skorch",
+) -> CVResult:
+    """Fit and score one clone of `estimator` per fold; log each fold as a child run of `parent_run`.
+
+    Parameters
+    ----------
+    fold_order : order in which folds run (tuning shuffles it); results are returned by fold index.
+    on_fold_end : called with (result, position) after each fold; may raise to stop (e.g. pruning).
+    done : finished folds from an interrupted run, reused instead of refitted.
+    """
+    if engine not in ENGINES:
+        raise GencvError(f"engine: got {engine!r}; available engines: {', '.join(ENGINES)}")
+    tracker = tracker or NullTracker()
+    progress = progress or _NoProgress()
+    done = dict(done or {})
+    order = list(fold_order) if fold_order is not None else list(range(len(folds)))
+    results: dict[int, FoldResult] = {}
+    for pos, i in enumerate(order):
+        fold = folds[i]
+        if i in done:
+            results[i] = done[i]
+            progress.fold_end(i, done[i])
+            if on_fold_end is not None:
+                on_fold_end(done[i], pos)
+            continue
+        fold_seed = derive_seed(seed, "fold", i)
+        progress.fold_start(i, len(folds), estimator.train.max_epochs)
+        run_id = tracker.start_run(experiment, f"fold-{i}", parent=parent_run,
+                                   tags={"gencv.kind": "fold", "gencv.fold": str(i), "gencv.seed": str(fold_seed)})
+        status = "FAILED"
+        try:
+            res = fit_and_score(estimator, X, y, fold, metric=metric, seed=fold_seed, X_test=X_test, y_test=y_test,
+                                measures=measures, measure_config=measure_config, progress=progress)
+            res.run_id = run_id
+            _log_fold(tracker, run_id, res)
+            status = "FINISHED" if res.ok else "FAILED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            tracker.end_run(run_id, status)
+        if not keep_estimators:
+            res.estimator = None
+        results[i] = res
+        if not res.ok:
+            log.warning("fold %d failed: %s", i, res.reason)
+        progress.fold_end(i, res)
+        if on_fold_end is not None:
+            on_fold_end(res, pos)
+    return CVResult(folds=[results[i] for i in sorted(results)], metric=metric,
+                    task=estimator.task, seed=seed)
+
+
+def _log_fold(tracker: Tracker, run_id: str, res: FoldResult) -> None:
+    import json
+
+    tracker.log_params(run_id, {"fold": res.index, "seed": res.seed, "n_train": res.n_train, "n_valid": res.n_valid})
+    tracker.log_metrics(run_id, res.flat_metrics())
+    if res.history:
+        keys = [k for k in res.history[0] if k.startswith("curve_")]
+        tracker.log_series(run_id, {k: [row.get(k, np.nan) for row in res.history] for k in keys})
+    tags = {"gencv.status": res.status}
+    if res.reason:
+        tags["gencv.reason"] = res.reason[:5000]
+    tracker.set_tags(run_id, tags)
+    tracker.log_text(run_id, json.dumps(res.to_json()), "fold_result.json")

@@ -1,0 +1,245 @@
+"""Matrix-free spectral algorithms on a symmetric operator: Lanczos, power iteration, Hutchinson."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.linalg import eigh_tridiagonal
+
+logger = logging.getLogger(__name__)
+
+MatVec = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _random_unit(n: int, gen: torch.Generator, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    v = torch.randn(n, generator=gen, dtype=dtype).to(device)
+    return v / v.norm()
+
+
+def _rademacher(n: int, gen: torch.Generator, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return (torch.randint(0, 2, (n,), generator=gen).to(dtype) * 2 - 1).to(device)
+
+
+def _orthogonalize(w: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+    """Remove the span of Q's rows from w (classical Gram-Schmidt, applied twice)."""
+    if Q.shape[0] == 0:
+        return w
+    for _ in range(2):
+        w = w - Q.T @ (Q @ w)
+    return w
+
+
+def _tridiag_eig(alphas: list[float], betas: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    a = np.asarray(alphas, dtype=np.float64)
+    if a.size == 1:
+        return a.copy(), np.ones((1, 1))
+    return eigh_tridiagonal(a, np.asarray(betas[: a.size - 1], dtype=np.float64))
+
+
+@dataclass
+class _LanczosResult:
+    """Tridiagonal T (alphas, betas), its eigen-pairs, the HVP count and convergence."""
+
+    alphas: list[float]
+    betas: list[float]
+    ritz: np.ndarray  # ascending
+    ritz_vectors: np.ndarray  # eigenvectors of T, columns
+    hvps: int
+    converged: bool
+    residuals: np.ndarray  # |beta_m * last component| per Ritz value (an upper bound on its error)
+
+
+def _lanczos(
+    matvec: MatVec,
+    n: int,
+    steps: int,
+    *,
+    gen: torch.Generator,
+    dtype: torch.dtype,
+    device: torch.device,
+    top_k: int | None = None,
+    tol: float = 0.0,
+    restart_on_breakdown: bool = False,
+) -> _LanczosResult:
+    """Lanczos with full reorthogonalization; stops early when the top-k Ritz residuals are below tol.
+
+    The residual |beta_m s_{m,i}| bounds |theta_i - lambda| for some eigenvalue lambda; convergence
+    means residual <= tol * max|theta| for each of the top_k Ritz values. On an invariant subspace
+    (beta ~ 0) the run stops (SLQ) or continues with a fresh orthogonal vector (`restart_on_breakdown`,
+    so repeated eigenvalues are found with their multiplicity).
+    """
+    steps = min(steps, n)
+    eps = torch.finfo(dtype).eps
+    Q = torch.zeros((steps, n), dtype=dtype, device=device)
+    q = _random_unit(n, gen, dtype, device)
+    alphas: list[float] = []
+    betas: list[float] = []
+    scale = 0.0
+    converged = False
+    ritz = np.zeros(0)
+    vecs = np.zeros((0, 0))
+    residuals = np.zeros(0)
+    beta_prev = 0.0
+    for j in range(steps):
+        Q[j] = q
+        w = matvec(q)
+        alpha = float(q @ w)
+        w = w - alpha * q
+        if j > 0:
+            w = w - beta_prev * Q[j - 1]
+        w = _orthogonalize(w, Q[: j + 1])
+        beta = float(w.norm())
+        alphas.append(alpha)
+        scale = max(scale, abs(alpha), beta)
+        breakdown = beta <= 10.0 * math.sqrt(n) * eps * max(scale, 1e-300)
+        betas.append(0.0 if breakdown else beta)
+        ritz, vecs = _tridiag_eig(alphas, betas)
+        residuals = np.abs(betas[-1] * vecs[-1, :])
+        if top_k is not None and j + 1 >= top_k:
+            top = np.argsort(ritz)[::-1][:top_k]
+            bound = tol * float(np.max(np.abs(ritz)))
+            if np.all(residuals[top] <= bound):
+                converged = True
+                break
+        if j + 1 == steps:
+            converged = converged or (j + 1 == n)
+            break
+        if breakdown:
+            if not restart_on_breakdown:
+                converged = True
+                break
+            q = _orthogonalize(torch.randn(n, generator=gen, dtype=dtype).to(device), Q[: j + 1])
+            q = q / q.norm()
+            beta_prev = 0.0
+        else:
+            q = w / beta
+            beta_prev = beta
+    return _LanczosResult(alphas, betas, ritz, vecs, len(alphas), converged, residuals)
+
+
+def _lanczos_top(
+    matvec: MatVec, n: int, k: int, *, max_iter: int, tol: float, gen: torch.Generator,
+    dtype: torch.dtype, device: torch.device,
+) -> tuple[np.ndarray, int, bool]:
+    """Top-k (largest algebraic) eigenvalues, descending; HVPs used; converged."""
+    res = _lanczos(
+        matvec, n, max(max_iter, k), gen=gen, dtype=dtype, device=device, top_k=k, tol=tol,
+        restart_on_breakdown=True,
+    )
+    top = np.sort(res.ritz)[::-1][:k]
+    return top, res.hvps, res.converged
+
+
+def _power_top(
+    matvec: MatVec, n: int, k: int, *, max_iter: int, tol: float, gen: torch.Generator,
+    dtype: torch.dtype, device: torch.device,
+) -> tuple[np.ndarray, int, bool]:
+    """Top-k (largest algebraic) eigenvalues by power iteration with deflation; HVPs used; converged.
+
+    Each eigenvector is iterated in the orthogonal complement of those already found (deflation).
+    Power iteration finds the largest *magnitude* eigenvalue; when that one is negative it is the
+    smallest eigenvalue lambda_min, and the search restarts on H - lambda_min I (positive
+    semi-definite), whose largest eigenvalue is the largest algebraic one of H. Stops when the Rayleigh
+    quotient's change, extrapolated geometrically (delta * q / (1 - q), q = ratio of successive
+    changes), is below tol * |theta|. At most `max_iter` HVPs per eigenvalue (restart included).
+    """
+    found: list[torch.Tensor] = []
+    values: list[float] = []
+    shift = 0.0
+    hvps = 0
+    all_converged = True
+    for _ in range(min(k, n)):
+        U = torch.stack(found) if found else torch.zeros((0, n), dtype=dtype, device=device)
+        budget = max_iter
+        while True:
+            v = _orthogonalize(_random_unit(n, gen, dtype, device), U)
+            v = v / v.norm()
+            theta_prev: float | None = None
+            delta_prev: float | None = None
+            converged = False
+            theta = 0.0
+            used = 0
+            while used < budget:
+                w = matvec(v) - shift * v
+                used += 1
+                w = _orthogonalize(w, U)
+                theta = float(v @ w)
+                norm = float(w.norm())
+                if theta_prev is not None:
+                    delta = abs(theta - theta_prev)
+                    q = min(delta / delta_prev, 0.99) if delta_prev else 0.99
+                    limit = tol * max(abs(theta), 1e-300)
+                    if delta <= limit and delta * q / (1.0 - q) <= limit:
+                        converged = True
+                    delta_prev = delta
+                theta_prev = theta
+                if norm == 0.0:  # v is in the null space of the (shifted, deflated) operator
+                    converged = True
+                if converged:
+                    break
+                v = w / norm
+            hvps += used
+            budget -= used
+            if theta < 0.0 and shift == 0.0 and budget > 0:
+                shift = theta  # the most negative eigenvalue of the complement: restart shifted
+                continue
+            break
+        all_converged = all_converged and converged
+        found.append(v)
+        values.append(theta + shift)
+    return np.sort(np.asarray(values))[::-1], hvps, all_converged
+
+
+@dataclass
+class _TraceEstimate:
+    """Hutchinson estimate: mean, standard error, probes and the running diagonal estimate."""
+
+    mean: float
+    se: float
+    probes: int
+    diag: torch.Tensor | None
+
+
+def _hutchinson(
+    matvec: MatVec | None,
+    n: int,
+    *,
+    gen: torch.Generator,
+    dtype: torch.dtype,
+    device: torch.device,
+    rel_se: float,
+    min_probes: int,
+    max_probes: int,
+    quad: Callable[[torch.Tensor], float] | None = None,
+) -> _TraceEstimate:
+    """Trace of a symmetric operator from Rademacher probes z^T A z, adding probes until SE/|mean| < rel_se.
+
+    With `matvec` the diagonal estimate mean(z * Az) is accumulated too; `quad` (z -> z^T A z) is used
+    instead when only quadratic forms are available (e.g. the Gauss-Newton matrix).
+    """
+    samples: list[float] = []
+    diag = torch.zeros(n, dtype=dtype, device=device) if matvec is not None else None
+    se = math.inf
+    while len(samples) < max_probes:
+        z = _rademacher(n, gen, dtype, device)
+        if matvec is not None:
+            zaz = z * matvec(z)
+            diag += zaz  # type: ignore[operator]
+            samples.append(float(zaz.sum()))
+        else:
+            samples.append(float(quad(z)))  # type: ignore[misc]
+        m = len(samples)
+        if m >= min_probes:
+            arr = np.asarray(samples)
+            se = float(arr.std(ddof=1) / math.sqrt(m))
+            if se <= rel_se * abs(float(arr.mean())):
+                break
+    arr = np.asarray(samples)
+    m = len(samples)
+    se = float(arr.std(ddof=1) / math.sqrt(m)) if m > 1 else math.inf
+    return _TraceEstimate(float(arr.mean()), se, m, None if diag is None else diag / m)

@@ -1,0 +1,167 @@
+"""Perturbation-based sharpness: eps-sharpness (Keskar), adaptive sharpness (ASAM), PAC-Bayes flatness."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+from scipy.optimize import Bounds, minimize
+
+from gencv.measures._hvp import _Landscape
+
+logger = logging.getLogger(__name__)
+
+#: Magnitude-aware PAC-Bayes noise: std_i = sigma * sqrt(w_i^2 + _MAG_EPS^2) (keeps zero weights perturbed).
+_MAG_EPS = 1e-3
+#: PAC-Bayes sigma search: bracket limits and the relative precision of the log-space bisection.
+_SIGMA_MIN, _SIGMA_MAX, _SIGMA_START, _SIGMA_RTOL = 1e-8, 1e3, 1e-2, 1e-3
+
+
+def _eps_sharpness(land: _Landscape, loss0: float, *, eps: float, steps: int, gen: torch.Generator) -> dict[str, float]:
+    """Keskar et al. (2017): 100 * (max_{|z_i| <= eps(|w_i|+1)} L(w+z) - L(w)) / (1 + L(w)).
+
+    Maximised with scipy's L-BFGS-B in the box (at most `steps` iterations, 3*steps evaluations),
+    starting from the box corner that maximises the linearised loss (sign of the gradient; random signs
+    where the gradient is exactly zero). The best loss seen at any evaluation is kept.
+    """
+    w0 = land.w0
+    delta = eps * (w0.abs() + 1.0)
+    _, g0 = land.loss_and_grad()
+    signs = torch.sign(g0)
+    rand = (torch.randint(0, 2, signs.shape, generator=gen).to(signs.dtype) * 2 - 1).to(signs.device)
+    signs = torch.where(signs == 0, rand, signs)
+    x0 = (delta * signs).double().cpu().numpy()
+    bound = delta.double().cpu().numpy()
+    best = loss0
+    evals = 0
+
+    def objective(zn: np.ndarray) -> tuple[float, np.ndarray]:
+        nonlocal best, evals
+        z = torch.from_numpy(zn).to(dtype=land.dtype, device=land.device)
+        value, grad = land.loss_and_grad(w0 + z)
+        evals += 1
+        if math.isfinite(value):
+            best = max(best, value)
+        return -value, -grad.double().cpu().numpy()
+
+    minimize(
+        objective, x0, jac=True, method="L-BFGS-B", bounds=Bounds(-bound, bound),
+        options={"maxiter": steps, "maxfun": 3 * steps},
+    )
+    increase = best - loss0
+    return {
+        "eps_sharpness": 100.0 * increase / (1.0 + loss0),
+        "eps_sharpness_loss_increase": increase,
+        "eps_sharpness_evals": float(evals),
+    }
+
+
+def _adaptive_sharpness(
+    land: _Landscape, loss0: float, *, rho: float, steps: int, n_dirs: int, gen: torch.Generator
+) -> dict[str, float]:
+    """ASAM (Kwon et al. 2021) sharpness in the |w|-scaled space: z = |w| * zh with ||zh||_2 <= rho.
+
+    worst: max L(w + |w| zh) - L(w) by `steps` projected, normalised gradient-ascent steps on zh (step
+    rho / sqrt(t + 1); the first is the SAM point). avg: mean of L(w + |w| d) - L(w) over `n_dirs`
+    Gaussian directions d scaled to ||d||_2 = rho. Because everything lives in zh-space, both are
+    invariant to rescalings w -> s * w (s > 0 per coordinate) that leave the network function unchanged.
+    """
+    w0 = land.w0
+    t_w = w0.abs()
+    zh = torch.zeros_like(w0)
+    best = loss0
+    for t in range(steps):
+        value, grad = land.loss_and_grad(w0 + t_w * zh)
+        if math.isfinite(value):
+            best = max(best, value)
+        gh = t_w * grad
+        norm = float(gh.norm())
+        if norm == 0.0 or not math.isfinite(norm):
+            break
+        zh = zh + (rho / math.sqrt(t + 1.0)) * gh / norm
+        zh_norm = float(zh.norm())
+        if zh_norm > rho:
+            zh = zh * (rho / zh_norm)
+    final = land.loss(w0 + t_w * zh)
+    if math.isfinite(final):
+        best = max(best, final)
+    increases = []
+    for _ in range(n_dirs):
+        d = torch.randn(land.n_params, generator=gen, dtype=land.dtype).to(land.device)
+        d = d * (rho / d.norm())
+        increases.append(land.loss(w0 + t_w * d) - loss0)
+    return {"adaptive_sharpness_worst": best - loss0, "adaptive_sharpness_avg": float(np.mean(increases))}
+
+
+def _expected_increase(land: _Landscape, loss0: float, sigma: float, scale: torch.Tensor, seed: int, mc: int) -> float:
+    """Monte-Carlo E[L(w + sigma * scale * xi)] - L(w), xi ~ N(0, I), same draws for every sigma."""
+    gen = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for _ in range(mc):
+        xi = torch.randn(land.n_params, generator=gen, dtype=land.dtype).to(land.device)
+        total += land.loss(land.w0 + sigma * scale * xi)
+    return total / mc - loss0
+
+
+def _largest_sigma(
+    land: _Landscape, loss0: float, scale: torch.Tensor, *, target: float, seed: int, mc: int, notes: list[str], label: str
+) -> tuple[float, int]:
+    """Largest sigma with E[L(w+u)] - L(w) <= target: bracket by factors of 10, then bisect in log space."""
+    evals = 0
+
+    def ok(sigma: float) -> bool:
+        nonlocal evals
+        evals += 1
+        value = _expected_increase(land, loss0, sigma, scale, seed, mc)
+        return math.isfinite(value) and value <= target
+
+    lo, hi = _SIGMA_START, _SIGMA_START
+    if ok(lo):
+        hi = lo * 10.0
+        while ok(hi):
+            lo = hi
+            if hi >= _SIGMA_MAX:
+                notes.append(f"{label}: loss increase stays <= target up to sigma {hi:g}; reported {hi:g}")
+                return hi, evals
+            hi *= 10.0
+    else:
+        lo = hi / 10.0
+        while not ok(lo):
+            hi = lo
+            if lo <= _SIGMA_MIN:
+                notes.append(f"{label}: loss increase exceeds target even at sigma {lo:g}; reported {lo:g}")
+                return lo, evals
+            lo /= 10.0
+    while math.log(hi / lo) > math.log1p(_SIGMA_RTOL):
+        mid = math.sqrt(lo * hi)
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo, evals
+
+
+def _pacbayes_flatness(
+    land: _Landscape, loss0: float, *, target: float, mc: int, seed: int, notes: list[str]
+) -> dict[str, float]:
+    """Jiang et al. (2020) PAC-Bayes flatness: largest sigma keeping the expected loss increase <= target.
+
+    Plain: u ~ N(0, sigma^2 I). Magnitude-aware: u_i ~ N(0, sigma^2 (w_i^2 + _MAG_EPS^2)), so sigma is a
+    relative noise level. Common random numbers (the same `mc` draws at every sigma) make the bisection
+    deterministic. Bigger sigma = flatter; the 1/sigma^2 "sharpness" forms are reported as well.
+    """
+    plain = torch.ones_like(land.w0)
+    mag = torch.sqrt(land.w0 * land.w0 + _MAG_EPS**2)
+    sigma, e1 = _largest_sigma(land, loss0, plain, target=target, seed=seed, mc=mc, notes=notes, label="pacbayes_sigma")
+    sigma_mag, e2 = _largest_sigma(
+        land, loss0, mag, target=target, seed=seed + 1, mc=mc, notes=notes, label="pacbayes_sigma_mag"
+    )
+    return {
+        "pacbayes_sigma": sigma,
+        "pacbayes_sigma_mag": sigma_mag,
+        "pacbayes_sharpness": 1.0 / sigma**2,
+        "pacbayes_sharpness_mag": 1.0 / sigma_mag**2,
+        "pacbayes_evals": float(e1 + e2),
+    }

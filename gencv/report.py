@@ -1,0 +1,195 @@
+"""Reports: fold table, summary statistics with intervals, PNG plots, markdown."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from gencv.cv import CVResult
+from gencv.metrics import METRICS
+
+__all__ = ["fold_table", "plot_fold_scores", "plot_learning_curves", "summarize", "summary_markdown", "summary_table"]
+
+
+def summarize(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
+    """Mean, sample std and a t-interval of the mean over folds (NaNs dropped).
+
+    The interval treats folds as independent, which they are not (training sets overlap):
+    it is a descriptive spread, usually too narrow; see stats.corrected_ttest for comparisons.
+    """
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    n = len(v)
+    if n == 0:
+        return {"mean": np.nan, "std": np.nan, "ci_low": np.nan, "ci_high": np.nan, "n": 0}
+    mean = float(v.mean())
+    std = float(v.std(ddof=1)) if n > 1 else 0.0
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * std / np.sqrt(n)) if n > 1 else 0.0
+    return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "n": n}
+
+
+def fold_table(result: CVResult) -> pd.DataFrame:
+    """One row per fold: primary train/valid/test score, gap, losses, epochs, status."""
+    m = result.metric
+    rows = []
+    for f in result.folds:
+        rows.append({
+            "fold": f.index,
+            "status": f.status,
+            f"train_{m}": f.train_scores.get(m, np.nan),
+            f"valid_{m}": f.valid_scores.get(m, np.nan),
+            f"test_{m}": f.test_scores.get(m, np.nan),
+            f"gap_{m}": f.gaps.get(m, np.nan),
+            "train_loss": f.train_loss,
+            "valid_loss": f.valid_loss,
+            "gap_loss": f.gaps.get("loss", np.nan),
+            "epochs_run": f.epochs_run,
+            "best_epoch": f.best_epoch,
+            "fit_seconds": round(f.fit_seconds, 3),
+            "reason": f.reason,
+            **{k: v for k, v in f.measures.items()},
+        })
+    return pd.DataFrame(rows)
+
+
+def summary_table(result: CVResult) -> pd.DataFrame:
+    """Per flat metric (every score, gap, loss and measure): mean, std, 95% interval, n folds."""
+    keys: list[str] = []
+    for f in result.ok_folds:
+        for k in f.flat_metrics():
+            if k not in keys and k not in ("fit_seconds",):
+                keys.append(k)
+    rows = [{"metric": k, **summarize(result.values(k))} for k in keys]
+    return pd.DataFrame(rows, columns=["metric", "mean", "std", "ci_low", "ci_high", "n"])
+
+
+def summary_metrics(result: CVResult) -> dict[str, float]:
+    """Flat summary for the parent run: <metric>_mean, _std, _ci_low, _ci_high; plus fold counts."""
+    out: dict[str, float] = {"n_folds": float(len(result.folds)), "n_failed_folds": float(result.n_failed)}
+    for _, row in summary_table(result).iterrows():
+        for stat in ("mean", "std", "ci_low", "ci_high"):
+            if np.isfinite(row[stat]):
+                out[f"{row['metric']}_{stat}"] = float(row[stat])
+    return out
+
+
+def summary_markdown(result: CVResult, *, title: str, test_scores: dict[str, float] | None = None,
+                     notes: Sequence[str] = ()) -> str:
+    """A short markdown report: fold table, summary of the primary metric and gap, refit test score."""
+    m = result.metric
+    direction = "higher" if METRICS[m].higher_is_better else "lower"
+    lines = [f"# {title}", "", f"Primary metric: **{m}** ({direction} is better). Folds: {len(result.folds)}, "
+             f"failed: {result.n_failed}.", ""]
+    table = fold_table(result).drop(columns=["reason"])
+    lines += [table.to_markdown(index=False, floatfmt=".4f"), ""]
+    summ = summary_table(result)
+    keep = summ[summ["metric"].isin([f"train_{m}", f"valid_{m}", f"test_{m}", f"gap_{m}", "gap_loss"]) |
+                summ["metric"].isin(next(iter([f.measures.keys() for f in result.ok_folds]), []))]
+    lines += ["## Summary over folds (mean, std, 95% t-interval)", "", keep.to_markdown(index=False, floatfmt=".4f"), ""]
+    if test_scores:
+        lines += ["## Refit on all non-test data, scored on the held-out test set", ""]
+        lines += [f"- {k}: {v:.4f}" for k, v in test_scores.items()] + [""]
+    failed = [f for f in result.folds if not f.ok]
+    if failed:
+        lines += ["## Failed folds", ""] + [f"- fold {f.index}: {f.reason}" for f in failed] + [""]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    lines.append("The interval treats folds as independent; overlapping training sets make it optimistic.")
+    return "\n".join(lines)
+
+
+def _plt():  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_learning_curves(result: CVResult, path: str | Path) -> Path:
+    """Train and held-out loss per epoch for every fold, one line per fold."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for f in result.ok_folds:
+        if not f.history:
+            continue
+        ep = [r["epoch"] for r in f.history]
+        line = axes[0].plot(ep, [r.get("curve_train_loss", np.nan) for r in f.history], label=f"fold {f.index} train")
+        axes[0].plot(ep, [r.get("curve_valid_loss", np.nan) for r in f.history], "--", color=line[0].get_color(),
+                     label=f"fold {f.index} held-out")
+        score_key = next((k for k in f.history[0] if k.startswith("curve_valid_") and k != "curve_valid_loss"), None)
+        if score_key:
+            axes[1].plot(ep, [r.get(score_key, np.nan) for r in f.history], color=line[0].get_color(),
+                         label=f"fold {f.index}")
+            axes[1].set_ylabel(score_key.removeprefix("curve_valid_") + " (held-out fold)")
+    axes[0].set_xlabel("epoch")
+    axes[0].set_ylabel("loss (solid: train, dashed: held-out)")
+    axes[1].set_xlabel("epoch")
+    axes[0].set_title("Learning curves")
+    axes[1].set_title("Held-out score per epoch")
+    if len(result.ok_folds) <= 10:
+        axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_fold_scores(result: CVResult, path: str | Path) -> Path:
+    """Train vs held-out primary score per fold, with the gap drawn between them."""
+    plt = _plt()
+    m = result.metric
+    folds = result.ok_folds
+    x = np.arange(len(folds))
+    tr = [f.train_scores.get(m, np.nan) for f in folds]
+    va = [f.valid_scores.get(m, np.nan) for f in folds]
+    fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(folds) + 3), 4))
+    ax.vlines(x, np.minimum(tr, va), np.maximum(tr, va), color="grey", alpha=0.6, label="gap")
+    ax.scatter(x, tr, label=f"train {m}", zorder=3)
+    ax.scatter(x, va, label=f"held-out {m}", zorder=3)
+    if any(f.test_scores for f in folds):
+        ax.scatter(x, [f.test_scores.get(m, np.nan) for f in folds], marker="x", label=f"test {m}", zorder=3)
+    ax.set_xticks(x, [str(f.index) for f in folds] if len(folds) <= 30 else [""] * len(folds))
+    ax.set_xlabel("fold")
+    ax.set_ylabel(m)
+    ax.set_title(f"Fold scores and generalization gap ({m})")
+    ax.legend()
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_measures_vs_gap(result: CVResult, path: str | Path) -> Path | None:
+    """One scatter per measure: the measure against the fold's generalization gap (primary metric)."""
+    folds = [f for f in result.ok_folds if f.measures]
+    if not folds:
+        return None
+    names = [k for k in folds[0].measures if all(np.isfinite(f.measures.get(k, np.nan)) for f in folds)]
+    names = [k for k in names if not k.endswith(("_iterations", "_probes", "_se", "sample_size", "n_params"))][:12]
+    if not names:
+        return None
+    plt = _plt()
+    m = result.metric
+    cols = min(4, len(names))
+    rows = (len(names) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
+    gap = [f.gaps.get(m, np.nan) for f in folds]
+    for ax, name in zip(axes.flat, names):
+        ax.scatter([f.measures[name] for f in folds], gap)
+        ax.set_xlabel(name, fontsize=8)
+        ax.set_ylabel(f"gap ({m})", fontsize=8)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle("Measures vs generalization gap, one point per fold")
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

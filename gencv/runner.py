@@ -1,0 +1,279 @@
+"""`gencv run` as a library call: spec -> data -> splits -> cross-validate -> refit -> tracking -> report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gencv import __version__
+from gencv.cv import CVResult, FoldResult, Progress, cross_validate, derive_seed
+from gencv.data import Dataset, holdout_test, load_dataset
+from gencv.errors import GencvError, SpecError
+from gencv.estimators import GencvEstimator
+from gencv.metrics import check_metric_for_task, score_all
+from gencv.report import (
+    fold_table,
+    plot_fold_scores,
+    plot_learning_curves,
+    summary_markdown,
+    summary_metrics,
+    summary_table,
+)
+from gencv.spec import Experiment
+from gencv.splits import Fold, make_folds
+from gencv.tracking import MlflowTracker, NullTracker, Tracker
+
+__all__ = ["Prepared", "RunOutcome", "make_estimator", "prepare", "run_experiment"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """Everything needed to cross-validate an experiment, built once from the spec."""
+
+    experiment: Experiment
+    dataset: Dataset
+    cv_idx: np.ndarray
+    test_idx: np.ndarray
+    folds: list[Fold]
+    estimator: GencvEstimator
+
+    @property
+    def X_test(self) -> np.ndarray | None:
+        return self.dataset.X[self.test_idx] if len(self.test_idx) else None
+
+    @property
+    def y_test(self) -> np.ndarray | None:
+        return self.dataset.y[self.test_idx] if len(self.test_idx) else None
+
+
+@dataclass
+class RunOutcome:
+    """What `run_experiment` measured."""
+
+    experiment: Experiment
+    dataset: Dataset
+    cv: CVResult
+    summary: pd.DataFrame
+    table: pd.DataFrame
+    refit_test_scores: dict[str, float] = field(default_factory=dict)
+    run_id: str | None = None
+    notes: list[str] = field(default_factory=list)
+    refit_estimator: GencvEstimator | None = None
+
+
+def make_estimator(exp: Experiment, ds: Dataset, seed: int | None = None) -> GencvEstimator:
+    """The estimator template for this experiment and data."""
+    if exp.model.kind == "cnn" and ds.image_shape is None:
+        raise SpecError(f"model.kind: got 'cnn' but data.source={ds.name!r} is not image data; use model.kind=mlp or data.source=digits")
+    return GencvEstimator(
+        exp.model, exp.train, task=ds.task, n_features=ds.X.shape[1], n_classes=max(len(ds.classes), 2),
+        image_shape=ds.image_shape, scale=exp.data.scale, time_ordered=ds.is_time_series,
+        seed=exp.seed if seed is None else seed,
+    )
+
+
+def prepare(exp: Experiment, *, allow_large_loo: bool = False) -> Prepared:
+    """Load data, hold out the test set, build and check the folds and the estimator; no training."""
+    ds = load_dataset(exp.data, seed=derive_seed(exp.seed, "data"))
+    check_metric_for_task(exp.metric, ds.task)
+    cv_idx, test_idx = holdout_test(ds, exp.data.test_size, seed=derive_seed(exp.seed, "test"))
+    folds = make_folds(exp.cv, y=ds.y, task=ds.task, seed=derive_seed(exp.seed, "cv"), indices=cv_idx,
+                       groups=ds.groups, is_time_series=ds.is_time_series, allow_large_loo=allow_large_loo)
+    return Prepared(exp, ds, cv_idx, test_idx, folds, make_estimator(exp, ds))
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_tags(exp: Experiment, ds: Dataset) -> dict[str, str]:
+    """Tags that make a run reproducible and searchable."""
+    tags = {
+        "gencv.kind": "cv",
+        "gencv.spec_digest": exp.digest(),
+        "gencv.data_digest": ds.digest,
+        "gencv.seed": str(exp.seed),
+        "gencv.version": __version__,
+        "gencv.task": ds.task,
+        "gencv.cv": exp.cv.kind,
+    }
+    commit = _git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def _finished_folds(tracker: Tracker, run_id: str, exp: Experiment) -> dict[int, FoldResult]:
+    """Folds of an interrupted run that finished, loaded from their fold_result.json."""
+    if not isinstance(tracker, MlflowTracker):
+        raise GencvError("--resume needs tracking on (it reads the finished folds from MLflow)")
+    client = tracker.client
+    try:
+        parent = client.get_run(run_id)
+    except Exception as exc:
+        raise GencvError(f"--resume {run_id}: no such run in {tracker.tracking_uri}: {exc}") from None
+    digest = parent.data.tags.get("gencv.spec_digest")
+    if digest != exp.digest():
+        raise GencvError(f"--resume {run_id}: that run used another spec (digest {digest}, this spec {exp.digest()}); "
+                         "resume with the same spec and overrides")
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{run_id}' and tags.`gencv.kind` = 'fold'")
+    done: dict[int, FoldResult] = {}
+    for child in children:
+        if child.info.status != "FINISHED":
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = client.download_artifacts(child.info.run_id, "fold_result.json", tmp)
+            except Exception:
+                continue
+            fr = FoldResult.from_json(json.loads(Path(path).read_text()))
+        fr.run_id = child.info.run_id
+        done[fr.index] = fr
+    return done
+
+
+def run_experiment(
+    exp: Experiment,
+    *,
+    tracker: Tracker | None = None,
+    progress: Progress | None = None,
+    allow_large_loo: bool = False,
+    refit: bool = True,
+    resume: str | None = None,
+    prepared: Prepared | None = None,
+) -> RunOutcome:
+    """Cross-validate the experiment, refit on all non-test data, score the test set, log everything.
+
+    `resume` is the run id of an interrupted run with the same spec: its finished folds are reused.
+    """
+    tracker = tracker or NullTracker()
+    prep = prepared or prepare(exp, allow_large_loo=allow_large_loo)
+    ds = prep.dataset
+    measure_config = _measure_config(exp)
+    done: dict[int, FoldResult] = {}
+    if resume:
+        done = _finished_folds(tracker, resume, exp)
+        run_id = resume
+        tracker.client.update_run(run_id, status="RUNNING")  # type: ignore[attr-defined]
+        log.info("resuming run %s: %d of %d folds already finished", run_id, len(done), len(prep.folds))
+    else:
+        run_id = tracker.start_run(exp.name, f"{exp.name}-cv", tags=run_tags(exp, ds))
+        tracker.log_params(run_id, {**exp.flat_params(), "n_samples": ds.n_samples, "n_test": len(prep.test_idx),
+                                    "n_folds": len(prep.folds)})
+    status = "FAILED"
+    try:
+        result = cross_validate(
+            prep.estimator, ds.X, ds.y, prep.folds, metric=exp.metric, seed=exp.seed,
+            X_test=prep.X_test, y_test=prep.y_test, measures=exp.measures, measure_config=measure_config,
+            tracker=tracker, experiment=exp.name, parent_run=run_id, progress=progress, done=done,
+            keep_estimators=False,
+        )
+        outcome = RunOutcome(exp, ds, result, summary_table(result), fold_table(result), run_id=run_id)
+        if result.n_failed:
+            outcome.notes.append(f"{result.n_failed} of {len(result.folds)} folds failed; summaries use the others")
+        if refit and result.ok_folds:
+            outcome.refit_estimator, outcome.refit_test_scores = _refit(exp, prep, tracker, run_id)
+        _log_parent(tracker, run_id, exp, outcome)
+        status = "FINISHED" if result.ok_folds else "FAILED"
+        return outcome
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.end_run(run_id, status)
+
+
+def _measure_config(exp: Experiment) -> Any:
+    if not exp.measures:
+        return None
+    from gencv.measures import MeasureConfig
+
+    return MeasureConfig(**exp.measure_options)
+
+
+def _refit(exp: Experiment, prep: Prepared, tracker: Tracker, run_id: str) -> tuple[GencvEstimator, dict[str, float]]:
+    """Fit on every non-test sample (early stopping still validates inside it), score the test set, log the model."""
+    ds = prep.dataset
+    est = make_estimator(exp, ds, seed=derive_seed(exp.seed, "refit"))
+    est.fit(ds.X[prep.cv_idx], ds.y[prep.cv_idx])
+    scores: dict[str, float] = {}
+    if len(prep.test_idx):
+        Xt, yt = ds.X[prep.test_idx], ds.y[prep.test_idx]
+        labels = list(range(est.n_classes)) if ds.task == "classification" else []
+        proba = est.predict_proba(Xt) if ds.task == "classification" else None
+        pred = proba.argmax(1) if proba is not None else est.predict(Xt)
+        scores = score_all(ds.task, yt, pred, proba, labels)
+        scores["loss"] = est.loss(Xt, yt)
+    tracker.log_metrics(run_id, {f"refit_test_{k}": v for k, v in scores.items()} | {"refit_epochs_run": est.epochs_run_})
+    tracker.log_model(run_id, est.to_torch(), ds.X[prep.cv_idx][:5])
+    return est, scores
+
+
+def _log_parent(tracker: Tracker, run_id: str, exp: Experiment, out: RunOutcome) -> None:
+    tracker.log_metrics(run_id, summary_metrics(out.cv))
+    if isinstance(tracker, NullTracker):
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        (d / "spec.yaml").write_text(exp.to_yaml())
+        out.table.to_csv(d / "folds.csv", index=False)
+        out.summary.to_csv(d / "summary.csv", index=False)
+        (d / "summary.md").write_text(summary_markdown(out.cv, title=exp.name, test_scores=out.refit_test_scores,
+                                                       notes=out.notes))
+        plots = d / "plots"
+        plots.mkdir()
+        if out.cv.ok_folds:
+            plot_learning_curves(out.cv, plots / "learning_curves.png")
+            plot_fold_scores(out.cv, plots / "fold_scores.png")
+            _measure_plots(out.cv, plots)
+        for p in d.iterdir():
+            tracker.log_artifact(run_id, p, p.name if p.is_dir() else None)
+
+
+def _measure_plots(result: CVResult, plots: Path) -> None:
+    """Measure-vs-gap scatter and spectral densities, when measures were computed."""
+    folds = [f for f in result.ok_folds if f.measures]
+    if not folds:
+        return
+    try:
+        from gencv.measures import plot_density
+    except ImportError:  # pragma: no cover
+        return
+    for f in folds:
+        m = f.artifacts.get("measure_result")
+        if m is not None and getattr(m, "density", None) is not None:
+            grid, dens = m.density
+            plot_density(grid, dens, plots / f"hessian_density_fold{f.index}.png", getattr(m, "eigenvalues", None))
+    from gencv.report import plot_measures_vs_gap
+
+    plot_measures_vs_gap(result, plots / "measures_vs_gap.png")
+
+
+def outcome_json(out: RunOutcome) -> dict[str, Any]:
+    """A JSON-serialisable summary for `--json` output."""
+    return {
+        "run_id": out.run_id,
+        "name": out.experiment.name,
+        "metric": out.cv.metric,
+        "folds": [f.to_json() for f in out.cv.folds],
+        "summary": out.summary.replace({np.nan: None}).to_dict(orient="records"),
+        "refit_test_scores": out.refit_test_scores,
+        "notes": out.notes,
+    }
+

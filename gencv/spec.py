@@ -1,0 +1,393 @@
+"""Experiment spec: load YAML, apply dotted overrides, validate into a frozen model."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gencv.errors import SpecError, did_you_mean
+
+__all__ = [
+    "CVSpec",
+    "DataSpec",
+    "Distribution",
+    "EarlyStoppingSpec",
+    "Experiment",
+    "ModelSpec",
+    "ScheduleSpec",
+    "TrainSpec",
+    "TuneSpec",
+    "apply_overrides",
+    "load_experiment",
+    "parse_overrides",
+    "validate_experiment",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSpec(_Strict):
+    """Where the data comes from and how it is held out and scaled."""
+
+    source: str = "iris"
+    target: str | None = None
+    group: str | None = None
+    time: str | None = None
+    features: list[str] | None = None
+    test_size: float = Field(0.2, ge=0.0, lt=1.0)
+    scale: Literal["standard", "minmax", "none"] = "standard"
+    n_samples: int | None = Field(None, ge=10, le=1_000_000)
+    n_features: int | None = Field(None, ge=1, le=10_000)
+    n_classes: int | None = Field(None, ge=2, le=100)
+    n_groups: int | None = Field(None, ge=2, le=10_000)
+    noise: float | None = Field(None, ge=0.0)
+    lags: int = Field(12, ge=1, le=1000)
+    horizon: int = Field(1, ge=1, le=1000)
+
+
+class ModelSpec(_Strict):
+    """The torch network."""
+
+    kind: Literal["mlp", "cnn", "rnn"] = "mlp"
+    hidden: list[int] = Field(default_factory=lambda: [64, 64])
+    activation: Literal["relu", "tanh", "gelu", "sigmoid", "leaky_relu"] = "relu"
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    batch_norm: bool = False
+    init: Literal["he", "xavier", "default"] = "he"
+    channels: list[int] = Field(default_factory=lambda: [16, 32])
+    kernel_size: int = Field(3, ge=1, le=15)
+    cell: Literal["lstm", "gru"] = "lstm"
+    rnn_layers: int = Field(1, ge=1, le=8)
+
+    @field_validator("hidden", "channels")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(int(h) < 1 for h in v):
+            raise ValueError(f"layer sizes must be positive integers, got {v}")
+        return v
+
+
+class ScheduleSpec(_Strict):
+    """Learning-rate schedule and its parameters."""
+
+    kind: Literal["none", "step", "exponential", "cosine", "plateau"] = "none"
+    step_size: int = Field(10, ge=1)
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    t_max: int | None = Field(None, ge=1)
+    eta_min: float = Field(0.0, ge=0.0)
+    factor: float = Field(0.1, gt=0.0, lt=1.0)
+    patience: int = Field(5, ge=0)
+
+
+class EarlyStoppingSpec(_Strict):
+    """Early stopping on a validation split taken inside the training fold."""
+
+    patience: int = Field(10, ge=1)
+    min_delta: float = Field(0.0, ge=0.0)
+    valid_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    restore_best: bool = True
+
+
+class TrainSpec(_Strict):
+    """Training recipe."""
+
+    optimizer: Literal[
+        "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw", "nadam", "lbfgs"
+    ] = "adam"
+    lr: float = Field(1e-3, gt=0.0, le=100.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    l1: float = Field(0.0, ge=0.0)
+    batch_size: int = Field(32, ge=1)
+    max_epochs: int = Field(50, ge=1, le=100_000)
+    schedule: ScheduleSpec = Field(default_factory=lambda: ScheduleSpec(kind="cosine"))
+    clip_grad_norm: float | None = Field(None, gt=0.0)
+    early_stopping: EarlyStoppingSpec | None = Field(default_factory=EarlyStoppingSpec)
+    device: str = "cpu"
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _schedule_shorthand(cls, v: Any) -> Any:
+        if v is None or isinstance(v, str):
+            return {"kind": v or "none"}
+        return v
+
+
+class CVSpec(_Strict):
+    """Cross-validation scheme."""
+
+    kind: Literal["kfold", "stratified", "loo", "holdout", "rolling", "repeated", "group"] = "stratified"
+    n_splits: int = Field(5, ge=2)
+    shuffle: bool = True
+    n_repeats: int = Field(3, ge=1)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    window: Literal["expanding", "sliding"] = "expanding"
+    max_train_size: int | None = Field(None, ge=1)
+    test_size: int | None = Field(None, ge=1)
+    gap: int = Field(0, ge=0)
+    leave_one_group_out: bool = False
+    max_loo_samples: int = Field(300, ge=1)
+
+    @model_validator(mode="after")
+    def _sliding_needs_size(self) -> CVSpec:
+        if self.kind == "rolling" and self.window == "sliding" and self.max_train_size is None:
+            raise ValueError(
+                "cv.window=sliding needs cv.max_train_size (the window length in samples); "
+                "set it, or use window: expanding"
+            )
+        return self
+
+
+class Distribution(_Strict):
+    """One search dimension: a float/int range (optionally log) or categorical choices."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    type: Literal["float", "int"] | None = None
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Distribution:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low/high, not both")
+            if len(self.choices) == 0:
+                raise ValueError("choices must not be empty")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a range needs both low and high (or give choices: [...])")
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log=true needs low > 0, got low={self.low}")
+        return self
+
+
+class TuneSpec(_Strict):
+    """Optuna study settings and search space."""
+
+    trials: int = Field(40, ge=1)
+    timeout: float | None = Field(None, gt=0)
+    sampler: Literal["tpe", "random", "gp", "cmaes", "grid"] = "tpe"
+    pruner: Literal["wilcoxon", "median", "hyperband", "none"] = "wilcoxon"
+    nested: bool = False
+    inner_cv: CVSpec = Field(default_factory=lambda: CVSpec(kind="stratified", n_splits=3))
+    space: dict[str, Distribution] = Field(default_factory=dict)
+    max_consecutive_failures: int = Field(10, ge=1)
+    divergence: Literal["prune", "penalty"] = "prune"
+
+
+class Experiment(_Strict):
+    """A validated experiment spec."""
+
+    name: str = Field("quickstart", min_length=1, max_length=200)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    cv: CVSpec = Field(default_factory=CVSpec)
+    metric: str = "accuracy"
+    measures: list[str] = Field(default_factory=list)
+    measure_options: dict[str, Any] = Field(default_factory=dict)
+    tune: TuneSpec | None = None
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, v: str) -> str:
+        from gencv.metrics import METRICS
+
+        if v not in METRICS:
+            raise ValueError(
+                f"unknown metric {v!r}; allowed: {', '.join(METRICS)}.{did_you_mean(v, METRICS)}"
+            )
+        return v
+
+    @field_validator("measures", mode="before")
+    @classmethod
+    def _measures_list(cls, v: Any) -> Any:
+        if v is None:
+            return []
+        if isinstance(v, str):
+            return [s.strip() for s in v.split(",") if s.strip()]
+        return v
+
+    @field_validator("measures")
+    @classmethod
+    def _known_measures(cls, v: list[str]) -> list[str]:
+        from gencv.measures import validate_measure_names
+
+        return validate_measure_names(v)
+
+    @field_validator("measure_options")
+    @classmethod
+    def _known_options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        import dataclasses
+
+        from gencv.measures import MeasureConfig
+
+        fields = {f.name for f in dataclasses.fields(MeasureConfig)}
+        for key in v:
+            if key not in fields:
+                raise ValueError(
+                    f"unknown measure option {key!r}; allowed: {', '.join(sorted(fields))}."
+                    f"{did_you_mean(key, fields)}"
+                )
+        try:
+            MeasureConfig(**v)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    def digest(self) -> str:
+        """Short SHA-256 of the resolved spec (stable key order)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        """The resolved spec as YAML."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def flat_params(self) -> dict[str, str]:
+        """Flatten to dotted keys with string values (MLflow params)."""
+        return {k: _param_str(v) for k, v in _flatten(self.model_dump(mode="json")).items()}
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Experiment:
+        """Return a new, validated Experiment with dotted-path values replaced."""
+        raw = self.model_dump(mode="json")
+        return validate_experiment(apply_overrides(raw, overrides), source="overrides")
+
+
+def _param_str(v: Any) -> str:
+    s = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+    return s if len(s) <= 6000 else s[:5997] + "..."
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v and k != "space":
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_experiment(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = ()) -> Experiment:
+    """Read a YAML spec, apply `--set` style overrides, and validate."""
+    p = Path(path)
+    if not p.exists():
+        raise SpecError(f"spec file {str(p)!r} does not exist; pass a path such as experiments/quickstart.yaml")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"cannot read spec file {str(p)!r}: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{p}: malformed YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SpecError(
+            f"{p}: the spec must be a YAML mapping (name: ..., data: ..., ...), got {type(raw).__name__}"
+        )
+    if not isinstance(overrides, Mapping):
+        overrides = parse_overrides(overrides)
+    raw = apply_overrides(raw, overrides)
+    return validate_experiment(raw, source=str(p))
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """Parse ['train.lr=0.01', 'cv.kind=loo'] into a dict; values are YAML scalars or lists."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise SpecError(f"--set {item!r}: expected PATH=VALUE, for example --set train.lr=0.01")
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if not key:
+            raise SpecError(f"--set {item!r}: empty path; for example --set train.lr=0.01")
+        try:
+            out[key] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as exc:
+            raise SpecError(f"--set {item!r}: cannot parse value: {exc}") from None
+    return out
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a copy of raw with each dotted path set (intermediate mappings are created)."""
+    data = copy.deepcopy(dict(raw))
+    for path, value in overrides.items():
+        parts = path.split(".")
+        node: Any = data
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = {}
+                node[part] = nxt
+            elif not isinstance(nxt, dict):
+                where = ".".join(parts[: i + 1])
+                raise SpecError(f"override {path!r}: {where} is {nxt!r}, not a mapping; cannot set {path}")
+            node = nxt
+        node[parts[-1]] = value
+    return data
+
+
+def validate_experiment(raw: Mapping[str, Any], source: str = "spec") -> Experiment:
+    """Validate a raw mapping; raise SpecError listing every problem with path, value and fix."""
+    try:
+        return Experiment.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_format_error(err, raw) for err in exc.errors()]
+        n = len(lines)
+        raise SpecError(f"{source}: {n} problem{'s' if n > 1 else ''} in the spec:\n" + "\n".join(lines)) from None
+
+
+_MODELS: dict[str, type[BaseModel]] = {
+    "": Experiment,
+    "data": DataSpec,
+    "model": ModelSpec,
+    "train": TrainSpec,
+    "train.schedule": ScheduleSpec,
+    "train.early_stopping": EarlyStoppingSpec,
+    "cv": CVSpec,
+    "tune": TuneSpec,
+    "tune.inner_cv": CVSpec,
+}
+
+
+def _format_error(err: Mapping[str, Any], raw: Mapping[str, Any]) -> str:
+    loc = [str(p) for p in err.get("loc", ()) if not str(p).startswith("function-")]
+    path = ".".join(loc) or "(top level)"
+    etype = err.get("type", "")
+    value = err.get("input")
+    if etype == "extra_forbidden":
+        parent = ".".join(loc[:-1])
+        model = _MODELS.get(parent)
+        allowed = sorted(model.model_fields) if model else []
+        hint = did_you_mean(loc[-1], allowed)
+        return f"  - {path}: unknown key.{hint} Allowed keys{f' under {parent}' if parent else ''}: {', '.join(allowed)}"
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    if etype == "literal_error":
+        expected = str(err.get("ctx", {}).get("expected", ""))
+        options = [s.strip().strip("'") for s in expected.replace(" or ", ",").split(",")]
+        msg = f"must be one of {expected}.{did_you_mean(str(value), options)}"
+    if etype == "missing":
+        return f"  - {path}: required field is missing"
+    shown = value if not isinstance(value, Mapping) else "{...}"
+    return f"  - {path}: got {shown!r}: {msg}"

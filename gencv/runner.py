@@ -184,7 +184,9 @@ def run_experiment(
             tracker=tracker, experiment=exp.name, parent_run=run_id, progress=progress, done=done,
             keep_estimators=False,
         )
-        outcome = RunOutcome(exp, ds, result, summary_table(result), fold_table(result), run_id=run_id)
+        tracked = not isinstance(tracker, NullTracker)
+        outcome = RunOutcome(exp, ds, result, summary_table(result), fold_table(result),
+                             run_id=run_id if tracked else None)
         if result.n_failed:
             outcome.notes.append(f"{result.n_failed} of {len(result.folds)} folds failed; summaries use the others")
         if refit and result.ok_folds:

@@ -117,7 +117,7 @@ def make_folds(
     local = np.arange(n)
     folds = []
     try:
-        for i, (tr, va) in enumerate(splitter.split(local, y_sub, g_sub)):
+        for i, (tr, va) in enumerate(splitter.split(local, y_sub, g_sub if cv.kind == "group" else None)):
             folds.append(Fold(i, indices[tr], indices[va]))
     except ValueError as exc:
         raise SplitError(f"{field}: {cv.kind} CV cannot split these {n} samples: {exc}") from None

@@ -22,7 +22,8 @@ _SIGMA_MIN, _SIGMA_MAX, _SIGMA_START, _SIGMA_RTOL = 1e-8, 1e3, 1e-2, 1e-3
 def _eps_sharpness(land: _Landscape, loss0: float, *, eps: float, steps: int, gen: torch.Generator) -> dict[str, float]:
     """Keskar et al. (2017): 100 * (max_{|z_i| <= eps(|w_i|+1)} L(w+z) - L(w)) / (1 + L(w)).
 
-    Maximised with scipy's L-BFGS-B in the box (at most `steps` iterations, 3*steps evaluations),
+    Maximised with scipy's L-BFGS-B in the box (`steps` iterations, at most 3*steps evaluations; the
+    gradient/function tolerances are 0 so tiny gradients do not end the search early),
     starting from the box corner that maximises the linearised loss (sign of the gradient; random signs
     where the gradient is exactly zero). The best loss seen at any evaluation is kept.
     """
@@ -48,7 +49,7 @@ def _eps_sharpness(land: _Landscape, loss0: float, *, eps: float, steps: int, ge
 
     minimize(
         objective, x0, jac=True, method="L-BFGS-B", bounds=Bounds(-bound, bound),
-        options={"maxiter": steps, "maxfun": 3 * steps},
+        options={"maxiter": steps, "maxfun": 3 * steps, "ftol": 0.0, "gtol": 0.0},
     )
     increase = best - loss0
     return {

@@ -1,0 +1,394 @@
+"""Public entry points: the measure registry, configuration, result type and `compute_measures`."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from gencv.errors import DataError, SpecError, did_you_mean
+from gencv.measures._density import _broadened_density, _slq_nodes
+from gencv.measures._gauss_newton import _fisher_trace, _ggn_quad
+from gencv.measures._hessian import _hutchinson, _lanczos_top, _power_top
+from gencv.measures._hvp import _Landscape
+from gencv.measures._norms import _norm_values
+from gencv.measures._sharpness import _adaptive_sharpness, _eps_sharpness, _pacbayes_flatness
+
+logger = logging.getLogger(__name__)
+
+MEASURE_NAMES: tuple[str, ...] = (
+    "hessian_top",
+    "hessian_trace",
+    "hessian_diag",
+    "ggn_trace",
+    "fisher_trace",
+    "eps_sharpness",
+    "adaptive_sharpness",
+    "pacbayes_flatness",
+    "norms",
+    "hessian_density",
+)
+EIG_METHODS: tuple[str, ...] = ("lanczos", "power")
+
+_POSITIVE_INTS = (
+    "top_k", "max_iter", "trace_min_probes", "trace_max_probes", "ascent_steps", "n_random_directions",
+    "pacbayes_mc_samples", "density_probes", "density_steps",
+)
+_POSITIVE_FLOATS = ("eig_tol", "trace_rel_se", "eps", "adaptive_rho", "pacbayes_target")
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    """Parameters of the curvature/sharpness measures (see docs/measures.md for each one's meaning)."""
+
+    sample_size: int | None = 512
+    top_k: int = 1
+    eig_method: str = "lanczos"
+    eig_tol: float = 1e-4
+    max_iter: int = 100
+    trace_rel_se: float = 0.05
+    trace_min_probes: int = 10
+    trace_max_probes: int = 200
+    eps: float = 1e-3
+    ascent_steps: int = 10
+    adaptive_rho: float = 0.05
+    n_random_directions: int = 10
+    pacbayes_target: float = 0.1
+    pacbayes_mc_samples: int = 10
+    density_probes: int = 3
+    density_steps: int = 30
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("sample_size", "batch_size", *_POSITIVE_INTS):
+            value = getattr(self, name)
+            if value is None and name in ("sample_size", "batch_size"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"MeasureConfig.{name} must be an int, got {value!r}; pass e.g. {name}=10")
+            if value < 1:
+                raise ValueError(f"MeasureConfig.{name} must be >= 1, got {value}; pass a positive count")
+        for name in _POSITIVE_FLOATS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"MeasureConfig.{name} must be a float, got {value!r}")
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"MeasureConfig.{name} must be a finite number > 0, got {value}")
+        if self.trace_min_probes < 2:
+            raise ValueError(
+                f"MeasureConfig.trace_min_probes must be >= 2 (a standard error needs two probes), "
+                f"got {self.trace_min_probes}"
+            )
+        if self.trace_max_probes < self.trace_min_probes:
+            raise ValueError(
+                f"MeasureConfig.trace_max_probes ({self.trace_max_probes}) is below trace_min_probes "
+                f"({self.trace_min_probes}); raise trace_max_probes"
+            )
+        if self.density_steps < 2:
+            raise ValueError(f"MeasureConfig.density_steps must be >= 2, got {self.density_steps}")
+        if self.eig_method not in EIG_METHODS:
+            raise ValueError(
+                f"MeasureConfig.eig_method {self.eig_method!r} is unknown; use one of {EIG_METHODS}."
+                + did_you_mean(self.eig_method, EIG_METHODS)
+            )
+
+
+@dataclass
+class MeasureResult:
+    """Flat finite metrics, the spectral density, top eigenvalues, notes and per-measure wall time."""
+
+    values: dict[str, float]
+    density: tuple[np.ndarray, np.ndarray] | None = None
+    eigenvalues: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def validate_measure_names(names: Sequence[str]) -> list[str]:
+    """Return the names deduplicated in order; raise `SpecError` (a ValueError) for unknown ones.
+
+    Parameters
+    ----------
+    names
+        Measure names from `MEASURE_NAMES`, e.g. ``["hessian_top", "norms"]``.
+    """
+    if isinstance(names, str) or not isinstance(names, Sequence):
+        raise TypeError(
+            f"measure names must be a list of strings, got {names!r}; pass e.g. [{names!r}]"
+            if isinstance(names, str)
+            else f"measure names must be a list of strings, got {type(names).__name__}"
+        )
+    out: list[str] = []
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"measure name {name!r} is not a string; use one of {MEASURE_NAMES}")
+        if name not in MEASURE_NAMES:
+            raise SpecError(
+                f"measure {name!r} is unknown; use one of {', '.join(MEASURE_NAMES)}."
+                + did_you_mean(name, MEASURE_NAMES)
+            )
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def _sub_seed(seed: int, label: str) -> int:
+    """Deterministic 63-bit seed for one measure (or the subsample) derived from the user seed."""
+    digest = hashlib.blake2b(f"gencv.measures:{seed}:{label}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def _generator(seed: int, label: str) -> torch.Generator:
+    return torch.Generator().manual_seed(_sub_seed(seed, label))
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode, then restore each one's own train/eval flag."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _prepare_data(
+    X: torch.Tensor, y: torch.Tensor, dtype: torch.dtype, device: torch.device, sample_size: int | None,
+    seed: int, notes: list[str],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(X, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError(f"X and y must be torch tensors, got {type(X).__name__} and {type(y).__name__}")
+    if X.dim() == 0 or X.shape[0] == 0:
+        raise DataError(f"X is empty (shape {tuple(X.shape)}); pass at least one training sample")
+    if y.dim() == 0 or y.shape[0] != X.shape[0]:
+        raise DataError(
+            f"y has shape {tuple(y.shape)} but X has {X.shape[0]} samples; pass one target per sample"
+        )
+    n = int(X.shape[0])
+    if sample_size is not None and sample_size < n:
+        gen = _generator(seed, "sample")
+        idx = torch.randperm(n, generator=gen)[:sample_size].sort().values
+        X = X.index_select(0, idx.to(X.device))
+        y = y.index_select(0, idx.to(y.device))
+    elif sample_size is not None and sample_size > n:
+        notes.append(f"sample_size {sample_size} > fold size {n}: used all {n}")
+    X = X.to(device=device, dtype=dtype) if X.is_floating_point() else X.to(device=device)
+    y = y.to(device=device, dtype=dtype) if y.is_floating_point() else y.to(device=device)
+    return X, y
+
+
+def compute_measures(
+    module: nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    names: Sequence[str],
+    *,
+    seed: int,
+    config: MeasureConfig | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
+) -> MeasureResult:
+    """Compute the named curvature/sharpness measures of the mean training loss at the module's weights.
+
+    Parameters
+    ----------
+    module
+        The trained network; evaluated in eval mode (restored afterwards), never modified.
+    X, y
+        The fold's training data (first dimension = samples); not modified. A seeded subsample of
+        ``config.sample_size`` rows is used.
+    loss_fn
+        ``loss_fn(outputs, targets)`` returning the mean loss.
+    names
+        Measures from `MEASURE_NAMES`.
+    seed
+        Seeds every probe, direction and the subsample (one derived generator per measure).
+    config
+        `MeasureConfig`; defaults when None.
+    init_state
+        State dict at initialisation, for ``dist_from_init`` (skipped when None).
+    """
+    names = validate_measure_names(names)
+    config = MeasureConfig() if config is None else config
+    if not isinstance(config, MeasureConfig):
+        raise TypeError(f"config must be a MeasureConfig, got {type(config).__name__}")
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable(outputs, targets) -> mean loss, got {loss_fn!r}")
+    seed = int(seed)
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError(
+            f"module {type(module).__name__} has no trainable parameters (requires_grad=True); "
+            "curvature measures need at least one"
+        )
+    notes: list[str] = []
+    X, y = _prepare_data(X, y, trainable[0].dtype, trainable[0].device, config.sample_size, seed, notes)
+    result = MeasureResult(values={}, notes=notes)
+    with _eval_mode(module):
+        land = _Landscape(module, X, y, loss_fn, batch_size=config.batch_size)
+        try:
+            loss0 = land.loss()
+            if not math.isfinite(loss0):
+                notes.append(f"training loss is {loss0} at these weights; curvature values are not meaningful")
+            result.values.update({"loss": loss0, "sample_size": float(land.n_samples), "n_params": float(land.n_params)})
+            for name in names:
+                start = time.perf_counter()
+                hvps_before = land.hvp_count
+                _MEASURES[name](land, loss0, config, seed, init_state, result)
+                result.seconds[name] = time.perf_counter() - start
+                logger.debug(
+                    "%s: %.3fs, %d HVPs", name, result.seconds[name], land.hvp_count - hvps_before
+                )
+        finally:
+            land.close()
+    for key in list(result.values):
+        value = float(result.values[key])
+        if math.isfinite(value):
+            result.values[key] = value
+        else:
+            del result.values[key]
+            notes.append(f"{key} is {value} and was dropped (metrics must be finite)")
+    return result
+
+
+# -- one adapter per measure: (landscape, loss at w, config, seed, init_state, result) -> None ----------
+
+
+def _m_hessian_top(land: _Landscape, loss0: float, cfg: MeasureConfig, seed: int, _init: object, res: MeasureResult) -> None:
+    k = cfg.top_k
+    if k > land.n_params:
+        res.notes.append(f"top_k {k} > n_params {land.n_params}: computed all {land.n_params}")
+        k = land.n_params
+    solver = _lanczos_top if cfg.eig_method == "lanczos" else _power_top
+    top, hvps, converged = solver(
+        land.hvp, land.n_params, k, max_iter=cfg.max_iter, tol=cfg.eig_tol,
+        gen=_generator(seed, "hessian_top"), dtype=land.dtype, device=land.device,
+    )
+    for i, value in enumerate(top, start=1):
+        res.values[f"hessian_top_{i}"] = float(value)
+    res.values["hessian_top_iterations"] = float(hvps)
+    res.values["hessian_top_converged"] = 1.0 if converged else 0.0
+    if not converged:
+        res.notes.append(
+            f"hessian_top: {cfg.eig_method} did not reach eig_tol {cfg.eig_tol:g} within max_iter "
+            f"{cfg.max_iter}; raise max_iter for a tighter estimate"
+        )
+    res.eigenvalues = np.asarray(top, dtype=np.float64)
+
+
+def _hutchinson_hessian(land: _Landscape, cfg: MeasureConfig, seed: int, res: MeasureResult) -> None:
+    """Shared by hessian_trace and hessian_diag: same seeded probes, computed once."""
+    if "hessian_trace" in res.values:
+        return
+    est = _hutchinson(
+        land.hvp, land.n_params, gen=_generator(seed, "hutchinson"), dtype=land.dtype, device=land.device,
+        rel_se=cfg.trace_rel_se, min_probes=cfg.trace_min_probes, max_probes=cfg.trace_max_probes,
+    )
+    diag = est.diag if est.diag is not None else torch.zeros(1)
+    res.values.update({
+        "hessian_trace": est.mean,
+        "hessian_trace_se": est.se,
+        "hessian_trace_probes": float(est.probes),
+        "hessian_diag_mean": float(diag.mean()),
+        "hessian_diag_max": float(diag.max()),
+        "hessian_diag_min": float(diag.min()),
+        "hessian_diag_abs_mean": float(diag.abs().mean()),
+    })
+    if est.se > cfg.trace_rel_se * abs(est.mean):
+        res.notes.append(
+            f"hessian_trace: standard error {est.se:.3g} is above trace_rel_se {cfg.trace_rel_se:g} x "
+            f"|trace| after trace_max_probes {cfg.trace_max_probes}"
+        )
+
+
+def _m_hessian_trace(land: _Landscape, loss0: float, cfg: MeasureConfig, seed: int, _init: object, res: MeasureResult) -> None:
+    _hutchinson_hessian(land, cfg, seed, res)
+
+
+def _m_hessian_diag(land: _Landscape, loss0: float, cfg: MeasureConfig, seed: int, _init: object, res: MeasureResult) -> None:
+    _hutchinson_hessian(land, cfg, seed, res)
+
+
+def _m_ggn_trace(land: _Landscape, loss0: float, cfg: MeasureConfig, seed: int, _init: object, res: MeasureResult) -> None:
+    est = _hutchinson(
+        None, land.n_params, gen=_generator(seed, "ggn_trace"), dtype=land.dtype, device=land.device,
+        rel_se=cfg.trace_rel_se, min_probes=cfg.trace_min_probes, max_probes=cfg.trace_max_probes,
+        quad=lambda z: _ggn_quad(land, z),
+    )
+    res.values.update({"ggn_trace": est.mean, "ggn_trace_se": est.se, "ggn_trace_probes": float(est.probes)})
+
+
+def _m_fisher_trace(land: _Landscape, loss0: float, cfg: MeasureConfig, seed: int, _init: object, res: MeasureResult) -> None:
+    res.values["fisher_trace"] = _fisher_trace(land, res.notes)
+
+
+def _m_eps_sharpness(land: _Landscape, loss0: float, cfg: MeasureConfig, seed: int, _init: object, res: MeasureResult) -> None:
+    res.values.update(
+        _eps_sharpness(land, loss0, eps=cfg.eps, steps=cfg.ascent_steps, gen=_generator(seed, "eps_sharpness"))
+    )
+
+
+def _m_adaptive_sharpness(land: _Landscape, loss0: float, cfg: MeasureConfig, seed: int, _init: object, res: MeasureResult) -> None:
+    res.values.update(
+        _adaptive_sharpness(
+            land, loss0, rho=cfg.adaptive_rho, steps=cfg.ascent_steps, n_dirs=cfg.n_random_directions,
+            gen=_generator(seed, "adaptive_sharpness"),
+        )
+    )
+
+
+def _m_pacbayes(land: _Landscape, loss0: float, cfg: MeasureConfig, seed: int, _init: object, res: MeasureResult) -> None:
+    res.values.update(
+        _pacbayes_flatness(
+            land, loss0, target=cfg.pacbayes_target, mc=cfg.pacbayes_mc_samples,
+            seed=_sub_seed(seed, "pacbayes_flatness"), notes=res.notes,
+        )
+    )
+
+
+def _m_norms(land: _Landscape, loss0: float, cfg: MeasureConfig, seed: int, init: object, res: MeasureResult) -> None:
+    res.values.update(_norm_values(land.module, init, res.notes))  # type: ignore[arg-type]
+
+
+def _m_hessian_density(land: _Landscape, loss0: float, cfg: MeasureConfig, seed: int, _init: object, res: MeasureResult) -> None:
+    nodes, weights, _ = _slq_nodes(
+        land.hvp, land.n_params, probes=cfg.density_probes, steps=cfg.density_steps,
+        gen=_generator(seed, "hessian_density"), dtype=land.dtype, device=land.device,
+    )
+    grid, density, width = _broadened_density(nodes, weights)
+    res.density = (grid, density)
+    res.values.update({
+        "hessian_density_mean": float(np.sum(weights * nodes)),
+        "hessian_density_negative_mass": float(np.sum(weights[nodes < 0])),
+        "hessian_density_ritz_min": float(nodes.min()),
+        "hessian_density_ritz_max": float(nodes.max()),
+        "hessian_density_width": width,
+    })
+
+
+_MEASURES: dict[str, Callable[..., None]] = {
+    "hessian_top": _m_hessian_top,
+    "hessian_trace": _m_hessian_trace,
+    "hessian_diag": _m_hessian_diag,
+    "ggn_trace": _m_ggn_trace,
+    "fisher_trace": _m_fisher_trace,
+    "eps_sharpness": _m_eps_sharpness,
+    "adaptive_sharpness": _m_adaptive_sharpness,
+    "pacbayes_flatness": _m_pacbayes,
+    "norms": _m_norms,
+    "hessian_density": _m_hessian_density,
+}

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gencv.errors import SpecError
+from gencv.spec import Experiment, load_experiment, parse_overrides, validate_experiment
+
+from .conftest import ROOT
+
+
+def test_every_example_spec_validates() -> None:
+    specs = sorted((ROOT / "experiments").glob("*.yaml"))
+    assert len(specs) >= 6
+    for p in specs:
+        exp = load_experiment(p)
+        assert exp.name
+
+
+def test_quickstart_is_the_embedded_default() -> None:
+    from importlib import resources
+
+    embedded = resources.files("gencv.experiments").joinpath("quickstart.yaml")
+    assert load_experiment(str(embedded)) == load_experiment(ROOT / "experiments" / "quickstart.yaml")
+
+
+def test_overrides_apply_dotted_paths_and_parse_values(tmp_path: Path) -> None:
+    exp = load_experiment(ROOT / "experiments" / "quickstart.yaml", ["train.lr=0.5", "cv.kind=loo", "model.hidden=[3, 2]"])
+    assert exp.train.lr == 0.5 and exp.cv.kind == "loo" and exp.model.hidden == [3, 2]
+    assert parse_overrides(["train.early_stopping=null"]) == {"train.early_stopping": None}
+
+
+def test_digest_changes_with_content() -> None:
+    a = Experiment()
+    assert a.digest() == Experiment().digest()
+    assert a.digest() != a.with_overrides({"seed": 1}).digest()
+
+
+@pytest.mark.parametrize(
+    ("raw", "pattern"),
+    [
+        ({"trian": {}}, r"trian: unknown key\. Did you mean 'train'\?"),
+        ({"train": {"lr": "fast"}}, r"train\.lr: got 'fast'"),
+        ({"train": {"lr": -1}}, r"train\.lr: got -1: .*greater than 0"),
+        ({"train": {"optimizer": "adamm"}}, r"train\.optimizer: got 'adamm': must be one of .*Did you mean 'adam'\?"),
+        ({"cv": {"n_splits": 1}}, r"cv\.n_splits: got 1"),
+        ({"model": {"dropout": 1.5}}, r"model\.dropout: got 1\.5"),
+        ({"metric": "acuracy"}, r"metric: got 'acuracy'.*Did you mean 'accuracy'\?"),
+        ({"data": {"test_size": 1.0}}, r"data\.test_size: got 1\.0"),
+        ({"cv": {"kind": "rolling", "window": "sliding"}}, r"needs cv\.max_train_size"),
+        ({"model": {"hidden": [8, 0]}}, r"model\.hidden"),
+        ({"train": {"early_stopping": {"patiense": 3}}}, r"train\.early_stopping\.patiense: unknown key\. Did you mean 'patience'"),
+    ],
+)
+def test_bad_specs_name_field_value_and_fix(raw: dict, pattern: str) -> None:
+    with pytest.raises(SpecError, match=pattern):
+        validate_experiment(raw)
+
+
+def test_all_problems_are_reported_at_once() -> None:
+    with pytest.raises(SpecError, match="2 problems") as info:
+        validate_experiment({"train": {"lr": 0}, "cv": {"kind": "kfoldd"}})
+    assert "train.lr" in str(info.value) and "cv.kind" in str(info.value)
+
+
+def test_unreadable_and_malformed_yaml(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="does not exist"):
+        load_experiment(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(SpecError, match="malformed YAML"):
+        load_experiment(bad)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- a\n- b\n")
+    with pytest.raises(SpecError, match="must be a YAML mapping"):
+        load_experiment(lst)
+
+
+def test_bad_override_syntax() -> None:
+    with pytest.raises(SpecError, match="expected PATH=VALUE"):
+        parse_overrides(["train.lr"])
+    with pytest.raises(SpecError, match=r"train\.lrr: unknown key"):
+        Experiment().with_overrides({"train.lrr": 0.1})

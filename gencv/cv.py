@@ -357,7 +357,7 @@ def cross_validate(
             res.estimator = None
         results[i] = res
         if not res.ok:
-            log.warning("fold %d failed: %s", i, res.reason)
+            log.info("fold %d failed: %s", i, res.reason)
         progress.fold_end(i, res)
         if on_fold_end is not None:
             on_fold_end(res, pos)

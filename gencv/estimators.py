@@ -156,6 +156,20 @@ class _HeldOutCurve(Callback):
             self.on_epoch(len(net.history), dict(net.history[-1]))
 
 
+class _StopTraining(Exception):
+    """Early stopping's signal (skorch's own EarlyStopping raises KeyboardInterrupt, indistinguishable from Ctrl-C)."""
+
+
+class _EarlyStopping(EarlyStopping):
+    def on_epoch_end(self, net: Any, **kwargs: Any) -> None:
+        try:
+            super().on_epoch_end(net, **kwargs)
+        except KeyboardInterrupt:
+            if self.misses_ == self.patience:
+                raise _StopTraining from None
+            raise
+
+
 class _PenalizedMixin:
     """Adds an L1 (and, for L-BFGS, an explicit L2) penalty to the training loss."""
 
@@ -301,7 +315,7 @@ class GencvEstimator(BaseEstimator):
         if es is not None:
             train_split = InnerSplit(es.valid_fraction, stratified=self.task == "classification",
                                      time_ordered=self.time_ordered, seed=self.seed)
-            callbacks.append(("early_stopping", EarlyStopping(
+            callbacks.append(("early_stopping", _EarlyStopping(
                 monitor="valid_loss", patience=es.patience, threshold=es.min_delta, threshold_mode="abs",
                 lower_is_better=True, load_best=es.restore_best)))
         callbacks.append(("curve", _HeldOutCurve(X_eval, y_eval, self._curve_metric(), on_epoch)))
@@ -352,7 +366,15 @@ class GencvEstimator(BaseEstimator):
             net = self._net(Xe, ye, on_epoch)
             net.initialize()
             self.init_state_ = {k: v.detach().clone() for k, v in net.module_.state_dict().items()}
-            net.partial_fit(Xt, self._y_fit(y))
+            yt = self._y_fit(y)
+            # skorch's partial_fit swallows KeyboardInterrupt (it just stops training); we let
+            # Ctrl-C and SIGTERM propagate so the run is marked KILLED instead of half-trained.
+            net.notify("on_train_begin", X=Xt, y=yt)
+            try:
+                net.fit_loop(Xt, yt)
+            except _StopTraining:
+                pass
+            net.notify("on_train_end", X=Xt, y=yt)
         self.net_ = net
         split = net.train_split
         self.inner_valid_positions_ = getattr(split, "last_valid_positions_", None)

@@ -16,7 +16,7 @@ import pandas as pd
 from gencv import __version__
 from gencv.cv import CVResult, FoldResult, Progress, cross_validate, derive_seed
 from gencv.data import Dataset, holdout_test, load_dataset
-from gencv.errors import GencvError, SpecError
+from gencv.errors import DivergenceError, GencvError, SpecError
 from gencv.estimators import GencvEstimator
 from gencv.metrics import check_metric_for_task, score_all
 from gencv.report import (
@@ -190,7 +190,11 @@ def run_experiment(
         if result.n_failed:
             outcome.notes.append(f"{result.n_failed} of {len(result.folds)} folds failed; summaries use the others")
         if refit and result.ok_folds:
-            outcome.refit_estimator, outcome.refit_test_scores = _refit(exp, prep, tracker, run_id)
+            try:
+                outcome.refit_estimator, outcome.refit_test_scores = _refit(exp, prep, tracker, run_id)
+            except DivergenceError as exc:
+                outcome.notes.append(f"the refit on all non-test data diverged ({exc}); no model was logged")
+                tracker.set_tags(run_id, {"gencv.refit": "diverged"})
         _log_parent(tracker, run_id, exp, outcome)
         status = "FINISHED" if result.ok_folds else "FAILED"
         return outcome

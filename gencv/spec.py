@@ -103,7 +103,7 @@ class TrainSpec(_Strict):
     optimizer: Literal[
         "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw", "nadam", "lbfgs"
     ] = "adam"
-    lr: float = Field(1e-3, gt=0.0, le=100.0)
+    lr: float = Field(1e-3, gt=0.0, le=1e4)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
     l1: float = Field(0.0, ge=0.0)

@@ -28,7 +28,9 @@ DT = torch.float64
 
 
 # -- fixtures and references --------------------------------------------------------------------------
-def _mlp(d_in: int = 4, hidden: tuple[int, ...] = (8, 8), d_out: int = 3, act: type[nn.Module] = nn.Tanh, seed: int = 0) -> nn.Sequential:
+def _mlp(
+    d_in: int = 4, hidden: tuple[int, ...] = (8, 8), d_out: int = 3, act: type[nn.Module] = nn.Tanh, seed: int = 0
+) -> nn.Sequential:
     torch.manual_seed(seed)  # test-only: module init
     layers: list[nn.Module] = []
     prev = d_in
@@ -46,7 +48,9 @@ def _data(n: int = 64, d: int = 4, classes: int = 3, seed: int = 1) -> tuple[tor
     return X, y.clamp(max=classes - 1)
 
 
-def _train(module: nn.Module, X: torch.Tensor, y: torch.Tensor, loss_fn, steps: int = 150, lr: float = 0.05) -> nn.Module:
+def _train(
+    module: nn.Module, X: torch.Tensor, y: torch.Tensor, loss_fn, steps: int = 150, lr: float = 0.05
+) -> nn.Module:
     opt = torch.optim.Adam(module.parameters(), lr=lr)
     for _ in range(steps):
         opt.zero_grad()
@@ -108,7 +112,8 @@ def test_chunked_loss_and_grad_match_full_batch(trained) -> None:
 def test_top_eigenvalue(trained, method: str) -> None:
     module, X, y, H = trained
     exact = torch.linalg.eigvalsh(H)
-    res = compute_measures(module, X, y, F.cross_entropy, ["hessian_top"], seed=0, config=_cfg(eig_method=method, max_iter=300))
+    cfg = _cfg(eig_method=method, max_iter=300)
+    res = compute_measures(module, X, y, F.cross_entropy, ["hessian_top"], seed=0, config=cfg)
     assert res.values["hessian_top_converged"] == 1.0
     assert abs(res.values["hessian_top_1"] - float(exact[-1])) <= 1e-4 * abs(float(exact[-1]))
     assert res.values["hessian_top_iterations"] <= 300
@@ -119,11 +124,24 @@ def test_top_k_matches_eigvalsh(trained, method: str) -> None:
     module, X, y, H = trained
     exact = torch.linalg.eigvalsh(H).flip(0)[:3].numpy()  # largest algebraic, descending
     res = compute_measures(
-        module, X, y, F.cross_entropy, ["hessian_top"], seed=0, config=_cfg(top_k=3, eig_method=method, max_iter=300, eig_tol=1e-6)
+        module, X, y, F.cross_entropy, ["hessian_top"], seed=0,
+        config=_cfg(top_k=3, eig_method=method, max_iter=300, eig_tol=1e-6),
     )
     assert res.eigenvalues is not None and list(res.eigenvalues) == sorted(res.eigenvalues, reverse=True)
     np.testing.assert_allclose(res.eigenvalues, exact, rtol=1e-4)
     np.testing.assert_allclose([res.values[f"hessian_top_{i}"] for i in (1, 2, 3)], exact, rtol=1e-4)
+
+
+def test_lanczos_finds_repeated_eigenvalues() -> None:
+    """Linear model + MSE over 2 outputs: every eigenvalue is double; restarts on breakdown find both copies."""
+    torch.manual_seed(0)
+    module = nn.Linear(3, 2).to(DT)
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(40, 3, generator=g, dtype=DT)
+    y = torch.randn(40, 2, generator=g, dtype=DT)
+    exact = torch.linalg.eigvalsh(_dense_hessian(module, X, y, F.mse_loss)).flip(0)[:4].numpy()
+    res = compute_measures(module, X, y, F.mse_loss, ["hessian_top"], seed=0, config=_cfg(top_k=4))
+    np.testing.assert_allclose(res.eigenvalues, exact, rtol=1e-8)
 
 
 def test_power_iteration_finds_largest_algebraic_when_negative_dominates() -> None:
@@ -132,7 +150,8 @@ def test_power_iteration_finds_largest_algebraic_when_negative_dominates() -> No
 
     diag = torch.tensor([-5.0, 2.0, 1.0, 0.5, 0.1], dtype=DT)
     top, _, converged = _power_top(
-        lambda v: diag * v, 5, 2, max_iter=500, tol=1e-8, gen=torch.Generator().manual_seed(0), dtype=DT, device=torch.device("cpu")
+        lambda v: diag * v, 5, 2, max_iter=500, tol=1e-8, gen=torch.Generator().manual_seed(0), dtype=DT,
+        device=torch.device("cpu"),
     )
     assert converged
     np.testing.assert_allclose(top, [2.0, 1.0], rtol=1e-6)
@@ -294,7 +313,8 @@ def test_eps_sharpness_matches_brute_force_and_orders_curvature() -> None:
     for k in (1.0, 10.0):
         for w in ((0.3, 0.7), (1.0, -2.0)):  # off the minimum, and exactly at it (gradient 0)
             module = _Quadratic(w)
-            got = compute_measures(module, X, y, _quad_loss(k), ["eps_sharpness"], seed=0, config=cfg).values["eps_sharpness"]
+            res = compute_measures(module, X, y, _quad_loss(k), ["eps_sharpness"], seed=0, config=cfg)
+            got = res.values["eps_sharpness"]
             ref = _brute_force_eps(module, X, y, _quad_loss(k), 1e-2)
             assert got > 0
             assert got == pytest.approx(ref, rel=1e-6)
@@ -348,7 +368,8 @@ def test_other_input_shapes_and_float32() -> None:
     rnn = GRUReg()
     Xs = torch.randn(16, 5, 2)
     ys = torch.randn(16, 1)
-    res = compute_measures(rnn, Xs, ys, F.mse_loss, ["hessian_trace", "ggn_trace", "eps_sharpness"], seed=0, config=_cfg(trace_max_probes=20))
+    names = ["hessian_trace", "ggn_trace", "eps_sharpness", "fisher_trace"]
+    res = compute_measures(rnn, Xs, ys, F.mse_loss, names, seed=0, config=_cfg(trace_max_probes=20))
     assert all(math.isfinite(v) for v in res.values.values())
     assert all(re.fullmatch(r"[A-Za-z0-9_]+", k) for k in res.values)
 

@@ -243,12 +243,15 @@ def compute_measures(
         try:
             loss0 = land.loss()
             if not math.isfinite(loss0):
-                notes.append(f"training loss is {loss0} at these weights; curvature values are not meaningful")
-            result.values.update({"loss": loss0, "sample_size": float(land.n_samples), "n_params": float(land.n_params)})
+                notes.append(f"training loss is {loss0} at these weights; the measures are not meaningful")
+            result.values.update(
+                {"loss": loss0, "sample_size": float(land.n_samples), "n_params": float(land.n_params)}
+            )
+            ctx = _Context(land, loss0, config, seed, init_state, result)
             for name in names:
                 start = time.perf_counter()
                 hvps_before = land.hvp_count
-                _MEASURES[name](land, loss0, config, seed, init_state, result)
+                _MEASURES[name](ctx)
                 result.seconds[name] = time.perf_counter() - start
                 logger.debug(
                     "%s: %.3fs, %d HVPs", name, result.seconds[name], land.hvp_count - hvps_before
@@ -265,10 +268,25 @@ def compute_measures(
     return result
 
 
-# -- one adapter per measure: (landscape, loss at w, config, seed, init_state, result) -> None ----------
+# -- one adapter per measure ------------------------------------------------------------------------------
+@dataclass
+class _Context:
+    """What every measure adapter reads: landscape, loss at w, config, seed, init state; and the result."""
+
+    land: _Landscape
+    loss0: float
+    cfg: MeasureConfig
+    seed: int
+    init_state: dict[str, torch.Tensor] | None
+    result: MeasureResult
+
+    def generator(self, label: str) -> torch.Generator:
+        """The measure's own generator, derived from the user seed."""
+        return _generator(self.seed, label)
 
 
-def _m_hessian_top(land: _Landscape, loss0: float, cfg: MeasureConfig, seed: int, _init: object, res: MeasureResult) -> None:
+def _m_hessian_top(ctx: _Context) -> None:
+    land, cfg, res = ctx.land, ctx.cfg, ctx.result
     k = cfg.top_k
     if k > land.n_params:
         res.notes.append(f"top_k {k} > n_params {land.n_params}: computed all {land.n_params}")
@@ -276,7 +294,7 @@ def _m_hessian_top(land: _Landscape, loss0: float, cfg: MeasureConfig, seed: int
     solver = _lanczos_top if cfg.eig_method == "lanczos" else _power_top
     top, hvps, converged = solver(
         land.hvp, land.n_params, k, max_iter=cfg.max_iter, tol=cfg.eig_tol,
-        gen=_generator(seed, "hessian_top"), dtype=land.dtype, device=land.device,
+        gen=ctx.generator("hessian_top"), dtype=land.dtype, device=land.device,
     )
     for i, value in enumerate(top, start=1):
         res.values[f"hessian_top_{i}"] = float(value)
@@ -290,12 +308,13 @@ def _m_hessian_top(land: _Landscape, loss0: float, cfg: MeasureConfig, seed: int
     res.eigenvalues = np.asarray(top, dtype=np.float64)
 
 
-def _hutchinson_hessian(land: _Landscape, cfg: MeasureConfig, seed: int, res: MeasureResult) -> None:
-    """Shared by hessian_trace and hessian_diag: same seeded probes, computed once."""
+def _m_hutchinson(ctx: _Context) -> None:
+    """hessian_trace and hessian_diag: the same seeded probes, computed once when both are asked for."""
+    land, cfg, res = ctx.land, ctx.cfg, ctx.result
     if "hessian_trace" in res.values:
         return
     est = _hutchinson(
-        land.hvp, land.n_params, gen=_generator(seed, "hutchinson"), dtype=land.dtype, device=land.device,
+        land.hvp, land.n_params, gen=ctx.generator("hutchinson"), dtype=land.dtype, device=land.device,
         rel_se=cfg.trace_rel_se, min_probes=cfg.trace_min_probes, max_probes=cfg.trace_max_probes,
     )
     diag = est.diag if est.diag is not None else torch.zeros(1)
@@ -315,63 +334,60 @@ def _hutchinson_hessian(land: _Landscape, cfg: MeasureConfig, seed: int, res: Me
         )
 
 
-def _m_hessian_trace(land: _Landscape, loss0: float, cfg: MeasureConfig, seed: int, _init: object, res: MeasureResult) -> None:
-    _hutchinson_hessian(land, cfg, seed, res)
-
-
-def _m_hessian_diag(land: _Landscape, loss0: float, cfg: MeasureConfig, seed: int, _init: object, res: MeasureResult) -> None:
-    _hutchinson_hessian(land, cfg, seed, res)
-
-
-def _m_ggn_trace(land: _Landscape, loss0: float, cfg: MeasureConfig, seed: int, _init: object, res: MeasureResult) -> None:
+def _m_ggn_trace(ctx: _Context) -> None:
+    land, cfg = ctx.land, ctx.cfg
     est = _hutchinson(
-        None, land.n_params, gen=_generator(seed, "ggn_trace"), dtype=land.dtype, device=land.device,
+        None, land.n_params, gen=ctx.generator("ggn_trace"), dtype=land.dtype, device=land.device,
         rel_se=cfg.trace_rel_se, min_probes=cfg.trace_min_probes, max_probes=cfg.trace_max_probes,
         quad=lambda z: _ggn_quad(land, z),
     )
-    res.values.update({"ggn_trace": est.mean, "ggn_trace_se": est.se, "ggn_trace_probes": float(est.probes)})
+    ctx.result.values.update({"ggn_trace": est.mean, "ggn_trace_se": est.se, "ggn_trace_probes": float(est.probes)})
 
 
-def _m_fisher_trace(land: _Landscape, loss0: float, cfg: MeasureConfig, seed: int, _init: object, res: MeasureResult) -> None:
-    res.values["fisher_trace"] = _fisher_trace(land, res.notes)
+def _m_fisher_trace(ctx: _Context) -> None:
+    ctx.result.values["fisher_trace"] = _fisher_trace(ctx.land, ctx.result.notes)
 
 
-def _m_eps_sharpness(land: _Landscape, loss0: float, cfg: MeasureConfig, seed: int, _init: object, res: MeasureResult) -> None:
-    res.values.update(
-        _eps_sharpness(land, loss0, eps=cfg.eps, steps=cfg.ascent_steps, gen=_generator(seed, "eps_sharpness"))
+def _m_eps_sharpness(ctx: _Context) -> None:
+    ctx.result.values.update(
+        _eps_sharpness(
+            ctx.land, ctx.loss0, eps=ctx.cfg.eps, steps=ctx.cfg.ascent_steps, gen=ctx.generator("eps_sharpness")
+        )
     )
 
 
-def _m_adaptive_sharpness(land: _Landscape, loss0: float, cfg: MeasureConfig, seed: int, _init: object, res: MeasureResult) -> None:
-    res.values.update(
+def _m_adaptive_sharpness(ctx: _Context) -> None:
+    cfg = ctx.cfg
+    ctx.result.values.update(
         _adaptive_sharpness(
-            land, loss0, rho=cfg.adaptive_rho, steps=cfg.ascent_steps, n_dirs=cfg.n_random_directions,
-            gen=_generator(seed, "adaptive_sharpness"),
+            ctx.land, ctx.loss0, rho=cfg.adaptive_rho, steps=cfg.ascent_steps, n_dirs=cfg.n_random_directions,
+            gen=ctx.generator("adaptive_sharpness"),
         )
     )
 
 
-def _m_pacbayes(land: _Landscape, loss0: float, cfg: MeasureConfig, seed: int, _init: object, res: MeasureResult) -> None:
-    res.values.update(
+def _m_pacbayes(ctx: _Context) -> None:
+    ctx.result.values.update(
         _pacbayes_flatness(
-            land, loss0, target=cfg.pacbayes_target, mc=cfg.pacbayes_mc_samples,
-            seed=_sub_seed(seed, "pacbayes_flatness"), notes=res.notes,
+            ctx.land, ctx.loss0, target=ctx.cfg.pacbayes_target, mc=ctx.cfg.pacbayes_mc_samples,
+            seed=_sub_seed(ctx.seed, "pacbayes_flatness"), notes=ctx.result.notes,
         )
     )
 
 
-def _m_norms(land: _Landscape, loss0: float, cfg: MeasureConfig, seed: int, init: object, res: MeasureResult) -> None:
-    res.values.update(_norm_values(land.module, init, res.notes))  # type: ignore[arg-type]
+def _m_norms(ctx: _Context) -> None:
+    ctx.result.values.update(_norm_values(ctx.land.module, ctx.init_state, ctx.result.notes))
 
 
-def _m_hessian_density(land: _Landscape, loss0: float, cfg: MeasureConfig, seed: int, _init: object, res: MeasureResult) -> None:
+def _m_hessian_density(ctx: _Context) -> None:
+    land, cfg = ctx.land, ctx.cfg
     nodes, weights, _ = _slq_nodes(
         land.hvp, land.n_params, probes=cfg.density_probes, steps=cfg.density_steps,
-        gen=_generator(seed, "hessian_density"), dtype=land.dtype, device=land.device,
+        gen=ctx.generator("hessian_density"), dtype=land.dtype, device=land.device,
     )
     grid, density, width = _broadened_density(nodes, weights)
-    res.density = (grid, density)
-    res.values.update({
+    ctx.result.density = (grid, density)
+    ctx.result.values.update({
         "hessian_density_mean": float(np.sum(weights * nodes)),
         "hessian_density_negative_mass": float(np.sum(weights[nodes < 0])),
         "hessian_density_ritz_min": float(nodes.min()),
@@ -380,10 +396,10 @@ def _m_hessian_density(land: _Landscape, loss0: float, cfg: MeasureConfig, seed:
     })
 
 
-_MEASURES: dict[str, Callable[..., None]] = {
+_MEASURES: dict[str, Callable[[_Context], None]] = {
     "hessian_top": _m_hessian_top,
-    "hessian_trace": _m_hessian_trace,
-    "hessian_diag": _m_hessian_diag,
+    "hessian_trace": _m_hutchinson,
+    "hessian_diag": _m_hutchinson,
     "ggn_trace": _m_ggn_trace,
     "fisher_trace": _m_fisher_trace,
     "eps_sharpness": _m_eps_sharpness,

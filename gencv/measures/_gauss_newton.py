@@ -16,7 +16,9 @@ logger = logging.getLogger(__name__)
 _PER_SAMPLE_BUDGET = 2**24
 
 
-def _output_hvp(land: _Landscape, out: torch.Tensor, yc: torch.Tensor, weight: float, u: torch.Tensor) -> torch.Tensor:
+def _output_hvp(
+    land: _Landscape, out: torch.Tensor, yc: torch.Tensor, weight: float, u: torch.Tensor
+) -> torch.Tensor:
     """Hessian of the (weighted) chunk loss w.r.t. the module outputs, times `u`."""
     with torch.enable_grad():
         o = out.detach().requires_grad_(True)
@@ -90,6 +92,8 @@ def _fisher_trace(land: _Landscape, notes: list[str]) -> float:
             except (RuntimeError, NotImplementedError, ValueError) as exc:
                 use_vmap = False
                 logger.warning("fisher_trace: vmap failed (%s); falling back to a per-sample loop", exc)
-                notes.append(f"fisher_trace: vmap could not run the model ({type(exc).__name__}); used a per-sample loop")
+                notes.append(
+                    f"fisher_trace: vmap could not run the model ({type(exc).__name__}); used a per-sample loop"
+                )
         total += float(_per_sample_sq_norms_loop(land, Xc, yc).sum())
     return total / n

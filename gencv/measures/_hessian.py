@@ -70,8 +70,9 @@ def _lanczos(
 
     The residual |beta_m s_{m,i}| bounds |theta_i - lambda| for some eigenvalue lambda; convergence
     means residual <= tol * max|theta| for each of the top_k Ritz values. On an invariant subspace
-    (beta ~ 0) the run stops (SLQ) or continues with a fresh orthogonal vector (`restart_on_breakdown`,
-    so repeated eigenvalues are found with their multiplicity).
+    (beta ~ 0) the run stops (SLQ) or continues with a fresh vector orthogonal to all previous ones
+    (`restart_on_breakdown`, so repeated eigenvalues are found with their multiplicity); after a restart,
+    convergence also needs the current block's top Ritz value to have converged.
     """
     steps = min(steps, n)
     eps = torch.finfo(dtype).eps
@@ -85,6 +86,7 @@ def _lanczos(
     vecs = np.zeros((0, 0))
     residuals = np.zeros(0)
     beta_prev = 0.0
+    block_start = 0
     for j in range(steps):
         Q[j] = q
         w = matvec(q)
@@ -103,7 +105,14 @@ def _lanczos(
         if top_k is not None and j + 1 >= top_k:
             top = np.argsort(ritz)[::-1][:top_k]
             bound = tol * float(np.max(np.abs(ritz)))
-            if np.all(residuals[top] <= bound):
+            done = bool(np.all(residuals[top] <= bound))
+            if done and breakdown and restart_on_breakdown and j + 1 < steps:
+                done = False  # an invariant subspace: its complement may hold larger (or repeated) values
+            elif done and block_start > 0:
+                # after a restart, the current block's own top Ritz value must have converged too
+                r_b, v_b = _tridiag_eig(alphas[block_start:], betas[block_start:])
+                done = abs(betas[-1] * v_b[-1, int(np.argmax(r_b))]) <= bound
+            if done:
                 converged = True
                 break
         if j + 1 == steps:
@@ -116,6 +125,7 @@ def _lanczos(
             q = _orthogonalize(torch.randn(n, generator=gen, dtype=dtype).to(device), Q[: j + 1])
             q = q / q.norm()
             beta_prev = 0.0
+            block_start = j + 1
         else:
             q = w / beta
             beta_prev = beta

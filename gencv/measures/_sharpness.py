@@ -19,7 +19,9 @@ _MAG_EPS = 1e-3
 _SIGMA_MIN, _SIGMA_MAX, _SIGMA_START, _SIGMA_RTOL = 1e-8, 1e3, 1e-2, 1e-3
 
 
-def _eps_sharpness(land: _Landscape, loss0: float, *, eps: float, steps: int, gen: torch.Generator) -> dict[str, float]:
+def _eps_sharpness(
+    land: _Landscape, loss0: float, *, eps: float, steps: int, gen: torch.Generator
+) -> dict[str, float]:
     """Keskar et al. (2017): 100 * (max_{|z_i| <= eps(|w_i|+1)} L(w+z) - L(w)) / (1 + L(w)).
 
     Maximised with scipy's L-BFGS-B in the box (`steps` iterations, at most 3*steps evaluations; the
@@ -96,7 +98,9 @@ def _adaptive_sharpness(
     return {"adaptive_sharpness_worst": best - loss0, "adaptive_sharpness_avg": float(np.mean(increases))}
 
 
-def _expected_increase(land: _Landscape, loss0: float, sigma: float, scale: torch.Tensor, seed: int, mc: int) -> float:
+def _expected_increase(
+    land: _Landscape, loss0: float, sigma: float, scale: torch.Tensor, seed: int, mc: int
+) -> float:
     """Monte-Carlo E[L(w + sigma * scale * xi)] - L(w), xi ~ N(0, I), same draws for every sigma."""
     gen = torch.Generator().manual_seed(seed)
     total = 0.0
@@ -107,7 +111,15 @@ def _expected_increase(land: _Landscape, loss0: float, sigma: float, scale: torc
 
 
 def _largest_sigma(
-    land: _Landscape, loss0: float, scale: torch.Tensor, *, target: float, seed: int, mc: int, notes: list[str], label: str
+    land: _Landscape,
+    loss0: float,
+    scale: torch.Tensor,
+    *,
+    target: float,
+    seed: int,
+    mc: int,
+    notes: list[str],
+    label: str,
 ) -> tuple[float, int]:
     """Largest sigma with E[L(w+u)] - L(w) <= target: bracket by factors of 10, then bisect in log space."""
     evals = 0
@@ -155,7 +167,9 @@ def _pacbayes_flatness(
     """
     plain = torch.ones_like(land.w0)
     mag = torch.sqrt(land.w0 * land.w0 + _MAG_EPS**2)
-    sigma, e1 = _largest_sigma(land, loss0, plain, target=target, seed=seed, mc=mc, notes=notes, label="pacbayes_sigma")
+    sigma, e1 = _largest_sigma(
+        land, loss0, plain, target=target, seed=seed, mc=mc, notes=notes, label="pacbayes_sigma"
+    )
     sigma_mag, e2 = _largest_sigma(
         land, loss0, mag, target=target, seed=seed + 1, mc=mc, notes=notes, label="pacbayes_sigma_mag"
     )

@@ -1,0 +1,138 @@
+"""Study reports: Optuna plots as PNG, the measure-vs-gap Kendall table across trials, a scatter plot."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gencv._tuning_space import Dimension
+from gencv.stats import granulated_kendall, kendall_tau
+
+__all__ = ["measure_gap_report", "plot_measures_vs_gap_trials", "study_plots"]
+
+log = logging.getLogger(__name__)
+
+# Measure outputs that are bookkeeping, not measures of the network.
+_SKIP_SUFFIXES = ("_iterations", "_probes", "_se", "sample_size", "n_params", "_converged")
+
+
+def study_plots(study: Any, out_dir: Path) -> list[Path]:
+    """Optimization history, parameter importances and slice plots (matplotlib PNG); skips what cannot be drawn."""
+    from gencv.report import _plt
+
+    plt = _plt()
+    from optuna.visualization import matplotlib as ovm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for name, fn in (("optimization_history", ovm.plot_optimization_history),
+                     ("param_importances", ovm.plot_param_importances),
+                     ("slice", ovm.plot_slice)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax = fn(study)
+            first = np.ravel(np.asarray(ax, dtype=object))[0]
+            fig = first.figure
+            fig.set_size_inches(max(fig.get_size_inches()[0], 6.0), max(fig.get_size_inches()[1], 4.0))
+            path = out_dir / f"{name}.png"
+            fig.savefig(path, dpi=90, bbox_inches="tight")
+            plt.close(fig)
+            written.append(path)
+        except Exception as exc:  # e.g. importances need >= 2 completed trials with varying params
+            log.info("study plot %s skipped: %s", name, exc)
+            plt.close("all")
+    return written
+
+
+def _bins(values: Sequence[Any], dim: Dimension | None, n_bins: int = 3) -> list[Any]:
+    """Discretise a numeric hyperparameter into quantile bins (log scale for log dimensions)."""
+    vals = list(values)
+    if dim is None or dim.kind == "categorical" or len(set(map(repr, vals))) <= n_bins + 1:
+        return [repr(v) for v in vals]
+    x = np.asarray(vals, dtype=float)
+    if dim.log:
+        x = np.log(np.clip(x, 1e-300, None))
+    edges = np.unique(np.quantile(x, np.linspace(0, 1, n_bins + 1)[1:-1]))
+    return [int(b) for b in np.searchsorted(edges, x, side="right")]
+
+
+def measure_gap_report(records: Sequence[Any], dims: Sequence[Dimension], metric: str) -> pd.DataFrame:
+    """Per measure: Kendall tau with the gap across completed trials, and the granulated tau per hyperparameter.
+
+    `records` are TrialRecords with fold-mean `measures` and `gap` (primary metric). Granulated tau
+    (Jiang et al. 2020) groups trials whose other hyperparameters fall in the same bin (quantile
+    bins for numeric ones, exact values on a grid), so with a random or TPE search it is an
+    approximation; on a grid it is exact.
+    """
+    rows = [r for r in records if r.measures and r.gap is not None and np.isfinite(r.gap)]
+    if len(rows) < 3:
+        return pd.DataFrame(columns=["measure", "tau", "p_value", "n_trials", "granulated_tau"])
+    names = sorted({k for r in rows for k in r.measures if not k.endswith(_SKIP_SUFFIXES)})
+    gap = [float(r.gap) for r in rows]
+    by_path = {d.path: d for d in dims}
+    paths = [d.path for d in dims]
+    binned = {p: _bins([r.params.get(p) for r in rows], by_path.get(p)) for p in paths}
+    out = []
+    for name in names:
+        m = [float(r.measures.get(name, np.nan)) for r in rows]
+        tau, p, n = kendall_tau(m, gap)
+        row: dict[str, Any] = {"measure": name, "tau": tau, "p_value": p, "n_trials": n}
+        gran = _granulated(m, gap, binned, [r.params for r in rows], paths)
+        for path in paths:
+            row[f"psi[{path}]"] = gran.per_param[path]
+            row[f"groups[{path}]"] = gran.n_groups[path]
+        row["granulated_tau"] = gran.overall
+        out.append(row)
+    df = pd.DataFrame(out)
+    df.attrs["metric"] = metric
+    return df
+
+
+def _granulated(m: list[float], gap: list[float], binned: dict[str, list[Any]], params: list[dict[str, Any]],
+                paths: list[str]) -> Any:
+    """granulated_kendall where the 'others' are binned but the varying parameter keeps its raw values."""
+    from gencv.stats import GranulatedTau
+
+    per: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for path in paths:
+        cols = {p: (binned[p] if p != path else [repr(pr.get(path)) for pr in params]) for p in paths}
+        g = granulated_kendall(m, gap, cols)
+        per[path], counts[path] = g.per_param[path], g.n_groups[path]
+    defined = [v for v in per.values() if np.isfinite(v)]
+    return GranulatedTau(per, counts, float(np.mean(defined)) if defined else float("nan"))
+
+
+def plot_measures_vs_gap_trials(records: Sequence[Any], report: pd.DataFrame, path: Path, metric: str) -> Path | None:
+    """One scatter per measure: fold-mean measure vs fold-mean gap, one point per completed trial."""
+    rows = [r for r in records if r.measures and r.gap is not None and np.isfinite(r.gap)]
+    if not rows or report.empty:
+        return None
+    from gencv.report import _plt
+
+    plt = _plt()
+    names = list(report["measure"])[:12]
+    cols = min(4, len(names))
+    nrows = (len(names) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 3.0 * nrows), squeeze=False)
+    gap = [r.gap for r in rows]
+    for ax, name in zip(axes.flat, names):
+        tau = report.loc[report["measure"] == name, "tau"].iloc[0]
+        ax.scatter([r.measures.get(name, np.nan) for r in rows], gap, s=14)
+        ax.set_xlabel(name, fontsize=8)
+        ax.set_ylabel(f"gap ({metric})", fontsize=8)
+        ax.set_title(f"tau = {tau:.2f}", fontsize=9)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle("Measure vs generalization gap, one point per completed trial (fold means)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -1,0 +1,160 @@
+"""Optuna storage: URL handling, RDB storage with heartbeats, a study-wide lock, a heartbeat thread."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import threading
+import warnings
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from gencv.errors import GencvError
+
+__all__ = ["DEFAULT_STORAGE", "Heartbeat", "make_storage", "redact_url", "storage_kind", "study_lock"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ***; safe to log, print and tag."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def storage_kind(url: str) -> str:
+    """'sqlite', 'postgresql', 'mysql', 'memory' or the URL scheme."""
+    if url in ("", ":memory:", "memory"):
+        return "memory"
+    scheme = url.split(":", 1)[0].lower()
+    return scheme.split("+", 1)[0]
+
+
+def make_storage(url: str | None, *, heartbeat_interval: int, grace_period: int | None = None,
+                 max_retry: int | None = 3) -> Any:
+    """An Optuna storage for `url` (default sqlite:///mlruns/optuna.db; ':memory:' for in-memory).
+
+    RDB storages get heartbeats: a RUNNING trial whose worker stopped beating for `grace_period`
+    seconds is failed by the next worker that asks for a trial, and re-queued (same parameters) by
+    `RetryHeartbeatStaleTrialCallback` up to `max_retry` times.
+    """
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    url = url or DEFAULT_STORAGE
+    kind = storage_kind(url)
+    if kind == "memory":
+        return optuna.storages.InMemoryStorage()
+    if heartbeat_interval < 1:
+        raise GencvError(f"heartbeat interval: got {heartbeat_interval}; use a whole number of seconds >= 1")
+    grace = grace_period if grace_period is not None else max(2 * heartbeat_interval, heartbeat_interval + 2)
+    engine_kwargs: dict[str, Any] = {}
+    if kind == "sqlite":
+        path = url.removeprefix("sqlite:///")
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+        log.info("Optuna storage %s is SQLite: fine for one worker; use a postgresql:// URL to share a study "
+                 "between several workers", redact_url(url))
+    elif kind == "postgresql":
+        engine_kwargs = {"pool_pre_ping": True}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # heartbeat_interval is flagged experimental
+            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=int(heartbeat_interval),
+                              grace_period=int(grace),
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry))
+    except ImportError as exc:
+        raise GencvError(f"--storage {redact_url(url)}: missing database driver: {exc}; install it "
+                         "(psycopg2-binary for PostgreSQL)") from None
+    except Exception as exc:
+        msg = str(exc).split("\n", 1)[0]
+        raise GencvError(f"--storage {redact_url(url)}: cannot open the Optuna storage: "
+                         f"{type(exc).__name__}: {_scrub(msg, url)}") from None
+
+
+def _scrub(text: str, url: str) -> str:
+    """Remove the password of `url` from an error message."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        pw = make_url(url).password
+    except Exception:
+        pw = None
+    return text.replace(str(pw), "***") if pw else text
+
+
+@contextlib.contextmanager
+def study_lock(storage: Any, study_name: str) -> Iterator[None]:
+    """Serialise 'count trials, then ask for one' across workers of one study.
+
+    PostgreSQL: a session advisory lock keyed by the study name. SQLite: an exclusive file lock
+    next to the database. Other storages: no lock (each worker is then only approximately capped).
+    """
+    url = str(getattr(storage, "url", ""))
+    kind = storage_kind(url) if url else "memory"
+    if kind == "postgresql":
+        from sqlalchemy import text
+
+        key = zlib.crc32(f"gencv-study:{study_name}".encode()) - 2**31
+        with storage.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+    elif kind == "sqlite" and url.removeprefix("sqlite:///") not in ("", ":memory:"):
+        import fcntl
+
+        lock_path = Path(url.removeprefix("sqlite:///") + ".lock")
+        with open(lock_path, "a+") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    else:
+        yield
+
+
+class Heartbeat:
+    """Records a trial's heartbeat every `interval` seconds while the trial runs (RDB storages only)."""
+
+    def __init__(self, storage: Any, trial_id: int) -> None:
+        self.storage = storage
+        self.trial_id = trial_id
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Heartbeat:
+        interval = getattr(self.storage, "get_heartbeat_interval", lambda: None)()
+        if interval:
+            self._thread = threading.Thread(target=self._beat, args=(float(interval),), daemon=True,
+                                            name=f"gencv-heartbeat-{self.trial_id}")
+            self._thread.start()
+        return self
+
+    def _beat(self, interval: float) -> None:
+        while True:
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception as exc:  # a missed beat is not fatal; the grace period covers it
+                log.debug("heartbeat for trial id %d failed: %s", self.trial_id, exc)
+            if self._stop.wait(interval):
+                return
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()

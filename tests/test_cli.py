@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from gencv.cli import app
+
+from .conftest import ROOT
+
+runner = CliRunner()
+QUICK = str(ROOT / "experiments" / "quickstart.yaml")
+FAST = ["--set", "train.max_epochs=3", "--set", "cv.n_splits=3"]
+
+
+def test_run_prints_fold_table_and_summary_and_tracks(tracking_uri: str) -> None:
+    res = runner.invoke(app, ["run", QUICK, *FAST, "--tracking-uri", tracking_uri, "-q"])
+    assert res.exit_code == 0, res.output
+    assert "per-fold accuracy" in res.stdout and "valid_accuracy" in res.stdout and "95% CI" in res.stdout
+    assert "held-out test set: accuracy" in res.stdout
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name("quickstart")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 4  # parent + 3 folds
+
+
+def test_run_json_and_no_track(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["run", QUICK, *FAST, "--no-track", "--json"])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout)
+    assert payload["run_id"] is None and len(payload["folds"]) == 3 and payload["metric"] == "accuracy"
+    assert all(0 <= f["valid_scores"]["accuracy"] <= 1 for f in payload["folds"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "missing.yaml"], "does not exist"),
+        (["run", QUICK, "--set", "trian.lr=1"], "trian: unknown key. Did you mean 'train'?"),
+        (["run", QUICK, "--set", "cv.n_splits=100", "--no-track"], "cv.n_splits: got 100, but class"),
+        (["run", QUICK, "--set", "cv.kind=group", "--no-track"], "needs a group column"),
+        (["run", QUICK, "--set", "cv.kind=loo", "--set", "cv.max_loo_samples=50", "--no-track"], "--allow-large-loo"),
+        (["run", QUICK, "--set", "metric=rmse", "--no-track"], "regression metric"),
+        (["run", QUICK, "--set", "data.source=csv:nope.csv", "--no-track"], "does not exist"),
+        (["validate", QUICK, "--set", "train.lr=-1"], "train.lr: got -1"),
+    ],
+)
+def test_bad_input_exits_2_with_message_and_no_traceback(args: list[str], message: str) -> None:
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert message in " ".join(res.output.split())
+    assert "Traceback" not in res.output
+
+
+def test_validate_prints_resolved_spec_and_datasets_lists_sources() -> None:
+    res = runner.invoke(app, ["validate", QUICK, "--set", "train.lr=0.3"])
+    assert res.exit_code == 0, res.output
+    assert "lr: 0.3" in res.stdout and "early_stopping:" in res.stdout
+    res = runner.invoke(app, ["datasets"])
+    assert res.exit_code == 0 and "sunspots" in res.stdout and "breast_cancer" in res.stdout
+
+
+def test_diverging_folds_fail_cleanly_and_exit_1() -> None:
+    res = runner.invoke(app, ["run", QUICK, "--no-track", "-q", "--set", "data.source=diabetes", "--set", "metric=rmse",
+                              "--set", "cv.kind=kfold", "--set", "train.optimizer=sgd", "--set", "train.lr=5",
+                              "--set", "cv.n_splits=3", "--set", "train.early_stopping=null", "--set", "train.max_epochs=20"])
+    assert res.exit_code == 1, res.output
+    assert "failed: diverged: training loss became" in " ".join(res.output.split())
+
+
+@pytest.mark.slow
+def test_sigterm_marks_runs_killed(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    proc = subprocess.Popen([sys.executable, "-m", "gencv.cli", "run", QUICK, "-q", "--set", "train.max_epochs=100000",
+                             "--set", "train.early_stopping=null"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    client = MlflowClient(uri)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until the first fold run exists
+        exp = client.get_experiment_by_name("quickstart") if Path(f"{tmp_path}/mlflow.db").exists() else None
+        if exp and len(client.search_runs([exp.experiment_id])) >= 2:
+            break
+        time.sleep(0.5)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    statuses = {r.info.status for r in client.search_runs([exp.experiment_id])}
+    assert statuses == {"KILLED"}, statuses

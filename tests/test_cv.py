@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score
+
+from gencv.cv import FoldResult, cross_validate, derive_seed, gaps
+from gencv.errors import DivergenceError
+from gencv.estimators import GencvEstimator
+from gencv.runner import prepare
+
+from .conftest import tiny
+
+
+def test_gap_signs_on_a_hand_made_case() -> None:
+    g = gaps({"accuracy": 0.9, "log_loss": 0.2, "rmse": 1.0}, {"accuracy": 0.7, "log_loss": 0.5, "rmse": 1.5}, 0.2, 0.5)
+    assert g == pytest.approx({"accuracy": 0.2, "log_loss": 0.3, "rmse": 0.5, "loss": 0.3}, abs=1e-12)
+    assert gaps({"r2": 0.8}, {"r2": 0.9}, 1.0, 0.9) == pytest.approx({"r2": -0.1, "loss": -0.1})
+
+
+def test_derived_seeds_are_stable_and_distinct() -> None:
+    assert derive_seed(0, "fold", 1) == derive_seed(0, "fold", 1)
+    seeds = {derive_seed(s, "fold", i) for s in range(3) for i in range(5)}
+    assert len(seeds) == 15
+
+
+def test_fold_scores_are_what_their_names_say() -> None:
+    prep = prepare(tiny(**{"model.dropout": 0.5}))
+    ds = prep.dataset
+    res = cross_validate(prep.estimator, ds.X, ds.y, prep.folds, metric="accuracy", seed=0,
+                         X_test=prep.X_test, y_test=prep.y_test, keep_estimators=True)
+    assert len(res.folds) == 3 and res.n_failed == 0
+    for f, fold in zip(res.folds, prep.folds):
+        est = f.estimator
+        assert est is not None
+        pred_tr = est.predict(ds.X[fold.train])
+        assert np.array_equal(pred_tr, est.predict(ds.X[fold.train]))  # eval mode: dropout off
+        assert f.train_scores["accuracy"] == pytest.approx(accuracy_score(ds.y[fold.train], pred_tr), abs=1e-12)
+        assert f.valid_scores["accuracy"] == pytest.approx(
+            accuracy_score(ds.y[fold.valid], est.predict(ds.X[fold.valid])), abs=1e-12)
+        assert f.test_scores["accuracy"] == pytest.approx(accuracy_score(prep.y_test, est.predict(prep.X_test)), abs=1e-12)
+        assert f.gaps["accuracy"] == pytest.approx(f.train_scores["accuracy"] - f.valid_scores["accuracy"], abs=1e-12)
+        assert f.gaps["loss"] == pytest.approx(f.valid_loss - f.train_loss, abs=1e-12)
+        assert len(f.history) == f.epochs_run and 1 <= f.best_epoch <= f.epochs_run
+        assert f.inner_valid_idx is not None and set(f.inner_valid_idx) <= set(fold.train)
+        assert not set(f.inner_valid_idx) & set(fold.valid) and not set(f.inner_valid_idx) & set(prep.test_idx)
+        assert {"curve_train_loss", "curve_es_loss", "curve_valid_loss", "curve_valid_accuracy"} <= set(f.history[0])
+    assert res.mean_score() == pytest.approx(np.mean([f.valid_scores["accuracy"] for f in res.folds]))
+
+
+def test_time_series_early_stopping_validates_on_the_end_of_the_training_window() -> None:
+    prep = prepare(tiny(**{"data.source": "synthetic_timeseries", "cv.kind": "rolling", "metric": "rmse",
+                           "data.lags": 5, "cv.gap": 2}))
+    ds = prep.dataset
+    res = cross_validate(prep.estimator, ds.X, ds.y, prep.folds, metric="rmse", seed=0)
+    for f, fold in zip(res.folds, prep.folds):
+        assert fold.train.max() + 2 < fold.valid.min()
+        n_es = len(f.inner_valid_idx)
+        assert np.array_equal(f.inner_valid_idx, fold.train[-n_es:])
+
+
+class _FailingEstimator(GencvEstimator):
+    """Diverges on one chosen fold seed."""
+
+    def fit(self, X: Any, y: Any, **kw: Any) -> _FailingEstimator:
+        if self.seed == derive_seed(0, "fold", 1):
+            raise DivergenceError("training loss became nan at epoch 2, batch 1", epoch=2, batch=1)
+        return super().fit(X, y, **kw)
+
+
+def test_a_failed_fold_is_reported_and_the_others_continue() -> None:
+    prep = prepare(tiny())
+    est = _FailingEstimator(**prep.estimator.get_params())
+    res = cross_validate(est, prep.dataset.X, prep.dataset.y, prep.folds, metric="accuracy", seed=0)
+    assert [f.status for f in res.folds] == ["ok", "failed", "ok"]
+    assert res.n_failed == 1 and "diverged: training loss became nan" in res.folds[1].reason
+    assert len(res.ok_folds) == 2 and np.isfinite(res.mean_score())
+
+
+def test_same_seed_same_results_and_resumed_folds_are_reused() -> None:
+    prep = prepare(tiny())
+    ds = prep.dataset
+    a = cross_validate(prep.estimator, ds.X, ds.y, prep.folds, metric="accuracy", seed=0)
+    b = cross_validate(prep.estimator, ds.X, ds.y, prep.folds, metric="accuracy", seed=0)
+    assert [f.flat_metrics() | {"fit_seconds": 0} for f in a.folds] == [f.flat_metrics() | {"fit_seconds": 0} for f in b.folds]
+    restored = FoldResult.from_json(a.folds[0].to_json())
+    seen: list[int] = []
+    c = cross_validate(prep.estimator, ds.X, ds.y, prep.folds, metric="accuracy", seed=0, done={0: restored},
+                       on_fold_end=lambda r, pos: seen.append(r.index))
+    assert c.folds[0] is restored and seen == [0, 1, 2]
+    assert c.folds[2].valid_scores == a.folds[2].valid_scores

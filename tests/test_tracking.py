@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from gencv.runner import run_experiment
+from gencv.tracking import MlflowTracker, load_logged_model, resolve_tracking_uri
+
+from .conftest import tiny
+
+
+def _children(client: MlflowClient, run) -> list:  # type: ignore[no-untyped-def]
+    return client.search_runs([run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+
+
+def test_run_tree_metrics_artifacts_and_reloadable_model(tracking_uri: str) -> None:
+    tracker = MlflowTracker(tracking_uri)
+    exp = tiny()
+    out = run_experiment(exp, tracker=tracker)
+    client = MlflowClient(tracking_uri)
+    parent = client.get_run(out.run_id)
+    assert parent.info.status == "FINISHED"
+    tags = parent.data.tags
+    assert tags["gencv.spec_digest"] == exp.digest() and tags["gencv.data_digest"] == out.dataset.digest
+    assert tags["gencv.seed"] == "0" and tags["gencv.version"]
+    assert parent.data.params["train.lr"] == "0.02" and parent.data.params["cv.kind"] == "stratified"
+    m = parent.data.metrics
+    vals = [f.valid_scores["accuracy"] for f in out.cv.folds]
+    assert m["valid_accuracy_mean"] == pytest.approx(np.mean(vals)) and m["n_failed_folds"] == 0
+    assert m["valid_accuracy_std"] == pytest.approx(np.std(vals, ddof=1))
+    children = _children(client, parent)
+    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    for child in children:
+        fold = out.cv.folds[int(child.data.tags["gencv.fold"])]
+        hist = client.get_metric_history(child.info.run_id, "curve_train_loss")
+        assert [h.step for h in hist] == list(range(1, fold.epochs_run + 1))
+        assert child.data.metrics["valid_accuracy"] == pytest.approx(fold.valid_scores["accuracy"])
+    arts = {a.path for a in client.list_artifacts(out.run_id)}
+    assert {"spec.yaml", "folds.csv", "summary.md", "summary.csv", "plots", "model", "model_weights"} <= arts
+    assert {a.path for a in client.list_artifacts(out.run_id, "plots")} == {"plots/fold_scores.png", "plots/learning_curves.png"}
+    model = load_logged_model(tracker, out.run_id)
+    X = out.dataset.X[:20]
+    with torch.no_grad():
+        reloaded = model(torch.as_tensor(X)).numpy()
+    np.testing.assert_allclose(reloaded, out.refit_estimator.predict_proba(X), atol=1e-5)
+    sd_path = client.download_artifacts(out.run_id, "model_weights/state_dict.pt")
+    state = torch.load(sd_path, weights_only=True)
+    assert set(state) == set(model.state_dict())
+
+
+class _Interrupt:
+    """Progress that presses Ctrl-C during the given fold."""
+
+    def __init__(self, fold: int) -> None:
+        self.fold = fold
+
+    def fold_start(self, fold: int, n: int, e: int) -> None:
+        pass
+
+    def epoch_end(self, fold: int, epoch: int, row: object) -> None:
+        if fold == self.fold and epoch == 2:
+            raise KeyboardInterrupt
+
+    def fold_end(self, fold: int, result: object) -> None:
+        pass
+
+
+def test_interrupted_run_is_killed_then_resumed_without_redoing_finished_folds(tracking_uri: str) -> None:
+    tracker = MlflowTracker(tracking_uri)
+    exp = tiny()
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(exp, tracker=tracker, progress=_Interrupt(fold=1))
+    client = MlflowClient(tracking_uri)
+    (parent,) = client.search_runs([tracker.experiment_id("tiny")], filter_string="tags.`gencv.kind` = 'cv'")
+    assert parent.info.status == "KILLED"
+    statuses = sorted(c.info.status for c in _children(client, parent))
+    assert statuses == ["FINISHED", "KILLED"]  # fold 0 done, fold 1 killed, never left RUNNING
+    resumed = run_experiment(exp, tracker=tracker, resume=parent.info.run_id)
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    fold_runs = _children(client, parent)
+    assert sorted(r.data.tags["gencv.fold"] for r in fold_runs) == ["0", "1", "1", "2"]  # fold 0 not refitted
+    fresh = run_experiment(exp, tracker=tracker)
+    assert [f.valid_scores for f in resumed.cv.folds] == [f.valid_scores for f in fresh.cv.folds]
+
+
+def test_resume_refuses_another_spec(tracking_uri: str) -> None:
+    from gencv.errors import GencvError
+
+    tracker = MlflowTracker(tracking_uri)
+    out = run_experiment(tiny(), tracker=tracker, refit=False)
+    with pytest.raises(GencvError, match="used another spec"):
+        run_experiment(tiny(**{"train.lr": 0.5}), tracker=tracker, resume=out.run_id)
+
+
+def test_failure_marks_run_failed(tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gencv.runner as runner
+
+    def boom(*a: object, **k: object) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(runner, "_log_parent", boom)
+    tracker = MlflowTracker(tracking_uri)
+    with pytest.raises(RuntimeError):
+        runner.run_experiment(tiny(), tracker=tracker, refit=False)
+    client = MlflowClient(tracking_uri)
+    (parent,) = client.search_runs([tracker.experiment_id("tiny")], filter_string="tags.`gencv.kind` = 'cv'")
+    assert parent.info.status == "FAILED"
+
+
+def test_file_store_is_refused_with_a_fix() -> None:
+    from gencv.errors import TrackingError
+
+    with pytest.raises(TrackingError, match="use sqlite:///mlruns/mlflow.db"):
+        resolve_tracking_uri("./mlruns")

@@ -113,6 +113,13 @@ class RichProgress:
         self.bar.update(self.folds_task, info=info)
 
 
+HEADLINE_MEASURES = (
+    "hessian_top_1", "hessian_trace", "hessian_diag_max", "ggn_trace", "fisher_trace", "eps_sharpness",
+    "adaptive_sharpness_worst", "adaptive_sharpness_avg", "pacbayes_sigma", "pacbayes_sigma_mag",
+    "norm_frobenius_product", "norm_spectral_product", "dist_from_init", "hessian_density_negative_mass",
+)
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return "-" if v != v else f"{v:.4f}"
@@ -144,6 +151,15 @@ def _print_outcome(outcome: Any) -> None:
         s = summarize(vals)
         st.add_row(k, f"{s['mean']:.4f}", f"{s['std']:.4f}", f"[{s['ci_low']:.4f}, {s['ci_high']:.4f}]", str(s["n"]))
     out.print(st)
+    measure_keys = [k for k in HEADLINE_MEASURES if k in set(outcome.summary["metric"])]
+    if measure_keys:
+        mt = Table(title="curvature and sharpness at the final weights (training data; mean over folds)")
+        for c in ("measure", "mean", "std", "n"):
+            mt.add_column(c, justify="right")
+        for k in measure_keys:
+            s = summarize(outcome.cv.values(k))
+            mt.add_row(k, f"{s['mean']:.4g}", f"{s['std']:.3g}", str(s["n"]))
+        out.print(mt)
     if outcome.refit_test_scores:
         scores = ", ".join(f"{k} {v:.4f}" for k, v in outcome.refit_test_scores.items())
         out.print(f"refit on all non-test data, held-out test set: {scores}", highlight=False, soft_wrap=True)
@@ -199,6 +215,44 @@ def run(
     outcome = _guard(go)
     if not outcome.cv.ok_folds:
         raise typer.Exit(1)
+
+
+@app.command()
+def measure(
+    run_id: Annotated[str, typer.Argument(help="MLflow run id of a `gencv run` parent run")],
+    measures: Annotated[str, typer.Option("--measures", "-m", help="comma-separated measure names")] =
+        "hessian_top,hessian_trace,eps_sharpness,adaptive_sharpness,pacbayes_flatness,norms",
+    sample_size: Annotated[int | None, typer.Option(help="seeded subsample of the training rows")] = 512,
+    tracking_uri: UriOpt = None,
+    no_log: Annotated[bool, typer.Option("--no-log", help="print only; do not add the values to the run")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Compute curvature/sharpness measures of a logged run's model, without retraining.
+
+    Example: gencv measure 4129d6bf6ef045bd83f6c7f1566dee63 --measures hessian_top,hessian_density
+    """
+    _setup_logging(verbose)
+
+    def go() -> Any:
+        from gencv.measures import MeasureConfig
+        from gencv.posthoc import measure_logged_run
+        from gencv.tracking import MlflowTracker
+
+        tracker = MlflowTracker(tracking_uri)
+        names = [m.strip() for m in measures.split(",") if m.strip()]
+        err.print(f"measuring run {run_id}: {', '.join(names)}", highlight=False)
+        return measure_logged_run(tracker, run_id, names, config=MeasureConfig(sample_size=sample_size),
+                                  log_results=not no_log)
+
+    res = _guard(go)
+    t = Table(title=f"{res.experiment.name}: measures of the refit model ({res.n_samples} training rows)")
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    for k, v in res.result.values.items():
+        t.add_row(k, f"{v:.6g}")
+    out.print(t)
+    for note in res.result.notes:
+        err.print(f"[yellow]note:[/] {note}", highlight=False)
 
 
 @app.command()

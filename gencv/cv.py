@@ -233,7 +233,7 @@ def fit_and_score(
     if measures:
         try:
             m = _measures(est, Xtr, ytr, measures, measure_config, derive_seed(seed, "measures"))
-            res.measures, res.measure_notes = m.values, list(m.notes)
+            res.measures, res.measure_notes = _prefixed(m.values), list(m.notes)
             res.artifacts["measure_result"] = m
         except (KeyboardInterrupt, SystemExit):
             raise
@@ -280,6 +280,12 @@ def _history(est: GencvEstimator) -> list[dict[str, float]]:
             row[score_name] = float(h["curve_valid_score"]) * scale
         rows.append(row)
     return rows
+
+
+def _prefixed(values: Mapping[str, float]) -> dict[str, float]:
+    """Measure values as fold metrics: the generic keys get a 'measure_' prefix to avoid clashes."""
+    generic = {"loss", "sample_size"}
+    return {(f"measure_{k}" if k in generic else k): float(v) for k, v in values.items()}
 
 
 def _measures(est: GencvEstimator, X: np.ndarray, y: np.ndarray, names: Sequence[str], config: Any, seed: int) -> Any:

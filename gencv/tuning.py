@@ -321,7 +321,7 @@ def _run_trial(ctx: _Ctx, study: Any, trial: Any) -> TrialRecord:
     overrides = suggest(trial, ctx.dims)
     ctx.progress.trial_start(number, overrides)
     tags = {"gencv.kind": "trial", "gencv.trial": str(number), "gencv.study": ctx.study_name}
-    retried = trial.system_attrs.get("failed_trial") if hasattr(trial, "system_attrs") else None
+    retried = ctx.storage.get_trial(trial._trial_id).system_attrs.get("failed_trial")
     if retried is not None:
         tags["gencv.retry_of"] = str(retried)
     run_id = ctx.tracker.start_run(exp.name, f"trial-{number}", parent=ctx.study_run, tags=tags)
@@ -440,7 +440,7 @@ def _finish_trial(ctx: _Ctx, study: Any, trial: Any, run_id: str, state: Any, va
     ctx.tracker.set_tags(run_id, tags)
     status = mlflow_status or ("FAILED" if state == TrialState.FAIL else "FINISHED")
     ctx.tracker.end_run(run_id, status)
-    frozen = study._storage.get_trial(trial._trial_id)
+    frozen = ctx.storage.get_trial(trial._trial_id)
     rec = TrialRecord.from_frozen(frozen, ctx.dims)
     if state == TrialState.FAIL:
         ctx.consecutive_failures += 1
@@ -526,11 +526,11 @@ def _open_study(exp: Experiment, dims: list[Dimension], storage: Any, name: str,
     return study
 
 
-def _study_run(tracker: Tracker, exp: Experiment, study: Any, storage_url: str, label: str, tags: Mapping[str, str],
-               parent: str | None = None) -> str:
+def _study_run(tracker: Tracker, exp: Experiment, study: Any, store: Any, storage_url: str, label: str,
+               tags: Mapping[str, str], parent: str | None = None) -> str:
     """The study's MLflow run, shared by every worker: created once (under the study lock), then reused."""
     key = "gencv.mlflow_run_id"
-    with study_lock(study._storage, study.study_name):
+    with study_lock(store, study.study_name):
         if isinstance(tracker, MlflowTracker):
             existing = study.user_attrs.get(key)
             if existing and study.user_attrs.get("gencv.tracking_uri") == redact_url(tracker.tracking_uri):
@@ -549,9 +549,9 @@ def _study_run(tracker: Tracker, exp: Experiment, study: Any, storage_url: str, 
     return run_id
 
 
-def _claim_finalize(study: Any) -> bool:
+def _claim_finalize(study: Any, store: Any) -> bool:
     """True for exactly one worker once no trial runs or waits (the last one out writes the report)."""
-    with study_lock(study._storage, study.study_name):
+    with study_lock(store, study.study_name):
         counts = _study_counts(study)
         if counts["RUNNING"] or counts["WAITING"]:
             return False
@@ -660,7 +660,7 @@ def tune_experiment(
     if kind == "sqlite" and _study_counts(study)["RUNNING"]:
         log.warning("study %s has RUNNING trials in SQLite storage %s: several workers on SQLite contend for one "
                     "file lock; use a postgresql:// storage to share a study", study_name, redact_url(storage_url))
-    run_id = _study_run(tracker, exp, study, storage_url, study_name, tags)
+    run_id = _study_run(tracker, exp, study, store, storage_url, study_name, tags)
     ctx = _Ctx(folds=prep.folds, study_run=run_id, study_name=study_name, label=f"study {study_name}", **ctx_args)
     counts = _study_counts(study)
     progress.study_start(study_name, n_trials, counts["COMPLETE"] + counts["PRUNED"], "trials")
@@ -695,7 +695,7 @@ def _finalize_flat(ctx: _Ctx, study: Any, n_trials: int, refit: bool) -> TuneOut
     if counts["COMPLETE"] + counts["PRUNED"] < n_trials:
         outcome.notes.append(f"the study has {counts['COMPLETE'] + counts['PRUNED']} of {n_trials} trials "
                              "(timeout, exhausted grid, or stopped); resume with --study " + study.study_name)
-    if not _claim_finalize(study):
+    if not _claim_finalize(study, ctx.storage):
         outcome.finalized = False
         outcome.notes.append("another worker is finishing this study (refit, plots, report); this worker only ran trials")
         return outcome

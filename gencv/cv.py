@@ -374,13 +374,13 @@ def cross_validate(
 def _log_fold(tracker: Tracker, run_id: str, res: FoldResult) -> None:
     import json
 
-    tracker.log_params(run_id, {"fold": res.index, "seed": res.seed, "n_train": res.n_train, "n_valid": res.n_valid})
-    tracker.log_metrics(run_id, res.flat_metrics())
+    series = {}
     if res.history:
         keys = [k for k in res.history[0] if k.startswith("curve_")]
-        tracker.log_series(run_id, {k: [row.get(k, np.nan) for row in res.history] for k in keys})
+        series = {k: [row.get(k, np.nan) for row in res.history] for k in keys}
     tags = {"gencv.status": res.status}
     if res.reason:
         tags["gencv.reason"] = res.reason[:5000]
-    tracker.set_tags(run_id, tags)
+    tracker.log_all(run_id, params={"fold": res.index, "seed": res.seed, "n_train": res.n_train, "n_valid": res.n_valid},
+                    metrics=res.flat_metrics(), series=series, tags=tags)
     tracker.log_text(run_id, json.dumps(res.to_json()), "fold_result.json")

@@ -13,6 +13,7 @@ from sklearn.base import BaseEstimator
 from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, MinMaxScaler, StandardScaler
+from skorch import NeuralNet as _NetBase
 from skorch import NeuralNetClassifier, NeuralNetRegressor
 from skorch.callbacks import Callback, EarlyStopping, GradientNormClipping, LRScheduler
 from skorch.dataset import Dataset as SkorchDataset
@@ -114,7 +115,8 @@ class _DivergenceGuard(Callback):
     def on_batch_end(self, net: Any, batch: Any = None, training: bool = False, **kw: Any) -> None:
         if not training:
             return
-        loss = net.history[-1, "batches", -1, "train_loss"]
+        loss = kw.get("loss")
+        loss = float(loss.detach()) if loss is not None else net.history[-1, "batches", -1, "train_loss"]
         if not math.isfinite(loss):
             epoch = len(net.history)
             batch_i = len(net.history[-1, "batches"])
@@ -170,6 +172,62 @@ class _EarlyStopping(EarlyStopping):
             raise
 
 
+_HOOKS = ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end", "on_batch_begin", "on_batch_end",
+          "on_grad_computed")
+
+
+class _LeanLoopMixin:
+    """skorch's loop with its per-batch bookkeeping trimmed; same semantics.
+
+    `notify` calls only hooks that a callback (or the net) actually overrides, `on_grad_computed`
+    arguments are only built when someone listens, and train/eval mode is switched only when it
+    changes. On a small MLP this removes most of skorch's per-batch overhead.
+    """
+
+    callbacks_: list[tuple[str, Callback]]
+
+    def _active_hooks(self, name: str) -> list[Callable[..., None]]:
+        key = (id(self.callbacks_), len(self.callbacks_))
+        cache = self.__dict__.get("hook_cache_")
+        if cache is None or cache[0] != key:
+            cache = (key, {})
+            self.__dict__["hook_cache_"] = cache
+        hooks = cache[1].get(name)
+        if hooks is None:
+            hooks = [getattr(self, name)]  # the net's own hooks keep the history (new_epoch, new_batch)
+            for _, cb in self.callbacks_:
+                if getattr(type(cb), name) is not getattr(Callback, name):
+                    hooks.append(getattr(cb, name))
+            cache[1][name] = hooks
+        return hooks
+
+    def notify(self, method_name: str, **cb_kwargs: Any) -> None:
+        for hook in self._active_hooks(method_name):
+            hook(self, **cb_kwargs)
+
+    def train_step(self, batch: Any, **fit_params: Any) -> Any:
+        if len(self._active_hooks("on_grad_computed")) > 1 or type(self).on_grad_computed is not _NetBase.on_grad_computed:
+            return super().train_step(batch, **fit_params)  # type: ignore[misc]
+        acc = self.get_train_step_accumulator()  # type: ignore[attr-defined]
+
+        def step_fn() -> torch.Tensor:
+            self._zero_grad_optimizer()  # type: ignore[attr-defined]
+            step = self.train_step_single(batch, **fit_params)  # type: ignore[attr-defined]
+            acc.store_step(step)
+            return step["loss"]
+
+        self._step_optimizer(step_fn)  # type: ignore[attr-defined]
+        return acc.get_step()
+
+    def _set_training(self, training: bool = True) -> None:
+        module = getattr(self, "module_", None)
+        criterion = getattr(self, "criterion_", None)
+        if (module is not None and module.training == training and
+                (not isinstance(criterion, nn.Module) or criterion.training == training)):
+            return
+        super()._set_training(training)  # type: ignore[misc]
+
+
 class _PenalizedMixin:
     """Adds an L1 (and, for L-BFGS, an explicit L2) penalty to the training loss."""
 
@@ -188,7 +246,7 @@ class _PenalizedMixin:
         return loss
 
 
-class _Classifier(_PenalizedMixin, NeuralNetClassifier):
+class _Classifier(_LeanLoopMixin, _PenalizedMixin, NeuralNetClassifier):
     def __init__(self, *args: Any, l1: float = 0.0, l2_explicit: float = 0.0, init_scheme: str = "default",
                  init_activation: str = "relu", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -201,7 +259,7 @@ class _Classifier(_PenalizedMixin, NeuralNetClassifier):
         return self
 
 
-class _Regressor(_PenalizedMixin, NeuralNetRegressor):
+class _Regressor(_LeanLoopMixin, _PenalizedMixin, NeuralNetRegressor):
     def __init__(self, *args: Any, l1: float = 0.0, l2_explicit: float = 0.0, init_scheme: str = "default",
                  init_activation: str = "relu", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

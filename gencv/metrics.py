@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import sklearn
 from sklearn import metrics as skm
 
 from gencv.errors import SpecError
@@ -90,11 +91,14 @@ def score_all(
 ) -> dict[str, float]:
     """Every metric of the task on one set of predictions."""
     out: dict[str, float] = {}
-    for m in metrics_for_task(task):
-        if m.needs_proba:
-            if proba is None:
-                continue
-            out[m.name] = float(m.func(y_true, proba, labels))
-        else:
-            out[m.name] = float(m.func(y_true, y_pred))
+    # Inputs come from our own predictions on validated data: skip sklearn's repeated
+    # parameter validation and finiteness scans (they cost more than the metrics themselves).
+    with sklearn.config_context(skip_parameter_validation=True, assume_finite=True):
+        for m in metrics_for_task(task):
+            if m.needs_proba:
+                if proba is None:
+                    continue
+                out[m.name] = float(m.func(y_true, proba, labels))
+            else:
+                out[m.name] = float(m.func(y_true, y_pred))
     return out

@@ -91,5 +91,6 @@ def measure_logged_run(
                 png = Path(tmp) / "refit_hessian_density.png"
                 plot_density(*result.density, png, result.eigenvalues)
                 tracker.log_artifact(run_id, png, "plots")
+    tracker.flush()
     return PosthocResult(run_id, exp, result, int(len(prep.cv_idx)))
 

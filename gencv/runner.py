@@ -177,6 +177,7 @@ def run_experiment(
         tracker.log_params(run_id, {**exp.flat_params(), "n_samples": ds.n_samples, "n_test": len(prep.test_idx),
                                     "n_folds": len(prep.folds)})
     status = "FAILED"
+    outcome_ref: list[RunOutcome] = []
     try:
         result = cross_validate(
             prep.estimator, ds.X, ds.y, prep.folds, metric=exp.metric, seed=exp.seed,
@@ -187,6 +188,7 @@ def run_experiment(
         tracked = not isinstance(tracker, NullTracker)
         outcome = RunOutcome(exp, ds, result, summary_table(result), fold_table(result),
                              run_id=run_id if tracked else None)
+        outcome_ref.append(outcome)
         if result.n_failed:
             outcome.notes.append(f"{result.n_failed} of {len(result.folds)} folds failed; summaries use the others")
         if refit and result.ok_folds:
@@ -203,6 +205,18 @@ def run_experiment(
         raise
     finally:
         tracker.end_run(run_id, status)
+        if isinstance(tracker, MlflowTracker):
+            tracker.flush()  # queued writes land before we return (or propagate Ctrl-C)
+            if outcome_ref:
+                _resolve_ids(tracker, outcome_ref[0])
+
+
+def _resolve_ids(tracker: MlflowTracker, outcome: RunOutcome) -> None:
+    if outcome.run_id is not None:
+        outcome.run_id = tracker.resolve(outcome.run_id)
+    for f in outcome.cv.folds:
+        if f.run_id is not None:
+            f.run_id = tracker.resolve(f.run_id)
 
 
 def _measure_config(exp: Experiment) -> Any:

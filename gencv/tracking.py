@@ -5,9 +5,12 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import shutil
 import tempfile
+import threading
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -38,6 +41,9 @@ class Tracker(Protocol):
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None: ...
     def log_model(self, run_id: str, module: Any, input_example: np.ndarray, name: str = "model") -> None: ...
     def end_run(self, run_id: str, status: str = "FINISHED") -> None: ...
+    def log_all(self, run_id: str, *, params: Mapping[str, Any] | None = None,
+                metrics: Mapping[str, float] | None = None, series: Mapping[str, Sequence[float]] | None = None,
+                tags: Mapping[str, str] | None = None) -> None: ...
 
 
 class NullTracker:
@@ -71,6 +77,11 @@ class NullTracker:
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         pass
 
+    def log_all(self, run_id: str, *, params: Mapping[str, Any] | None = None,
+                metrics: Mapping[str, float] | None = None, series: Mapping[str, Sequence[float]] | None = None,
+                tags: Mapping[str, str] | None = None) -> None:
+        pass
+
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """Explicit URI, else MLFLOW_TRACKING_URI, else the local SQLite default (directory created)."""
@@ -91,9 +102,16 @@ def _finite(v: float) -> bool:
 
 
 class MlflowTracker:
-    """Tracker over `mlflow.MlflowClient`: explicit run ids, no fluent active-run state."""
+    """Tracker over `mlflow.MlflowClient`: explicit run ids, no fluent active-run state.
 
-    def __init__(self, tracking_uri: str | None = None, artifact_root: str | Path | None = None) -> None:
+    With `asynchronous=True` (the default) every write goes to one background thread, in order,
+    so training never waits on the database; `start_run` returns a provisional id that the worker
+    maps to MLflow's. Call `flush()` (or `resolve(run_id)`) before reading back; errors in the
+    worker are raised there.
+    """
+
+    def __init__(self, tracking_uri: str | None = None, artifact_root: str | Path | None = None,
+                 asynchronous: bool = True) -> None:
         from mlflow import MlflowClient
 
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
@@ -102,6 +120,42 @@ class MlflowTracker:
         self.artifact_root = Path(artifact_root).resolve() if artifact_root is not None else None
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
         self._experiments: dict[str, str] = {}
+        self._ids: dict[str, str] = {}
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gencv-mlflow") if asynchronous else None
+        self._pending: list[Future[Any]] = []
+        self._lock = threading.Lock()
+
+    # ---------------------------------------------------------------- async plumbing
+    def _real(self, run_id: str) -> str:
+        return self._ids.get(run_id, run_id)
+
+    def _submit(self, fn: Any, *args: Any, **kwargs: Any) -> None:
+        if self._executor is None:
+            fn(*args, **kwargs)
+            return
+        with self._lock:
+            self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
+            self._pending.append(self._executor.submit(fn, *args, **kwargs))
+
+    def flush(self) -> None:
+        """Wait for every queued write; raise the first error a write hit."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        errors = [f.exception() for f in pending if f.exception() is not None]
+        if errors:
+            raise TrackingError(f"MLflow write failed ({self.tracking_uri}): {errors[0]}") from errors[0]
+
+    def resolve(self, run_id: str) -> str:
+        """MLflow's id for a (possibly provisional) run id, after its creation was written."""
+        self.flush()
+        return self._real(run_id)
+
+    def close(self) -> None:
+        """Flush and stop the worker thread."""
+        self.flush()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
     # ---------------------------------------------------------------- runs
     def experiment_id(self, name: str) -> str:
@@ -129,32 +183,57 @@ class MlflowTracker:
 
     def start_run(self, experiment: str, run_name: str, *, parent: str | None = None,
                   tags: Mapping[str, str] | None = None) -> str:
-        all_tags = {"mlflow.runName": run_name, **(tags or {})}
-        if parent is not None:
-            all_tags["mlflow.parentRunId"] = parent
-        run = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=all_tags)
-        return run.info.run_id
+        provisional = f"pending-{uuid.uuid4().hex}"
+        start = int(time.time() * 1000)
+
+        def create() -> None:
+            all_tags = {"mlflow.runName": run_name, **(tags or {})}
+            if parent is not None:
+                all_tags["mlflow.parentRunId"] = self._real(parent)
+            run = self.client.create_run(self.experiment_id(experiment), start_time=start, run_name=run_name,
+                                         tags=all_tags)
+            self._ids[provisional] = run.info.run_id
+
+        self._submit(create)
+        return self.resolve(provisional) if self._executor is None else provisional
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status=status)
+        end = int(time.time() * 1000)
+        self._submit(lambda: self.client.set_terminated(self._real(run_id), status=status, end_time=end))
 
     # ---------------------------------------------------------------- values
-    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+    def _log_all_now(self, run_id: str, *, params: Mapping[str, Any] | None = None,
+                metrics: Mapping[str, float] | None = None, series: Mapping[str, Sequence[float]] | None = None,
+                tags: Mapping[str, str] | None = None) -> None:
+        """Params, summary metrics (step 0), step series (steps 1..n) and tags in as few log_batch calls as fit."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        ts = int(time.time() * 1000)
+        ps = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
+        ms = [Metric(k, float(v), ts, 0) for k, v in (metrics or {}).items() if _finite(v)]
+        ms += [Metric(k, float(v), ts, i + 1) for k, vals in (series or {}).items()
+               for i, v in enumerate(vals) if _finite(v)]
+        tg = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        while ps or ms or tg:
+            self.client.log_batch(self._real(run_id), metrics=ms[:_MAX_METRICS], params=ps[:_MAX_PARAMS], tags=tg[:_MAX_TAGS])
+            ps, ms, tg = ps[_MAX_PARAMS:], ms[_MAX_METRICS:], tg[_MAX_TAGS:]
+
+    def _log_params_now(self, run_id: str, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for chunk in _chunks(items, _MAX_PARAMS):
-            self.client.log_batch(run_id, params=chunk)
+            self.client.log_batch(self._real(run_id), params=chunk)
 
-    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+    def _log_metrics_now(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
         items = [Metric(k, float(v), ts, step) for k, v in metrics.items() if _finite(v)]
         for chunk in _chunks(items, _MAX_METRICS):
-            self.client.log_batch(run_id, metrics=chunk)
+            self.client.log_batch(self._real(run_id), metrics=chunk)
 
-    def log_series(self, run_id: str, series: Mapping[str, Sequence[float]], start_step: int = 1) -> None:
+    def _log_series_now(self, run_id: str, series: Mapping[str, Sequence[float]], start_step: int = 1) -> None:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
@@ -165,27 +244,27 @@ class MlflowTracker:
             if _finite(v)
         ]
         for chunk in _chunks(items, _MAX_METRICS):
-            self.client.log_batch(run_id, metrics=chunk)
+            self.client.log_batch(self._real(run_id), metrics=chunk)
 
-    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+    def _set_tags_now(self, run_id: str, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
         items = [RunTag(k, str(v)) for k, v in tags.items()]
         for chunk in _chunks(items, _MAX_TAGS):
-            self.client.log_batch(run_id, tags=chunk)
+            self.client.log_batch(self._real(run_id), tags=chunk)
 
     # ---------------------------------------------------------------- files
-    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    def _log_artifact_now(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         p = Path(path)
         if p.is_dir():
-            self.client.log_artifacts(run_id, str(p), artifact_path)
+            self.client.log_artifacts(self._real(run_id), str(p), artifact_path)
         else:
-            self.client.log_artifact(run_id, str(p), artifact_path)
+            self.client.log_artifact(self._real(run_id), str(p), artifact_path)
 
-    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
-        self.client.log_text(run_id, text, artifact_file)
+    def _log_text_now(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(self._real(run_id), text, artifact_file)
 
-    def log_model(self, run_id: str, module: Any, input_example: np.ndarray, name: str = "model") -> None:
+    def _log_model_now(self, run_id: str, module: Any, input_example: np.ndarray, name: str = "model") -> None:
         """Save an `mlflow.pytorch` model (signature + input example) and its state_dict under the run."""
         import mlflow.pytorch
         import torch
@@ -201,16 +280,60 @@ class MlflowTracker:
             reqs = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"]
             mlflow.pytorch.save_model(module, str(target), signature=signature,
                                       input_example=input_example.astype(np.float32), pip_requirements=reqs)
-            self.client.log_artifacts(run_id, str(target), name)
+            self.client.log_artifacts(self._real(run_id), str(target), name)
             sd = Path(tmp) / "state_dict.pt"
             torch.save(module.state_dict(), sd)
-            self.client.log_artifact(run_id, str(sd), name + "_weights")
+            self.client.log_artifact(self._real(run_id), str(sd), name + "_weights")
+
+    # ---------------------------------------------------------------- queued writes
+    def log_all(self, run_id: str, *, params: Mapping[str, Any] | None = None,
+                metrics: Mapping[str, float] | None = None, series: Mapping[str, Sequence[float]] | None = None,
+                tags: Mapping[str, str] | None = None) -> None:
+        self._submit(self._log_all_now, run_id, params=dict(params or {}), metrics=dict(metrics or {}),
+                     series={k: list(v) for k, v in (series or {}).items()}, tags=dict(tags or {}))
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        self._submit(self._log_params_now, run_id, dict(params))
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        self._submit(self._log_metrics_now, run_id, dict(metrics), step)
+
+    def log_series(self, run_id: str, series: Mapping[str, Sequence[float]], start_step: int = 1) -> None:
+        self._submit(self._log_series_now, run_id, {k: list(v) for k, v in series.items()}, start_step)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        self._submit(self._set_tags_now, run_id, dict(tags))
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        """Copy `path` to a staging area now (the caller may delete it), upload it in the background."""
+        src = Path(path)
+        stage = Path(tempfile.mkdtemp(prefix="gencv-stage-"))
+        dst = stage / src.name
+        if src.is_dir():
+            shutil.copytree(src, dst)
+        else:
+            shutil.copy2(src, dst)
+
+        def upload() -> None:
+            try:
+                self._log_artifact_now(run_id, dst, artifact_path)
+            finally:
+                shutil.rmtree(stage, ignore_errors=True)
+
+        self._submit(upload)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self._submit(self._log_text_now, run_id, text, artifact_file)
+
+    def log_model(self, run_id: str, module: Any, input_example: np.ndarray, name: str = "model") -> None:
+        self._submit(self._log_model_now, run_id, module, np.array(input_example), name)
 
 
 def load_logged_model(tracker: MlflowTracker, run_id: str, name: str = "model") -> Any:
     """Download and load an `mlflow.pytorch` model logged by `MlflowTracker.log_model`."""
     import mlflow.pytorch
 
+    run_id = tracker.resolve(run_id)
     with tempfile.TemporaryDirectory() as tmp:
         local = tracker.client.download_artifacts(run_id, name, tmp)
         return mlflow.pytorch.load_model(local)

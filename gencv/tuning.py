@@ -238,8 +238,25 @@ def _make_sampler(exp: Experiment, dims: list[Dimension], seed: int) -> Any:
         if kind == "cmaes":
             return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
         if kind == "grid":
-            return optuna.samplers.GridSampler(grid_search_space(dims), seed=seed)
+            return _GridSampler(grid_search_space(dims), seed=seed)
         return optuna.samplers.TPESampler(seed=seed)
+
+
+def _grid_sampler_class() -> Any:
+    import optuna
+
+    class GridSampler(optuna.samplers.GridSampler):
+        """Optuna's grid sampler without `study.stop()` in after_trial (our ask/tell loop checks
+        `is_exhausted` itself; `stop` outside `optimize` raises)."""
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            return None
+
+    return GridSampler
+
+
+def _GridSampler(search_space: Mapping[str, Sequence[Any]], seed: int) -> Any:
+    return _grid_sampler_class()(dict(search_space), seed=seed)
 
 
 def _make_pruner(kind: str, n_folds: int) -> Any:

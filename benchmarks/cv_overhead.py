@@ -1,0 +1,134 @@
+"""5-fold CV of a small MLP four ways, side by side: hand-written torch loop, sklearn + skorch, gencv
+(tracking off) and gencv (tracking on, SQLite). Same data, epochs, batch size and optimizer.
+
+Run: python benchmarks/cv_overhead.py [--reps 3] [--epochs 20]
+Targets: gencv / hand loop <= 1.10; tracking on / off <= 1.05.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+from sklearn.datasets import make_classification
+from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import cross_validate as sk_cross_validate
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from skorch import NeuralNetClassifier
+from torch import nn
+
+from gencv.cv import cross_validate
+from gencv.estimators import GencvEstimator
+from gencv.models import MLP
+from gencv.spec import ModelSpec, TrainSpec
+from gencv.splits import Fold
+from gencv.tracking import MlflowTracker, NullTracker
+
+N, D, K, HIDDEN, BATCH, LR = 2000, 20, 3, (64, 64), 64, 1e-3
+
+
+def data() -> tuple[np.ndarray, np.ndarray, list[Fold]]:
+    X, y = make_classification(n_samples=N, n_features=D, n_informative=10, n_classes=K, random_state=0)
+    X = X.astype(np.float32)
+    folds = [Fold(i, tr, va) for i, (tr, va) in enumerate(StratifiedKFold(5, shuffle=True, random_state=0).split(X, y))]
+    return X, y.astype(np.int64), folds
+
+
+def hand_loop(X: np.ndarray, y: np.ndarray, folds: list[Fold], epochs: int) -> float:
+    """What a careful user writes by hand: scaler per fold, Adam, shuffled mini-batches, score held-out fold."""
+    scores = []
+    for f in folds:
+        torch.manual_seed(f.index)
+        scaler = StandardScaler().fit(X[f.train])
+        Xtr = torch.as_tensor(scaler.transform(X[f.train]), dtype=torch.float32)
+        Xva = torch.as_tensor(scaler.transform(X[f.valid]), dtype=torch.float32)
+        ytr, yva = torch.as_tensor(y[f.train]), torch.as_tensor(y[f.valid])
+        model = MLP(D, K, HIDDEN, dropout=0.0)
+        opt = torch.optim.Adam(model.parameters(), lr=LR)
+        loss_fn = nn.CrossEntropyLoss()
+        for _ in range(epochs):
+            model.train()
+            perm = torch.randperm(len(Xtr))
+            for i in range(0, len(Xtr), BATCH):
+                idx = perm[i : i + BATCH]
+                opt.zero_grad()
+                loss = loss_fn(model(Xtr[idx]), ytr[idx])
+                loss.backward()
+                opt.step()
+        model.eval()
+        with torch.no_grad():
+            scores.append(float((model(Xva).argmax(1) == yva).float().mean()))
+    return float(np.mean(scores))
+
+
+def plain_skorch(X: np.ndarray, y: np.ndarray, folds: list[Fold], epochs: int) -> float:
+    """scikit-learn's cross_validate over a Pipeline(StandardScaler, NeuralNetClassifier), skorch defaults."""
+    torch.manual_seed(0)
+    net = NeuralNetClassifier(MLP, module__n_in=D, module__n_out=K, module__hidden=HIDDEN, criterion=nn.CrossEntropyLoss,
+                              optimizer=torch.optim.Adam, lr=LR, max_epochs=epochs, batch_size=BATCH,
+                              iterator_train__shuffle=True, train_split=None, verbose=0)
+    pipe = Pipeline([("scale", StandardScaler()), ("net", net)])
+    cv = [(f.train, f.valid) for f in folds]
+    res = sk_cross_validate(pipe, X, y, cv=cv, scoring="accuracy")
+    return float(np.mean(res["test_score"]))
+
+
+def gencv_cv(X: np.ndarray, y: np.ndarray, folds: list[Fold], epochs: int, tracker: object) -> float:
+    est = GencvEstimator(ModelSpec(hidden=list(HIDDEN), dropout=0.0, init="default"),
+                         TrainSpec(optimizer="adam", lr=LR, batch_size=BATCH, max_epochs=epochs,
+                                   early_stopping=None, schedule={"kind": "none"}),
+                         task="classification", n_features=D, n_classes=K)
+    res = cross_validate(est, X, y, folds, metric="accuracy", seed=0, tracker=tracker,  # type: ignore[arg-type]
+                         experiment="bench", parent_run=None)
+    if isinstance(tracker, MlflowTracker):
+        tracker.flush()  # count every queued write inside the timed region
+    return res.mean_score()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=20)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    X, y, folds = data()
+    tmp = tempfile.mkdtemp()
+    mlflow_tracker = MlflowTracker(f"sqlite:///{tmp}/mlflow.db")
+    mlflow_tracker.experiment_id("bench")  # create the store before timing
+    ways = {
+        "hand-written torch loop": lambda: hand_loop(X, y, folds, args.epochs),
+        "sklearn cross_validate + skorch": lambda: plain_skorch(X, y, folds, args.epochs),
+        "gencv (tracking off)": lambda: gencv_cv(X, y, folds, args.epochs, NullTracker()),
+        "gencv (tracking on, SQLite)": lambda: gencv_cv(X, y, folds, args.epochs, mlflow_tracker),
+    }
+    for fn in ways.values():  # warm-up: imports, allocator, first-call overheads
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in ways}
+    scores: dict[str, float] = {}
+    for _ in range(args.reps):  # interleaved, so machine noise hits every way alike
+        for name, fn in ways.items():
+            t0 = time.perf_counter()
+            scores[name] = fn()
+            times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"5-fold CV, {N} samples x {D} features, MLP {HIDDEN}, {args.epochs} epochs, batch {BATCH}, "
+          f"1 torch thread, median of {args.reps}")
+    print(f"{'way':36s} {'seconds':>8s} {'ratio':>7s} {'mean acc':>9s}")
+    base = med["hand-written torch loop"]
+    for k in ways:
+        print(f"{k:36s} {med[k]:8.2f} {med[k] / base:7.3f} {scores[k]:9.3f}")
+    r_gencv = med["gencv (tracking off)"] / base
+    r_track = med["gencv (tracking on, SQLite)"] / med["gencv (tracking off)"]
+    r_skorch = med["sklearn cross_validate + skorch"] / base
+    print(f"plain skorch / hand loop: {r_skorch:.3f}")
+    print(f"gencv / hand loop:        {r_gencv:.3f}  target <= 1.10  {'PASS' if r_gencv <= 1.10 else 'MISS'}")
+    print(f"tracking on / off:        {r_track:.3f}  target <= 1.05  {'PASS' if r_track <= 1.05 else 'MISS'}")
+
+
+if __name__ == "__main__":
+    main()

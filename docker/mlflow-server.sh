@@ -5,6 +5,7 @@
 #   MLFLOW_AUTH_DB_URI     postgresql://user:pass@host:5432/mlflow_auth (required)
 #   MLFLOW_ADMIN_USER      admin user created on first start (default: admin)
 #   MLFLOW_ADMIN_PASSWORD  its password (required)
+#   MLFLOW_FLASK_SERVER_SECRET_KEY  CSRF secret of the auth app (random per start if unset)
 #   MLFLOW_ARTIFACTS_DIR   where served artifacts are stored (default: /mlartifacts)
 #   MLFLOW_HOST / MLFLOW_PORT  bind address (default 127.0.0.1:5000; the compose file sets 0.0.0.0
 #                          inside the container and publishes the port on the host's 127.0.0.1 only)
@@ -17,6 +18,11 @@ host="${MLFLOW_HOST:-127.0.0.1}"
 port="${MLFLOW_PORT:-5000}"
 artifacts="${MLFLOW_ARTIFACTS_DIR:-/mlartifacts}"
 allowed="${MLFLOW_ALLOWED_HOSTS:-localhost,localhost:$port,127.0.0.1,127.0.0.1:$port,mlflow,mlflow:$port}"
+if [[ -z "${MLFLOW_FLASK_SERVER_SECRET_KEY:-}" ]]; then
+    echo "warning: MLFLOW_FLASK_SERVER_SECRET_KEY is not set; using a random key (sessions end at restart)" >&2
+    MLFLOW_FLASK_SERVER_SECRET_KEY="$(python -c 'import secrets; print(secrets.token_hex(32))')"
+fi
+export MLFLOW_FLASK_SERVER_SECRET_KEY
 conf_dir="$(mktemp -d)"
 trap 'rm -rf "$conf_dir"' EXIT
 umask 077

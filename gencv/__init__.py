@@ -11,6 +11,7 @@ from gencv.estimators import GencvEstimator  # noqa: E402
 from gencv.runner import RunOutcome, prepare, run_experiment  # noqa: E402
 from gencv.spec import Experiment, load_experiment  # noqa: E402
 from gencv.tracking import MlflowTracker, NullTracker, Tracker  # noqa: E402
+from gencv.tuning import TuneOutcome, tune_experiment  # noqa: E402
 
 __all__ = [
     "CVResult",
@@ -27,6 +28,7 @@ __all__ = [
     "SpecError",
     "SplitError",
     "Tracker",
+    "TuneOutcome",
     "__version__",
     "cross_validate",
     "derive_seed",
@@ -34,4 +36,5 @@ __all__ = [
     "load_experiment",
     "prepare",
     "run_experiment",
+    "tune_experiment",
 ]

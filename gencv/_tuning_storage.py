@@ -137,6 +137,11 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def beat_once(self) -> None:
+        """Record one heartbeat now (no-op without heartbeats)."""
+        if getattr(self.storage, "get_heartbeat_interval", lambda: None)():
+            self.storage.record_heartbeat(self.trial_id)
+
     def __enter__(self) -> Heartbeat:
         interval = getattr(self.storage, "get_heartbeat_interval", lambda: None)()
         if interval:

@@ -50,15 +50,18 @@ def _sigterm_to_interrupt() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _guard(fn: Callable[[], T]) -> T:
-    """Run fn; user errors exit 2 with the message only, Ctrl-C/SIGTERM exit 130."""
+def _guard(fn: Callable[[], T], resume_hint: str = "gencv run SPEC --resume {run_id}") -> T:
+    """Run fn; user errors exit 2 with the message only, Ctrl-C/SIGTERM exit 130 with how to resume."""
     try:
         return fn()
     except GencvError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
         raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted: runs were marked KILLED; resume with --resume RUN_ID[/]")
+    except KeyboardInterrupt as exc:
+        run_id = getattr(exc, "gencv_run_id", None) or "RUN_ID"
+        hint = resume_hint.format(run_id=run_id)
+        err.print(f"[yellow]interrupted: runs were marked KILLED; finished work is kept. Resume with: {hint}[/]",
+                  highlight=False)
         raise typer.Exit(130) from None
 
 
@@ -320,6 +323,11 @@ def ui(
         raise typer.Exit(subprocess.call(cmd, env=os.environ.copy()))
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
+
+
+from gencv.cli_tune import tune  # noqa: E402  (cli_tune imports the helpers above)
+
+app.command()(tune)
 
 
 def main() -> None:

@@ -14,7 +14,6 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from gencv.cli import SetOpt, SpecArg, UriOpt, _guard, _load, _setup_logging, _sigterm_to_interrupt, err, out
 from gencv.errors import GencvError
 
 __all__ = ["tune"]
@@ -90,7 +89,8 @@ def _print_tune(outcome: Any, top: int = 10) -> None:
         t.add_column(col, justify="right")
     for r in trials[:top]:
         t.add_row(str(r.number), _fmt(r.value), *[_fmt(r.params.get(p)) for p in paths])
-    out.print(t)
+    if outcome.nested is None:  # nested: one study per outer fold, their winners are tabled below
+        out.print(t)
     if outcome.nested is not None:
         n = outcome.nested
         nt = Table(title=f"nested CV: tuned inside each outer training fold, scored once on its outer test fold ({m})")
@@ -151,6 +151,9 @@ def tune(
     """
     _setup_logging(verbose)
     _sigterm_to_interrupt()
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
 
     def go() -> Any:
         from gencv._tuning_storage import DEFAULT_STORAGE, redact_url
@@ -187,6 +190,22 @@ def tune(
             _print_tune(outcome)
         return outcome
 
-    outcome = _guard(go)
+    outcome = _guard(go, resume_hint="gencv tune SPEC --study NAME (the same study name)")
     if outcome.nested is None and outcome.best is None and outcome.finalized:
         raise typer.Exit(1)
+
+
+# Imported last, on purpose: gencv/cli.py imports this module at its end to register `tune`, so
+# whichever of the two is imported first, `tune` exists before the other needs it. The option
+# annotations above are strings (PEP 563) that typer resolves from these globals when it runs.
+from gencv.cli import (  # noqa: E402
+    SetOpt,
+    SpecArg,
+    UriOpt,
+    _guard,
+    _load,
+    _setup_logging,
+    _sigterm_to_interrupt,
+    err,
+    out,
+)

@@ -178,6 +178,7 @@ def run_experiment(
                                     "n_folds": len(prep.folds)})
     status = "FAILED"
     outcome_ref: list[RunOutcome] = []
+    interrupted: list[BaseException] = []
     try:
         result = cross_validate(
             prep.estimator, ds.X, ds.y, prep.folds, metric=exp.metric, seed=exp.seed,
@@ -200,8 +201,9 @@ def run_experiment(
         _log_parent(tracker, run_id, exp, outcome)
         status = "FINISHED" if result.ok_folds else "FAILED"
         return outcome
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         status = "KILLED"
+        interrupted.append(exc)
         raise
     finally:
         tracker.end_run(run_id, status)
@@ -209,6 +211,8 @@ def run_experiment(
             tracker.flush()  # queued writes land before we return (or propagate Ctrl-C)
             if outcome_ref:
                 _resolve_ids(tracker, outcome_ref[0])
+            for exc in interrupted:
+                exc.gencv_run_id = tracker.resolve(run_id)  # type: ignore[attr-defined]  # for the resume hint
 
 
 def _resolve_ids(tracker: MlflowTracker, outcome: RunOutcome) -> None:

@@ -80,6 +80,7 @@ class TrialRecord:
     run_id: str | None = None
     penalized: bool = False
     seconds: float | None = None
+    study: str = ""
 
     @classmethod
     def from_frozen(cls, t: Any, dims: Sequence[Dimension]) -> TrialRecord:
@@ -93,6 +94,13 @@ class TrialRecord:
             gap=ua.get("gencv.gap"), run_id=ua.get("gencv.run_id"), penalized=bool(ua.get("gencv.penalized", False)),
             seconds=dur,
         )
+
+    @classmethod
+    def of_study(cls, study: Any, dims: Sequence[Dimension]) -> list[TrialRecord]:
+        out = [cls.from_frozen(t, dims) for t in study.get_trials(deepcopy=False)]
+        for r in out:
+            r.study = study.study_name
+        return out
 
 
 @dataclass
@@ -157,9 +165,9 @@ class TuneOutcome:
         """One row per trial: number, state, value, params, folds run, reason."""
         rows = []
         for t in self.trials:
-            rows.append({"trial": t.number, "state": t.state, "value": t.value, **{f"param {k}": v for k, v in t.params.items()},
-                         "folds_run": len(t.folds_run), "penalized": t.penalized, "reason": t.reason,
-                         "seconds": t.seconds})
+            rows.append({"study": t.study, "trial": t.number, "state": t.state, "value": t.value,
+                         **{f"param {k}": v for k, v in t.params.items()}, "folds_run": len(t.folds_run),
+                         "penalized": t.penalized, "reason": t.reason, "seconds": t.seconds})
         return pd.DataFrame(rows)
 
 
@@ -321,6 +329,18 @@ class _Ctx:
     consecutive_failures: int = 0
 
 
+def _real_id(tracker: Tracker, run_id: str) -> str:
+    """MLflow's run id (an asynchronous tracker hands out provisional ids until the run is written)."""
+    resolve = getattr(tracker, "resolve", None)
+    return str(resolve(run_id)) if callable(resolve) else run_id
+
+
+def _flush(tracker: Tracker) -> None:
+    flush = getattr(tracker, "flush", None)
+    if callable(flush):
+        flush()
+
+
 def _fold_order(exp: Experiment, number: int, n: int) -> list[int]:
     rng = np.random.default_rng(derive_seed(exp.seed, "trial", number, "fold_order"))
     return [int(i) for i in rng.permutation(n)]
@@ -328,6 +348,11 @@ def _fold_order(exp: Experiment, number: int, n: int) -> list[int]:
 
 def _run_trial(ctx: _Ctx, study: Any, trial: Any) -> TrialRecord:
     """Cross-validate one configuration; tell the study how it ended; log it as a child run."""
+    with Heartbeat(ctx.storage, trial._trial_id):
+        return _run_trial_body(ctx, study, trial)
+
+
+def _run_trial_body(ctx: _Ctx, study: Any, trial: Any) -> TrialRecord:
     import optuna
     from optuna.trial import TrialState
 
@@ -341,7 +366,7 @@ def _run_trial(ctx: _Ctx, study: Any, trial: Any) -> TrialRecord:
     retried = ctx.storage.get_trial(trial._trial_id).system_attrs.get("failed_trial")
     if retried is not None:
         tags["gencv.retry_of"] = str(retried)
-    run_id = ctx.tracker.start_run(exp.name, f"trial-{number}", parent=ctx.study_run, tags=tags)
+    run_id = _real_id(ctx.tracker, ctx.tracker.start_run(exp.name, f"trial-{number}", parent=ctx.study_run, tags=tags))
     trial.set_user_attr("gencv.run_id", run_id)
     trial.set_user_attr("gencv.worker", f"{socket.gethostname()}:{os.getpid()}")
     ctx.tracker.log_params(run_id, {**overrides, "trial": number})
@@ -375,11 +400,9 @@ def _run_trial(ctx: _Ctx, study: Any, trial: Any) -> TrialRecord:
     try:
         trial_exp = exp.with_overrides(overrides)
         est = make_estimator(trial_exp, ds)
-        with Heartbeat(ctx.storage, trial._trial_id):
-            cv = cross_validate(est, ds.X, ds.y, ctx.folds, metric=metric, seed=exp.seed,
-                                measures=exp.measures, measure_config=ctx.measure_config, tracker=ctx.tracker,
-                                experiment=exp.name, parent_run=run_id, on_fold_end=on_fold_end,
-                                fold_order=order)
+        cv = cross_validate(est, ds.X, ds.y, ctx.folds, metric=metric, seed=exp.seed,
+                            measures=exp.measures, measure_config=ctx.measure_config, tracker=ctx.tracker,
+                            experiment=exp.name, parent_run=run_id, on_fold_end=on_fold_end, fold_order=order)
         value = float(np.mean([scores[i] for i in sorted(scores)]))
         _set_measures(trial, cv.ok_folds, metric)
     except optuna.TrialPruned as exc:
@@ -459,6 +482,7 @@ def _finish_trial(ctx: _Ctx, study: Any, trial: Any, run_id: str, state: Any, va
     ctx.tracker.end_run(run_id, status)
     frozen = ctx.storage.get_trial(trial._trial_id)
     rec = TrialRecord.from_frozen(frozen, ctx.dims)
+    rec.study = ctx.study_name
     if state == TrialState.FAIL:
         ctx.consecutive_failures += 1
         log.warning("trial %d failed: %s", trial.number, reason)
@@ -484,6 +508,12 @@ def _optimize(ctx: _Ctx, study: Any, n_trials: int, timeout: float | None, max_f
 
     t0 = time.monotonic()
     poll = max(0.5, min(float(ctx.heartbeat_interval), 5.0))
+    grace = float(getattr(ctx.storage, "grace_period", None) or 2 * ctx.heartbeat_interval)
+    # A RUNNING trial that never beat (its worker died between ask and the first heartbeat) is
+    # never failed by Optuna; stop waiting for others once the study has not moved for this long.
+    wait_limit = 3 * grace + 60.0
+    last_state: tuple[int, ...] = ()
+    last_change = time.monotonic()
     while True:
         if timeout is not None and time.monotonic() - t0 >= timeout:
             log.info("%s: timeout of %.0f s reached", ctx.label, timeout)
@@ -500,8 +530,18 @@ def _optimize(ctx: _Ctx, study: Any, n_trials: int, timeout: float | None, max_f
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     trial = study.ask()
+                # Beat at once: a RUNNING trial without any heartbeat is never detected as stale.
+                Heartbeat(ctx.storage, trial._trial_id).beat_once()
         if trial is None:
             if counts["RUNNING"] == 0:
+                return
+            state = tuple(counts.values())
+            if state != last_state:
+                last_state, last_change = state, time.monotonic()
+            elif time.monotonic() - last_change > wait_limit:
+                log.warning("%s: %d trial(s) of other workers have been RUNNING without any change for %.0f s; "
+                            "this worker stops waiting for them (their workers finish the study)",
+                            ctx.label, counts["RUNNING"], wait_limit)
                 return
             time.sleep(poll)
             continue
@@ -557,7 +597,7 @@ def _study_run(tracker: Tracker, exp: Experiment, study: Any, store: Any, storag
                     return str(existing)
                 except Exception:
                     log.info("study run %s not found in %s; starting a new one", existing, tracker.tracking_uri)
-        run_id = tracker.start_run(exp.name, label, parent=parent, tags=tags)
+        run_id = _real_id(tracker, tracker.start_run(exp.name, label, parent=parent, tags=tags))
         if isinstance(tracker, MlflowTracker):
             study.set_user_attr(key, run_id)
             study.set_user_attr("gencv.tracking_uri", redact_url(tracker.tracking_uri))
@@ -580,7 +620,7 @@ def _claim_finalize(study: Any, store: Any) -> bool:
 
 
 def _records(study: Any, dims: list[Dimension]) -> list[TrialRecord]:
-    return [TrialRecord.from_frozen(t, dims) for t in study.get_trials(deepcopy=False)]
+    return TrialRecord.of_study(study, dims)
 
 
 def _best_record(study: Any, dims: list[Dimension]) -> TrialRecord | None:
@@ -686,10 +726,12 @@ def tune_experiment(
     except KeyboardInterrupt:
         if _study_counts(study)["RUNNING"] == 0:
             tracker.end_run(run_id, "KILLED")
+        _flush(tracker)
         raise
     except TuningError as exc:
         tracker.set_tags(run_id, {"gencv.stopped": str(exc)[:5000]})
         tracker.end_run(run_id, "FAILED")
+        _flush(tracker)
         raise
     return _finalize_flat(ctx, study, n_trials, refit)
 
@@ -715,6 +757,7 @@ def _finalize_flat(ctx: _Ctx, study: Any, n_trials: int, refit: bool) -> TuneOut
     if not _claim_finalize(study, ctx.storage):
         outcome.finalized = False
         outcome.notes.append("another worker is finishing this study (refit, plots, report); this worker only ran trials")
+        _flush(tracker)
         return outcome
     _close_dead_trial_runs(tracker, records)
     _tag_best(tracker, study, best)
@@ -738,6 +781,7 @@ def _finalize_flat(ctx: _Ctx, study: Any, n_trials: int, refit: bool) -> TuneOut
         raise
     finally:
         tracker.end_run(run_id, status)
+        _flush(tracker)
     return outcome
 
 
@@ -770,7 +814,7 @@ def _tune_nested(exp: Experiment, prep: Prepared, dims: list[Dimension], store: 
     ds = prep.dataset
     metric = exp.metric
     sign = 1.0 if METRICS[metric].higher_is_better else -1.0
-    root_run = tracker.start_run(exp.name, study_name, tags=tags)
+    root_run = _real_id(tracker, tracker.start_run(exp.name, study_name, tags=tags))
     tracker.log_params(root_run, {**exp.flat_params(), "study": study_name, "storage": redact_url(storage_url)})
     folds_out: list[NestedFold] = []
     all_records: list[TrialRecord] = []
@@ -847,6 +891,7 @@ def _tune_nested(exp: Experiment, prep: Prepared, dims: list[Dimension], store: 
         raise
     finally:
         tracker.end_run(root_run, status)
+        _flush(tracker)
 
 
 def _log_nested_artifacts(tracker: Tracker, run_id: str, outcome: TuneOutcome) -> None:
@@ -925,7 +970,7 @@ def outcome_json(outcome: TuneOutcome) -> dict[str, Any]:
         "best": None if outcome.best is None else {"trial": outcome.best.number, "value": outcome.best.value,
                                                    "params": outcome.best.params},
         "refit_test_scores": outcome.refit_test_scores, "nested": nested, "finalized": outcome.finalized,
-        "trials": [{"trial": t.number, "state": t.state, "value": t.value, "params": t.params,
+        "trials": [{"study": t.study, "trial": t.number, "state": t.state, "value": t.value, "params": t.params,
                     "folds_run": t.folds_run, "reason": t.reason, "penalized": t.penalized} for t in outcome.trials],
         "measure_report": None if outcome.measure_report is None else outcome.measure_report.to_dict(orient="records"),
         "notes": outcome.notes,

@@ -259,6 +259,8 @@ def gaps(train: Mapping[str, float], valid: Mapping[str, float], train_loss: flo
 def _score(est: GencvEstimator, X: np.ndarray, y: np.ndarray, labels: list[int]) -> tuple[dict[str, float], float]:
     if est.task == "classification":
         proba = est.predict_proba(X)
+        if not np.all(np.isfinite(proba)):
+            return {}, float("nan")  # a diverged net: the fold is marked failed by the loss check
         pred = proba.argmax(1)
     else:
         proba, pred = None, est.predict(X)

@@ -11,6 +11,8 @@ import torch
 
 from gencv.spec import Experiment, validate_experiment
 
+from .pg import pg_url  # noqa: F401  (session fixture: one PostgreSQL server for the whole run)
+
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 torch.set_num_threads(1)

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from .conftest import ROOT
-from .pg import pg_url  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -113,3 +112,38 @@ def test_gencv_run_logs_to_the_authenticated_server(mlflow_server: str, tmp_path
     assert status == 200, body[:500]
     paths = {f["path"] for f in json.loads(body)["files"]}
     assert {"model", "spec.yaml", "folds.csv"} <= paths
+
+
+def test_two_worker_scripts_share_one_study_and_log_to_the_server(
+    mlflow_server: str, pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    from mlflow import MlflowClient
+
+    from .test_tuning import tune_exp
+
+    spec = tmp_path / "tune.yaml"
+    spec.write_text(tune_exp(**{"tune.pruner": "none", "name": "topology-tune"}).to_yaml())
+    env = {**os.environ, "GENCV_SPEC": str(spec), "GENCV_STUDY": "topology", "GENCV_TRIALS": "4",
+           "OPTUNA_STORAGE": pg_url, "MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_TRACKING_USERNAME": ADMIN,
+           "MLFLOW_TRACKING_PASSWORD": PASSWORD, "GENCV_HEARTBEAT_INTERVAL": "2", "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    workers = [subprocess.Popen(["bash", str(ROOT / "docker" / "worker.sh")], env=env, cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for w in workers:
+        out, errs = w.communicate(timeout=300)
+        assert w.returncode == 0, errs[-3000:]
+    import optuna
+
+    study = optuna.load_study(study_name="topology", storage=pg_url)
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials) == 4
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("topology-tune")
+    runs = client.search_runs([exp.experiment_id], max_results=500)
+    kinds = [r.data.tags.get("gencv.kind") for r in runs]
+    assert kinds.count("study") == 1 and kinds.count("trial") == 4
+    study_run = next(r for r in runs if r.data.tags.get("gencv.kind") == "study")
+    assert all(r.data.tags.get("mlflow.parentRunId") == study_run.info.run_id for r in runs
+               if r.data.tags.get("gencv.kind") == "trial")
+    assert sum(r.data.tags.get("gencv.best_trial") == "true" for r in runs) == 1

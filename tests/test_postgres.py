@@ -14,24 +14,13 @@ from typing import Any
 
 import pytest
 
-from tests.pg import pg_url  # noqa: F401  (fixture)
 from tests.test_tuning import tune_exp
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
-# Runs the CLI with `tune` registered even before gencv/cli.py registers it itself.
-RUNNER = (
-    "from gencv.cli import app\n"
-    "from gencv.cli_tune import tune\n"
-    "if not any(getattr(c.callback, '__name__', '') == 'tune' for c in app.registered_commands):\n"
-    "    app.command()(tune)\n"
-    "app()\n"
-)
-
-
 def _worker(tmp: Path, spec: Path, url: str, study: str, trials: int, *extra: str) -> subprocess.Popen[str]:
     env = {**os.environ, "GENCV_HEARTBEAT_INTERVAL": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-c", RUNNER, "tune", str(spec), "--storage", url, "--study", study,
+    cmd = [sys.executable, "-m", "gencv.cli", "tune", str(spec), "--storage", url, "--study", study,
            "--trials", str(trials), "--json", *extra]
     return subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

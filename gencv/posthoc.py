@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from gencv.cv import derive_seed
-from gencv.errors import GencvError
+from gencv.errors import GencvError, did_you_mean
 from gencv.measures import MeasureConfig, MeasureResult, compute_measures, plot_density, validate_measure_names
 from gencv.runner import prepare
 from gencv.spec import Experiment, load_experiment
@@ -30,6 +33,7 @@ class PosthocResult:
     experiment: Experiment
     result: MeasureResult
     n_samples: int
+    config: MeasureConfig | None = None
 
 
 def _download(tracker: MlflowTracker, run_id: str, path: str, tmp: str) -> Path:
@@ -42,26 +46,76 @@ def _download(tracker: MlflowTracker, run_id: str, path: str, tmp: str) -> Path:
         ) from None
 
 
+def _check_overrides(config: MeasureConfig | None, overrides: Mapping[str, Any] | None) -> None:
+    if config is not None and not isinstance(config, MeasureConfig):
+        raise TypeError(f"config must be a MeasureConfig or None, got {type(config).__name__}")
+    if overrides is None:
+        return
+    if not isinstance(overrides, Mapping):
+        raise TypeError(f"overrides must be a mapping of MeasureConfig fields, got {type(overrides).__name__}")
+    fields = {f.name for f in dataclasses.fields(MeasureConfig)}
+    for key in overrides:
+        if key not in fields:
+            raise ValueError(
+                f"overrides: unknown measure option {key!r}; allowed: {', '.join(sorted(fields))}."
+                + did_you_mean(str(key), fields)
+            )
+
+
+def _resolve_config(
+    exp: Experiment, config: MeasureConfig | None, overrides: Mapping[str, Any] | None, notes: list[str]
+) -> MeasureConfig:
+    """The spec's `measure_options` (or `config` when given), with `overrides` on top."""
+    if config is None:
+        base = MeasureConfig(**exp.measure_options)
+    else:
+        base = config
+        if exp.measure_options:
+            notes.append(
+                f"config was given, so the run's measure_options {exp.measure_options} were not used; pass "
+                "overrides={...} instead to change only some of them"
+            )
+    return dataclasses.replace(base, **dict(overrides)) if overrides else base
+
+
 def measure_logged_run(
     tracker: MlflowTracker,
     run_id: str,
     names: Sequence[str],
     *,
     config: MeasureConfig | None = None,
+    overrides: Mapping[str, Any] | None = None,
     log_results: bool = True,
 ) -> PosthocResult:
     """Compute measures of a run's refit model on the data it was trained on (all non-test rows).
 
     The weights are read with `torch.load(weights_only=True)` into a network rebuilt from the
     logged spec, so no pickled code from the artifact store is executed.
+
+    Parameters
+    ----------
+    tracker, run_id
+        The MLflow store and the parent run made by `gencv run`.
+    names
+        Measures from `MEASURE_NAMES`.
+    config
+        A complete `MeasureConfig` that replaces the spec's `measure_options` (a note says so when the
+        spec had some). None (default): start from the run's `measure_options`.
+    overrides
+        `MeasureConfig` fields set on top, e.g. ``{"sample_size": 256}``; unknown names raise ValueError.
+    log_results
+        Log the values as ``refit_<key>`` metrics (and the density plot) on the run.
     """
     names = validate_measure_names(list(names))
     if not names:
         raise GencvError("no measures given; pass e.g. --measures hessian_top,hessian_trace")
+    _check_overrides(config, overrides)
     with tempfile.TemporaryDirectory() as tmp:
         spec_path = _download(tracker, run_id, "spec.yaml", tmp)
         exp = load_experiment(spec_path)
         state = torch.load(_download(tracker, run_id, "model_weights/state_dict.pt", tmp), weights_only=True)
+    notes: list[str] = []
+    cfg = _resolve_config(exp, config, overrides, notes)
     prep = prepare(exp, allow_large_loo=True)
     ds = prep.dataset
     est = prep.estimator
@@ -73,8 +127,9 @@ def measure_logged_run(
     except RuntimeError as exc:
         raise GencvError(f"run {run_id}: the logged weights do not fit the network of its spec: {exc}") from None
     module.eval()
-    X = torch.as_tensor(ds.X[prep.cv_idx], dtype=torch.float32)
-    Xs = (X - state["shift"].float()) / state["scale"].float()  # the refit's scaler, fit on these rows
+    # The refit's scaler, fit on these rows: (x - shift) / scale in float64, then float32 like the estimator.
+    X = torch.as_tensor(ds.X[prep.cv_idx], dtype=torch.float64)
+    Xs = ((X - state["shift"].double()) / state["scale"].double()).float()
     if ds.task == "classification":
         y = torch.as_tensor(ds.y[prep.cv_idx], dtype=torch.long)
         loss = torch.nn.functional.cross_entropy
@@ -82,15 +137,27 @@ def measure_logged_run(
         yv = torch.as_tensor(ds.y[prep.cv_idx], dtype=torch.float32).reshape(-1, 1)
         y = (yv - state["y_mean"]) / state["y_std"]
         loss = torch.nn.functional.mse_loss
-    result = compute_measures(module, Xs, y, loss, names, seed=derive_seed(exp.seed, "posthoc"), config=config)
+    result = compute_measures(module, Xs, y, loss, names, seed=derive_seed(exp.seed, "posthoc"), config=cfg)
+    result.notes[:0] = notes
+    if "norms" in names:
+        result.notes.append(
+            "norms: dist_from_init is not available here: `gencv run` does not log the refit model's initial "
+            "weights (the fold runs compute it during training)"
+        )
     if log_results:
         tracker.log_metrics(run_id, {f"refit_{k}": v for k, v in result.values.items()})
-        tracker.set_tags(run_id, {"gencv.posthoc_measures": ",".join(names)})
+        changed = {
+            f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+            if getattr(cfg, f.name) != f.default
+        }
+        tracker.set_tags(run_id, {
+            "gencv.posthoc_measures": ",".join(names),
+            "gencv.posthoc_measure_options": json.dumps(changed, sort_keys=True),
+        })
         if result.density is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 png = Path(tmp) / "refit_hessian_density.png"
                 plot_density(*result.density, png, result.eigenvalues)
                 tracker.log_artifact(run_id, png, "plots")
     tracker.flush()
-    return PosthocResult(run_id, exp, result, int(len(prep.cv_idx)))
-
+    return PosthocResult(run_id, exp, result, int(len(prep.cv_idx)), cfg)

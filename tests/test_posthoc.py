@@ -2,16 +2,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from mlflow import MlflowClient
 
+from gencv.cv import derive_seed
 from gencv.errors import GencvError
+from gencv.measures import MeasureConfig, compute_measures
 from gencv.posthoc import measure_logged_run
-from gencv.runner import run_experiment
+from gencv.runner import prepare, run_experiment
 from gencv.tracking import MlflowTracker
 
 from .conftest import tiny
 
 MEASURES = ["hessian_top", "hessian_trace", "adaptive_sharpness", "norms", "hessian_density"]
+POSTHOC = ["hessian_top", "hessian_trace", "norms"]
 
 
 def test_measures_are_logged_per_fold_summarised_and_plotted(tracking_uri: str) -> None:
@@ -32,10 +36,64 @@ def test_measures_are_logged_per_fold_summarised_and_plotted(tracking_uri: str) 
     again = run_experiment(exp, tracker=tracker)
     assert again.cv.folds[1].measures["hessian_trace"] == out.cv.folds[1].measures["hessian_trace"]
 
-    post = measure_logged_run(tracker, out.run_id, ["hessian_top", "norms"])
+    post = measure_logged_run(tracker, out.run_id, POSTHOC)
     assert post.n_samples == len(out.dataset.y) - 30 and post.result.values["hessian_top_1"] > 0
     assert client.get_run(out.run_id).data.metrics["refit_hessian_top_1"] == pytest.approx(post.result.values["hessian_top_1"])
     assert post.result.values["n_params"] == out.cv.folds[0].measures["n_params"]
+    # the run's measure_options are used (sample_size 60 of the 120 training rows)
+    assert post.config == MeasureConfig(**exp.measure_options) and post.result.values["sample_size"] == 60
+    assert any("dist_from_init is not available" in n for n in post.result.notes)
+    # the same numbers as compute_measures on the refit estimator's own module, preprocessing and labels
+    direct = _direct_measures(out, POSTHOC)
+    assert set(post.result.values) == set(direct)
+    for key, value in direct.items():
+        assert post.result.values[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+    # explicit overrides go on top of the spec's options; a full config replaces them (and says so)
+    over = measure_logged_run(tracker, out.run_id, ["norms"], overrides={"sample_size": 40}, log_results=False)
+    assert over.result.values["sample_size"] == 40 and over.config.trace_max_probes == 30
+    full = measure_logged_run(tracker, out.run_id, ["norms"], config=MeasureConfig(sample_size=50), log_results=False)
+    assert full.result.values["sample_size"] == 50 and full.config.trace_max_probes == 200
+    assert any("measure_options" in n and "were not used" in n for n in full.result.notes)
+    # the command line: same numbers, the run's options by default, --sample-size on top
+    from typer.testing import CliRunner
+
+    from gencv.cli import app
+
+    res = CliRunner().invoke(app, ["measure", out.run_id, "--measures", "hessian_top,norms", "--tracking-uri",
+                                   tracking_uri, "--no-log"])
+    assert res.exit_code == 0, res.output
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in res.stdout.splitlines()
+            if line.count("│") == 3}
+    assert rows["hessian_top_1"] == f"{post.result.values['hessian_top_1']:.6g}" and rows["sample_size"] == "60"
+    res = CliRunner().invoke(app, ["measure", "0" * 32, "--tracking-uri", tracking_uri])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+
+
+def _direct_measures(out, names: list[str]) -> dict[str, float]:
+    """compute_measures on the refit estimator's own module, preprocessing and targets (labels / scaled y)."""
+    exp, est = out.experiment, out.refit_estimator
+    assert est is not None
+    rows = prepare(exp).cv_idx
+    loss = torch.nn.functional.cross_entropy if est.task == "classification" else torch.nn.functional.mse_loss
+    return compute_measures(
+        est.net_.module_, torch.as_tensor(est.preprocess_.transform(out.dataset.X[rows])),
+        torch.as_tensor(est._y_fit(out.dataset.y[rows])), loss, names,
+        seed=derive_seed(exp.seed, "posthoc"), config=MeasureConfig(**exp.measure_options),
+    ).values
+
+
+def test_posthoc_regression_matches_the_refit_estimator(tracking_uri: str) -> None:
+    """Regression: the logged y_mean / y_std and scaler give the estimator's own standardised targets."""
+    tracker = MlflowTracker(tracking_uri)
+    exp = tiny(**{"data.source": "diabetes", "cv.kind": "kfold", "cv.n_splits": 2, "metric": "rmse",
+                  "train.max_epochs": 2, "train.early_stopping": None}, measure_options={"sample_size": 80})
+    out = run_experiment(exp, tracker=tracker)
+    names = ["hessian_top", "hessian_trace"]
+    post = measure_logged_run(tracker, out.run_id, names, log_results=False)
+    direct = _direct_measures(out, names)
+    assert post.result.values["sample_size"] == 80 and set(post.result.values) == set(direct)
+    for key, value in direct.items():
+        assert post.result.values[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
 
 
 def test_posthoc_errors_are_clear(tracking_uri: str) -> None:
@@ -45,6 +103,8 @@ def test_posthoc_errors_are_clear(tracking_uri: str) -> None:
         measure_logged_run(tracker, out.run_id, ["norms"])
     with pytest.raises(ValueError, match="(?i)did you mean 'hessian_top'"):
         measure_logged_run(tracker, out.run_id, ["hesian_top"])
+    with pytest.raises(ValueError, match=r"overrides: unknown measure option 'sample_sise'.*(?i:did you mean)"):
+        measure_logged_run(tracker, out.run_id, ["norms"], overrides={"sample_sise": 3})
 
 
 def test_unknown_measure_in_spec_is_a_spec_error() -> None:

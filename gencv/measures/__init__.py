@@ -1,4 +1,7 @@
-"""Curvature and sharpness measures of a trained network's training loss (see docs/measures.md)."""
+"""Curvature and sharpness measures of a trained network's training loss.
+
+Each measure's meaning, cost and parameters: README.md, section "Curvature and sharpness measures".
+"""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,19 +20,36 @@ _PAD_WIDTHS = 6.0
 _GRID_POINTS = 1001
 
 
+@dataclass
+class _SLQ:
+    """Stochastic Lanczos quadrature: Ritz values, their weights, which probe each came from, HVPs used.
+
+    Per probe the weights are the squared first components of T's eigenvectors (they sum to 1), divided
+    by the number of probes, so all weights sum to 1: (nodes, weights) is a discrete probability measure
+    that approximates the uniform measure on the Hessian's eigenvalues.
+    """
+
+    nodes: np.ndarray
+    weights: np.ndarray
+    probe: np.ndarray
+    hvps: int
+
+
 def _slq_nodes(
     matvec: MatVec, n: int, *, probes: int, steps: int, gen: torch.Generator, dtype: torch.dtype, device: torch.device
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Ritz values and quadrature weights (squared first components / probes) over all probes; HVPs."""
+) -> _SLQ:
+    """Run `probes` Lanczos runs of `steps` steps from unit Gaussian vectors; the quadrature over all of them."""
     nodes: list[np.ndarray] = []
     weights: list[np.ndarray] = []
+    probe: list[np.ndarray] = []
     hvps = 0
-    for _ in range(probes):
+    for i in range(probes):
         res = _lanczos(matvec, n, steps, gen=gen, dtype=dtype, device=device)
         hvps += res.hvps
         nodes.append(res.ritz)
         weights.append(res.ritz_vectors[0, :] ** 2 / probes)
-    return np.concatenate(nodes), np.concatenate(weights), hvps
+        probe.append(np.full(res.ritz.size, i))
+    return _SLQ(np.concatenate(nodes), np.concatenate(weights), np.concatenate(probe), hvps)
 
 
 def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:

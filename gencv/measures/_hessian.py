@@ -51,7 +51,11 @@ class _LanczosResult:
     ritz_vectors: np.ndarray  # eigenvectors of T, columns
     hvps: int
     converged: bool
-    residuals: np.ndarray  # |beta_m * last component| per Ritz value (an upper bound on its error)
+    # |beta_m * last component| per Ritz value: in exact arithmetic the residual norm ||A x - theta x|| of
+    # its Ritz vector x, which bounds the distance from theta to *some* eigenvalue of A (not necessarily
+    # the one theta is meant to approximate).
+    residuals: np.ndarray
+    basis: torch.Tensor | None = None  # Lanczos vectors (rows), kept only with keep_basis=True
 
 
 def _lanczos(
@@ -65,6 +69,7 @@ def _lanczos(
     top_k: int | None = None,
     tol: float = 0.0,
     restart_on_breakdown: bool = False,
+    keep_basis: bool = False,
 ) -> _LanczosResult:
     """Lanczos with full reorthogonalization; stops early when the top-k Ritz residuals are below tol.
 
@@ -129,7 +134,8 @@ def _lanczos(
         else:
             q = w / beta
             beta_prev = beta
-    return _LanczosResult(alphas, betas, ritz, vecs, len(alphas), converged, residuals)
+    basis = Q[: len(alphas)] if keep_basis else None
+    return _LanczosResult(alphas, betas, ritz, vecs, len(alphas), converged, residuals, basis)
 
 
 def _lanczos_top(
@@ -207,12 +213,14 @@ def _power_top(
 
 @dataclass
 class _TraceEstimate:
-    """Hutchinson estimate: mean, standard error, probes and the running diagonal estimate."""
+    """Hutchinson estimate: trace mean, standard error and probes; the diagonal estimate when asked for."""
 
     mean: float
     se: float
     probes: int
-    diag: torch.Tensor | None
+    diag: torch.Tensor | None = None  # mean of z * Az over the first `diag_probes` probes
+    diag_se: torch.Tensor | None = None  # per-entry standard error of `diag`
+    diag_probes: int = 0
 
 
 def _hutchinson(
@@ -226,30 +234,56 @@ def _hutchinson(
     min_probes: int,
     max_probes: int,
     quad: Callable[[torch.Tensor], float] | None = None,
+    diag_probes: int = 0,
 ) -> _TraceEstimate:
     """Trace of a symmetric operator from Rademacher probes z^T A z, adding probes until SE/|mean| < rel_se.
 
-    With `matvec` the diagonal estimate mean(z * Az) is accumulated too; `quad` (z -> z^T A z) is used
-    instead when only quadratic forms are available (e.g. the Gauss-Newton matrix).
+    With `matvec` and `diag_probes` > 0 the diagonal estimate mean(z * Az) is computed from exactly the
+    first `diag_probes` probes of the same seeded sequence (probes are drawn until both the trace and
+    the diagonal are done), so the trace is the same whether or not the diagonal is asked for, and
+    vice versa. `quad` (z -> z^T A z) is used instead of `matvec` when only quadratic forms are
+    available (e.g. the Gauss-Newton matrix); then there is no diagonal.
     """
+    if matvec is None and quad is None:
+        raise ValueError("_hutchinson needs matvec or quad")
+    want_diag = matvec is not None and diag_probes > 0
     samples: list[float] = []
-    diag = torch.zeros(n, dtype=dtype, device=device) if matvec is not None else None
-    se = math.inf
-    while len(samples) < max_probes:
+    trace_probes = 0  # 0 while the trace is still adding probes
+    diag_mean = torch.zeros(n, dtype=dtype, device=device) if want_diag else None
+    diag_m2 = torch.zeros(n, dtype=dtype, device=device) if want_diag else None  # Welford: sum of squared deviations
+    drawn = 0
+    while True:
+        trace_done = trace_probes > 0
+        diag_done = not want_diag or drawn >= diag_probes
+        if trace_done and diag_done:
+            break
         z = _rademacher(n, gen, dtype, device)
+        drawn += 1
         if matvec is not None:
             zaz = z * matvec(z)
-            diag += zaz  # type: ignore[operator]
-            samples.append(float(zaz.sum()))
+            value = float(zaz.sum())
+            if want_diag and drawn <= diag_probes:
+                delta = zaz - diag_mean
+                diag_mean += delta / drawn  # type: ignore[operator]
+                diag_m2 += delta * (zaz - diag_mean)  # type: ignore[operator]
         else:
-            samples.append(float(quad(z)))  # type: ignore[misc]
+            value = float(quad(z))  # type: ignore[misc]
+        if trace_done:
+            continue
+        samples.append(value)
         m = len(samples)
-        if m >= min_probes:
+        if m >= max_probes:
+            trace_probes = m
+        elif m >= min_probes:
             arr = np.asarray(samples)
-            se = float(arr.std(ddof=1) / math.sqrt(m))
-            if se <= rel_se * abs(float(arr.mean())):
-                break
+            if float(arr.std(ddof=1) / math.sqrt(m)) <= rel_se * abs(float(arr.mean())):
+                trace_probes = m
     arr = np.asarray(samples)
     m = len(samples)
     se = float(arr.std(ddof=1) / math.sqrt(m)) if m > 1 else math.inf
-    return _TraceEstimate(float(arr.mean()), se, m, None if diag is None else diag / m)
+    out = _TraceEstimate(float(arr.mean()), se, m)
+    if want_diag:
+        k = diag_probes
+        var = diag_m2 / (k - 1) if k > 1 else torch.full_like(diag_mean, math.inf)  # type: ignore[operator]
+        out.diag, out.diag_se, out.diag_probes = diag_mean, torch.sqrt(var / k), k
+    return out

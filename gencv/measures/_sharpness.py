@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -13,7 +14,8 @@ from gencv.measures._hvp import _Landscape
 
 logger = logging.getLogger(__name__)
 
-#: Magnitude-aware PAC-Bayes noise: std_i = sigma * sqrt(w_i^2 + _MAG_EPS^2) (keeps zero weights perturbed).
+#: Magnitude-aware PAC-Bayes noise as in Jiang et al. (2020): variance_i = sigma'^2 w_i^2 + _MAG_EPS^2, with an
+#: absolute floor _MAG_EPS that is not scaled by sigma' (it keeps zero weights perturbed).
 _MAG_EPS = 1e-3
 #: PAC-Bayes sigma search: bracket limits and the relative precision of the log-space bisection.
 _SIGMA_MIN, _SIGMA_MAX, _SIGMA_START, _SIGMA_RTOL = 1e-8, 1e3, 1e-2, 1e-3
@@ -99,21 +101,21 @@ def _adaptive_sharpness(
 
 
 def _expected_increase(
-    land: _Landscape, loss0: float, sigma: float, scale: torch.Tensor, seed: int, mc: int
+    land: _Landscape, loss0: float, std: torch.Tensor, seed: int, mc: int
 ) -> float:
-    """Monte-Carlo E[L(w + sigma * scale * xi)] - L(w), xi ~ N(0, I), same draws for every sigma."""
+    """Monte-Carlo E[L(w + std * xi)] - L(w), xi ~ N(0, I), the same draws for every `std` (seeded)."""
     gen = torch.Generator().manual_seed(seed)
     total = 0.0
     for _ in range(mc):
         xi = torch.randn(land.n_params, generator=gen, dtype=land.dtype).to(land.device)
-        total += land.loss(land.w0 + sigma * scale * xi)
+        total += land.loss(land.w0 + std * xi)
     return total / mc - loss0
 
 
 def _largest_sigma(
     land: _Landscape,
     loss0: float,
-    scale: torch.Tensor,
+    std_of: Callable[[float], torch.Tensor],
     *,
     target: float,
     seed: int,
@@ -121,13 +123,19 @@ def _largest_sigma(
     notes: list[str],
     label: str,
 ) -> tuple[float, int]:
-    """Largest sigma with E[L(w+u)] - L(w) <= target: bracket by factors of 10, then bisect in log space."""
+    """Largest sigma with E[L(w+u)] - L(w) <= target, u ~ N(0, diag(std_of(sigma))^2); sigma evaluations.
+
+    Brackets by factors of 10 from _SIGMA_START, then bisects in log space. At _SIGMA_MAX the search stops
+    and reports the sigma reached (a lower bound, with a note); when even _SIGMA_MIN fails the target no
+    sigma in the range is valid and the result is NaN with a note (so it is dropped from the metrics),
+    never a clipped number that would read like a measurement.
+    """
     evals = 0
 
     def ok(sigma: float) -> bool:
         nonlocal evals
         evals += 1
-        value = _expected_increase(land, loss0, sigma, scale, seed, mc)
+        value = _expected_increase(land, loss0, std_of(sigma), seed, mc)
         return math.isfinite(value) and value <= target
 
     lo, hi = _SIGMA_START, _SIGMA_START
@@ -136,7 +144,9 @@ def _largest_sigma(
         while ok(hi):
             lo = hi
             if hi >= _SIGMA_MAX:
-                notes.append(f"{label}: loss increase stays <= target up to sigma {hi:g}; reported {hi:g}")
+                notes.append(
+                    f"{label}: loss increase stays <= target up to sigma {hi:g}; reported {hi:g} (a lower bound)"
+                )
                 return hi, evals
             hi *= 10.0
     else:
@@ -144,8 +154,12 @@ def _largest_sigma(
         while not ok(lo):
             hi = lo
             if lo <= _SIGMA_MIN:
-                notes.append(f"{label}: loss increase exceeds target even at sigma {lo:g}; reported {lo:g}")
-                return lo, evals
+                notes.append(
+                    f"{label}: the expected loss increase exceeds pacbayes_target even at sigma {lo:g} (the "
+                    "search's lower limit); no sigma satisfies it, reported NaN (check that the loss is finite "
+                    "and the weights are at a minimum, or raise pacbayes_target)"
+                )
+                return math.nan, evals
             lo /= 10.0
     while math.log(hi / lo) > math.log1p(_SIGMA_RTOL):
         mid = math.sqrt(lo * hi)
@@ -161,17 +175,24 @@ def _pacbayes_flatness(
 ) -> dict[str, float]:
     """Jiang et al. (2020) PAC-Bayes flatness: largest sigma keeping the expected loss increase <= target.
 
-    Plain: u ~ N(0, sigma^2 I). Magnitude-aware: u_i ~ N(0, sigma^2 (w_i^2 + _MAG_EPS^2)), so sigma is a
-    relative noise level. Common random numbers (the same `mc` draws at every sigma) make the bisection
-    deterministic. Bigger sigma = flatter; the 1/sigma^2 "sharpness" forms are reported as well.
+    Plain: u ~ N(0, sigma^2 I). Magnitude-aware (the paper's form): u_i ~ N(0, sigma'^2 w_i^2 + eps^2) with
+    eps = _MAG_EPS = 1e-3 not scaled by sigma', so sigma' is a relative noise level. Common random numbers
+    (the same `mc` draws at every sigma) make the bisection deterministic. Bigger sigma = flatter; the
+    1/sigma^2 "sharpness" forms are reported as well. A sigma that no value in [1e-8, 1e3] satisfies is NaN.
     """
-    plain = torch.ones_like(land.w0)
-    mag = torch.sqrt(land.w0 * land.w0 + _MAG_EPS**2)
+    w2 = land.w0 * land.w0
+
+    def plain(sigma: float) -> torch.Tensor:
+        return torch.full_like(land.w0, sigma)
+
+    def magnitude(sigma: float) -> torch.Tensor:
+        return torch.sqrt(sigma * sigma * w2 + _MAG_EPS**2)
+
     sigma, e1 = _largest_sigma(
         land, loss0, plain, target=target, seed=seed, mc=mc, notes=notes, label="pacbayes_sigma"
     )
     sigma_mag, e2 = _largest_sigma(
-        land, loss0, mag, target=target, seed=seed + 1, mc=mc, notes=notes, label="pacbayes_sigma_mag"
+        land, loss0, magnitude, target=target, seed=seed + 1, mc=mc, notes=notes, label="pacbayes_sigma_mag"
     )
     return {
         "pacbayes_sigma": sigma,

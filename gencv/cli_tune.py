@@ -105,6 +105,12 @@ def _print_tune(outcome: Any, top: int = 10) -> None:
                   f"[{e['ci_low']:.4f}, {e['ci_high']:.4f}] over {e['n']} outer folds  <- quote this", highlight=False)
         out.print(f"mean best inner CV {m}: {n.inner_best['mean']:.4f}; optimism (inner best - nested, "
                   f"positive = flattering): {n.optimism:+.4f}", highlight=False)
+        params = ", ".join(f"{k}={_short(v)}" for k, v in n.final_params.items())
+        out.print(f"final model: the winner of outer folds {n.final_outer_folds} ({params}) refit on all "
+                  "non-test data", highlight=False, soft_wrap=True)
+        if outcome.refit_test_scores:
+            scores = ", ".join(f"{k} {v:.4f}" for k, v in outcome.refit_test_scores.items())
+            out.print(f"final model, held-out test set: {scores}", highlight=False, soft_wrap=True)
     elif outcome.best is not None:
         params = ", ".join(f"{k}={_short(v)}" for k, v in outcome.best.params.items())
         out.print(f"best trial {outcome.best.number}: CV {m} {outcome.best.value:.4f} (optimistic: selected on these "

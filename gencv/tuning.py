@@ -33,7 +33,7 @@ from gencv._tuning_report import measure_gap_report, plot_measures_vs_gap_trials
 from gencv._tuning_space import Dimension, build_space, grid_search_space, overrides_from_params, suggest
 from gencv._tuning_storage import DEFAULT_STORAGE, Heartbeat, make_storage, redact_url, storage_kind, study_lock
 from gencv.cv import FoldResult, cross_validate, derive_seed, fit_and_score
-from gencv.errors import GencvError, SpecError
+from gencv.errors import GencvError, SpecError, Terminated
 from gencv.metrics import METRICS
 from gencv.report import summarize
 from gencv.runner import Prepared, _measure_config, _refit, make_estimator, prepare, run_tags
@@ -128,6 +128,8 @@ class NestedEstimate:
     estimate: dict[str, float]  # summarize() of the outer scores: mean, std, ci_low, ci_high, n
     inner_best: dict[str, float]  # summarize() of each outer fold's best inner CV score
     optimism: float  # inner best minus nested estimate, signed so that > 0 means 'inner best flatters'
+    final_params: dict[str, Any] = field(default_factory=dict)  # the configuration refit on all non-test data
+    final_outer_folds: list[int] = field(default_factory=list)  # the outer folds whose winner it is
 
 
 @dataclass
@@ -206,6 +208,7 @@ class _FoldFailed(Exception):
 
 
 _COUNTED = ("COMPLETE", "PRUNED")
+_MAX_RETRY = 3  # re-runs of one configuration whose worker died or was stopped (as make_storage)
 
 
 def _state_counts(trials: Sequence[TrialRecord]) -> dict[str, int]:
@@ -223,11 +226,16 @@ def _study_counts(study: Any) -> dict[str, int]:
 
 
 def _study_digest(exp: Experiment) -> str:
-    """Digest of what makes trials comparable: the spec without the study's budget settings."""
+    """Digest of what makes trials comparable: the spec without the study's budget settings.
+
+    `tune.pruner_options` is left out: it changes which trials stop early, not what a completed
+    trial's value means, and leaving it out keeps studies made before the option existed resumable
+    (and an explicitly written default equal to an omitted one).
+    """
     import hashlib
 
     raw = exp.model_dump(mode="json")
-    for k in ("trials", "timeout", "max_consecutive_failures", "nested"):
+    for k in ("trials", "timeout", "max_consecutive_failures", "nested", "pruner_options"):
         (raw.get("tune") or {}).pop(k, None)
     raw.pop("name", None)
     return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
@@ -244,6 +252,11 @@ def _make_sampler(exp: Experiment, dims: list[Dimension], seed: int) -> Any:
         if kind == "gp":
             return optuna.samplers.GPSampler(seed=seed)
         if kind == "cmaes":
+            try:
+                import cmaes  # noqa: F401  (Optuna imports it lazily, at the second trial)
+            except ImportError:
+                raise GencvError("tune.sampler=cmaes needs the `cmaes` package: pip install cmaes "
+                                 "(or choose another tune.sampler: tpe, random, gp, grid)") from None
             return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
         if kind == "grid":
             return _GridSampler(grid_search_space(dims), seed=seed)
@@ -267,17 +280,31 @@ def _GridSampler(search_space: Mapping[str, Sequence[Any]], seed: int) -> Any:
     return _grid_sampler_class()(dict(search_space), seed=seed)
 
 
-def _make_pruner(kind: str, n_folds: int) -> Any:
+def _make_pruner(kind: str, n_folds: int, opts: Mapping[str, float], cv_field: str = "cv") -> Any:
+    """Optuna's pruner for `tune.pruner`; `opts` is `TuneSpec.pruner_settings()` (spec options over defaults).
+
+    Median and hyperband see step = folds done (1 .. n_folds); a trial can only be pruned before
+    its last fold, so hyperband's smallest budget must leave at least one fold after it.
+    """
     import optuna
 
+    # (With a single fold no pruner can stop anything; that is not an error of the options.)
+    if kind == "hyperband" and n_folds > 1 and int(opts["min_resource"]) > n_folds - 1:
+        raise SpecError(f"tune.pruner_options.min_resource: got {int(opts['min_resource'])}, but a trial has "
+                        f"{n_folds} folds ({cv_field}) and can only be pruned before its last one; use a value "
+                        f"from 1 to {n_folds - 1}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if kind == "wilcoxon":
-            return optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=2)
+            return optuna.pruners.WilcoxonPruner(p_threshold=float(opts["p_threshold"]),
+                                                 n_startup_steps=int(opts["n_startup_steps"]))
         if kind == "median":
-            return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+            return optuna.pruners.MedianPruner(n_startup_trials=int(opts["n_startup_trials"]),
+                                               n_warmup_steps=int(opts["n_warmup_steps"]))
         if kind == "hyperband":
-            return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(n_folds, 2), reduction_factor=3)
+            return optuna.pruners.HyperbandPruner(min_resource=int(opts["min_resource"]),
+                                                  max_resource=max(n_folds, 2),
+                                                  reduction_factor=int(opts["reduction_factor"]))
         return optuna.pruners.NopPruner()
 
 
@@ -360,7 +387,10 @@ def _run_trial_body(ctx: _Ctx, study: Any, trial: Any) -> TrialRecord:
     metric = exp.metric
     number = trial.number
     t0 = time.perf_counter()
-    overrides = suggest(trial, ctx.dims)
+    try:  # samplers compute their proposal lazily, at the first suggestion
+        overrides = suggest(trial, ctx.dims)
+    except Exception as exc:
+        raise _sampler_failed(ctx, study, [trial._trial_id], exc) from exc
     ctx.progress.trial_start(number, overrides)
     tags = {"gencv.kind": "trial", "gencv.trial": str(number), "gencv.study": ctx.study_name}
     retried = ctx.storage.get_trial(trial._trial_id).system_attrs.get("failed_trial")
@@ -390,8 +420,8 @@ def _run_trial_body(ctx: _Ctx, study: Any, trial: Any) -> TrialRecord:
         ran.append(res.index)
         if wilcoxon:  # Wilcoxon pairs folds across trials: step = fold id, value = that fold's score
             trial.report(float(score), res.index)
-        else:  # median / hyperband compare running means at the same number of folds done
-            trial.report(float(np.mean(list(scores.values()))), pos)
+        else:  # median / hyperband compare running means at the same number of folds done (1, 2, ...)
+            trial.report(float(np.mean(list(scores.values()))), pos + 1)
         if pos < len(ctx.folds) - 1 and trial.should_prune():
             raise optuna.TrialPruned(f"pruned after {pos + 1} of {len(ctx.folds)} folds "
                                      f"(running mean {metric} {np.mean(list(scores.values())):.4f})")
@@ -411,7 +441,7 @@ def _run_trial_body(ctx: _Ctx, study: Any, trial: Any) -> TrialRecord:
         reason = str(exc)
         if exp.tune is not None and exp.tune.divergence == "penalty":
             done = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-            value = _penalty(metric, ds.y[ctx.prep.cv_idx], ds.task, done)
+            value = _penalty(metric, ds.y[_train_idx(ctx.folds)], ds.task, done)
             penalized = True
             reason += f"; penalised with {metric} = {value:.4g}"
         else:
@@ -419,9 +449,12 @@ def _run_trial_body(ctx: _Ctx, study: Any, trial: Any) -> TrialRecord:
             reason += "; pruned (tune.divergence=prune)"
     except _FoldFailed as exc:
         state, reason = TrialState.FAIL, str(exc)
-    except (KeyboardInterrupt, SystemExit):
-        _finish_trial(ctx, study, trial, run_id, TrialState.FAIL, None, "interrupted", ran, scores, False,
-                      mlflow_status="KILLED")
+    except (KeyboardInterrupt, SystemExit) as exc:
+        why = "SIGTERM" if isinstance(exc, Terminated) else type(exc).__name__
+        _finish_trial(ctx, study, trial, run_id, TrialState.FAIL, None,
+                      f"interrupted ({why}); re-queued as a WAITING trial with the same parameters",
+                      ran, scores, False, mlflow_status="KILLED")
+        _requeue(study, ctx.storage.get_trial(trial._trial_id))
         raise
     except Exception as exc:  # one configuration failing must not end the study
         state, reason = TrialState.FAIL, f"{type(exc).__name__}: {exc}"
@@ -429,6 +462,31 @@ def _run_trial_body(ctx: _Ctx, study: Any, trial: Any) -> TrialRecord:
     rec = _finish_trial(ctx, study, trial, run_id, state, value, reason, ran, scores, penalized)
     rec.seconds = time.perf_counter() - t0
     return rec
+
+
+def _train_idx(folds: Sequence[Fold]) -> np.ndarray:
+    """Every index some fold trains on: the labels a study may look at (never an outer test fold)."""
+    return np.unique(np.concatenate([np.asarray(f.train) for f in folds]))
+
+
+def _requeue(study: Any, frozen: Any) -> None:
+    """Queue a WAITING copy of an interrupted trial (same parameters) the way Optuna's
+    `RetryHeartbeatStaleTrialCallback` re-queues a dead worker's trial (`failed_trial`,
+    `retry_history` system attributes, at most `_MAX_RETRY` re-runs), so the next worker that asks,
+    or this study resumed, runs it. The copy starts without the interrupted run's user attributes."""
+    import optuna
+
+    attrs: dict[str, Any] = {"failed_trial": frozen.number, **frozen.system_attrs}
+    attrs["retry_history"] = [*attrs.get("retry_history", []), frozen.number]
+    if len(attrs["retry_history"]) > _MAX_RETRY:
+        log.warning("trial %d was interrupted; its configuration already ran %d times, so it is not re-queued",
+                    frozen.number, len(attrs["retry_history"]))
+        return
+    try:
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, params=frozen.params,
+                                                  distributions=frozen.distributions, system_attrs=attrs))
+    except Exception as exc:  # clean-up after an interrupt: never hide the interrupt itself
+        log.warning("trial %d was interrupted and could not be re-queued: %s", frozen.number, exc)
 
 
 def _set_measures(trial: Any, folds: Sequence[FoldResult], metric: str) -> None:
@@ -498,6 +556,45 @@ def _best_value(study: Any) -> float | None:
         return None
 
 
+def _ask(ctx: _Ctx, study: Any) -> Any:
+    """`study.ask()`; a sampler that fails here (a missing package, a bug) fails the trial it was
+    creating, never leaves it RUNNING, and stops the study with a clear error."""
+    from optuna.trial import TrialState
+
+    before = {t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return study.ask()
+    except Exception as exc:
+        new = [t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+               if t._trial_id not in before]  # the trial this ask created (or took from the queue)
+        raise _sampler_failed(ctx, study, new, exc) from exc
+
+
+def _sampler_failed(ctx: _Ctx, study: Any, trial_ids: Sequence[int], exc: Exception) -> TuningError:
+    """Fail the trials a sampler could not fill (re-queue a queued re-run's configuration); the error to raise.
+
+    A sampler error is not one configuration's bad luck: every later trial would hit it too, so
+    the study stops, with the cause, instead of failing trial after trial.
+    """
+    from optuna.trial import TrialState
+
+    sampler = ctx.exp.tune.sampler if ctx.exp.tune else "tpe"
+    reason = f"the {sampler} sampler failed to propose a configuration: {type(exc).__name__}: {exc}"
+    for trial_id in trial_ids:
+        ctx.storage.set_trial_user_attr(trial_id, "gencv.reason", reason[:2000])
+        ctx.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        frozen = ctx.storage.get_trial(trial_id)
+        if "failed_trial" in frozen.system_attrs:  # a queued re-run: keep its configuration queued
+            _requeue(study, frozen)
+    log.debug("sampler failure", exc_info=exc)
+    missing = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
+    hint = f" Install the missing package: pip install {missing}." if missing else ""
+    return TuningError(f"{ctx.label}: {reason}.{hint} Or choose another tune.sampler (tpe, random, gp, cmaes, "
+                       "grid); the study is kept (this trial marked FAIL) and can be resumed with --study")
+
+
 def _optimize(ctx: _Ctx, study: Any, n_trials: int, timeout: float | None, max_failures: int) -> None:
     """This worker's loop: under the study lock, count and ask; run the trial; stop at the study's total.
 
@@ -514,6 +611,7 @@ def _optimize(ctx: _Ctx, study: Any, n_trials: int, timeout: float | None, max_f
     wait_limit = 3 * grace + 60.0
     last_state: tuple[int, ...] = ()
     last_change = time.monotonic()
+    warned_sqlite = False
     while True:
         if timeout is not None and time.monotonic() - t0 >= timeout:
             log.info("%s: timeout of %.0f s reached", ctx.label, timeout)
@@ -526,10 +624,14 @@ def _optimize(ctx: _Ctx, study: Any, n_trials: int, timeout: float | None, max_f
             counts = _study_counts(study)
             taken = counts["COMPLETE"] + counts["PRUNED"] + counts["RUNNING"]
             exhausted = isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study)
+            if counts["RUNNING"] and not warned_sqlite and storage_kind(str(getattr(ctx.storage, "url", ""))) == "sqlite":
+                warned_sqlite = True  # this worker runs nothing now: another process does
+                log.warning("%s: another worker is running trials of this study in the SQLite storage %s (or one "
+                            "died less than a heartbeat grace period ago); SQLite is for one worker (workers "
+                            "contend for one file lock and can fail with 'database is locked'); use a "
+                            "postgresql:// storage to share a study", ctx.label, redact_url(str(ctx.storage.url)))
             if counts["WAITING"] > 0 or (taken < n_trials and not exhausted):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    trial = study.ask()
+                trial = _ask(ctx, study)
                 # Beat at once: a RUNNING trial without any heartbeat is never detected as stale.
                 Heartbeat(ctx.storage, trial._trial_id).beat_once()
         if trial is None:
@@ -557,16 +659,25 @@ def _optimize(ctx: _Ctx, study: Any, n_trials: int, timeout: float | None, max_f
 
 
 def _open_study(exp: Experiment, dims: list[Dimension], storage: Any, name: str, sampler_seed: int,
-                n_folds: int, *, must_exist: bool = False) -> Any:
+                n_folds: int, *, must_exist: bool = False, cv_field: str = "cv") -> Any:
+    """Create or load study `name`; check it belongs to this spec; seed its sampler.
+
+    The sampler's seed also depends on how many trials the study already holds: a resumed study
+    re-created with the first session's seed would propose the first session's configurations again.
+    """
     import optuna
 
     direction = METRICS[exp.metric].direction
-    pruner = _make_pruner(exp.tune.pruner if exp.tune else "none", n_folds)
+    pruner = (_make_pruner(exp.tune.pruner, n_folds, exp.tune.pruner_settings(), cv_field) if exp.tune
+              else _make_pruner("none", n_folds, {}))
     sampler = _make_sampler(exp, dims, sampler_seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         study = optuna.create_study(storage=storage, study_name=name, direction=direction, sampler=sampler,
                                     pruner=pruner, load_if_exists=True)
+    n_before = len(study.get_trials(deepcopy=False))
+    if n_before:
+        study.sampler = _make_sampler(exp, dims, derive_seed(sampler_seed, "resume", n_before))
     if study.direction.name.lower() != direction:
         raise TuningError(f"--study {name}: the stored study {study.direction.name.lower()}s, but metric "
                           f"{exp.metric!r} needs {direction}; use another study name")
@@ -633,13 +744,30 @@ def _best_record(study: Any, dims: list[Dimension]) -> TrialRecord | None:
 
 
 def _close_dead_trial_runs(tracker: Tracker, records: Sequence[TrialRecord]) -> None:
-    """MLflow runs of trials whose worker died are still RUNNING: mark them FAILED with the reason."""
+    """MLflow runs of trials whose worker died are still RUNNING, and so is the fold run it was in:
+    mark them FAILED with the reason."""
+    reason = "worker stopped sending heartbeats (killed?); the trial was re-queued with the same parameters"
     for r in records:
         if r.state == "FAIL" and r.run_id and not r.reason:
-            tracker.set_tags(r.run_id, {"gencv.state": "FAIL",
-                                        "gencv.reason": "worker stopped sending heartbeats (killed?); "
-                                                        "the trial was re-queued with the same parameters"})
+            for child in _running_children(tracker, r.run_id):
+                tracker.set_tags(child, {"gencv.reason": reason})
+                tracker.end_run(child, "FAILED")
+            tracker.set_tags(r.run_id, {"gencv.state": "FAIL", "gencv.reason": reason})
             tracker.end_run(r.run_id, "FAILED")
+
+
+def _running_children(tracker: Tracker, run_id: str) -> list[str]:
+    """Ids of the RUNNING child runs of `run_id` (MLflow trackers only; others record nothing to close)."""
+    client = getattr(tracker, "client", None)
+    if client is None:
+        return []
+    try:
+        exp_id = client.get_run(run_id).info.experiment_id
+        runs = client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'", max_results=1000)
+    except Exception as exc:  # the report must not fail on a run another process deleted
+        log.info("cannot list the fold runs of dead trial run %s: %s", run_id, exc)
+        return []
+    return [r.info.run_id for r in runs if r.info.status == "RUNNING"]
 
 
 def _tag_best(tracker: Tracker, study: Any, best: TrialRecord | None) -> None:
@@ -680,7 +808,8 @@ def tune_experiment(
         per outer fold.
     timeout : seconds this worker keeps starting trials (default tune.timeout).
     nested : nested CV (default tune.nested): tune inside each outer training fold, score the
-        outer test fold once with the refit winner.
+        outer test fold once with the refit winner; then refit the configuration that won the most
+        outer folds on all non-test data. One worker per nested study (a second is refused).
     heartbeat_interval, grace_period : seconds; a RUNNING trial without a heartbeat for
         `grace_period` (default 2 x interval) is failed and re-queued.
     """
@@ -712,11 +841,9 @@ def tune_experiment(
             "gencv.sampler": tune.sampler, "gencv.pruner": tune.pruner}
     if nested:
         return _tune_nested(exp, prep, dims, store, storage_url, study_name, n_trials, timeout, tracker, progress,
-                            tags, ctx_args, worker_key)
+                            tags, ctx_args, worker_key, refit)
+    # (A second worker on SQLite is warned about by _optimize, whenever it shows up.)
     study = _open_study(exp, dims, store, study_name, derive_seed(exp.seed, "sampler", worker_key), len(prep.folds))
-    if kind == "sqlite" and _study_counts(study)["RUNNING"]:
-        log.warning("study %s has RUNNING trials in SQLite storage %s: several workers on SQLite contend for one "
-                    "file lock; use a postgresql:// storage to share a study", study_name, redact_url(storage_url))
     run_id = _study_run(tracker, exp, study, store, storage_url, study_name, tags)
     ctx = _Ctx(folds=prep.folds, study_run=run_id, study_name=study_name, label=f"study {study_name}", **ctx_args)
     counts = _study_counts(study)
@@ -808,26 +935,36 @@ def _log_study_artifacts(tracker: Tracker, run_id: str, study: Any, outcome: Tun
 
 def _tune_nested(exp: Experiment, prep: Prepared, dims: list[Dimension], store: Any, storage_url: str,
                  study_name: str, n_trials: int, timeout: float | None, tracker: Tracker, progress: Any,
-                 tags: Mapping[str, str], ctx_args: dict[str, Any], worker_key: int) -> TuneOutcome:
-    """Nested CV: for each outer fold, tune on inner folds of its training part, refit, score its test part once."""
+                 tags: Mapping[str, str], ctx_args: dict[str, Any], worker_key: int, refit: bool) -> TuneOutcome:
+    """Nested CV: for each outer fold, tune on inner folds of its training part, refit, score its test part once.
+
+    Then the final model: the configuration that won the most outer folds (ties: the best mean inner
+    CV score; both chosen without any outer test score) refit on all non-test data and scored once
+    on the held-out test set. One worker per nested study: a second one is refused with a clear error.
+    """
     assert exp.tune is not None
     ds = prep.dataset
     metric = exp.metric
     sign = 1.0 if METRICS[metric].higher_is_better else -1.0
+    _check_nested_alone(store, study_name)  # before any run is created or any outer fold refit again
     root_run = _real_id(tracker, tracker.start_run(exp.name, study_name, tags=tags))
     tracker.log_params(root_run, {**exp.flat_params(), "study": study_name, "storage": redact_url(storage_url)})
     folds_out: list[NestedFold] = []
     all_records: list[TrialRecord] = []
+    studies: list[tuple[int, Any]] = []
+    winners: dict[int, TrialRecord] = {}
     status = "FAILED"
     try:
         for outer in prep.folds:
             k = outer.index
             inner = make_folds(exp.tune.inner_cv, y=ds.y, task=ds.task, seed=derive_seed(exp.seed, "inner_cv", k),
                                indices=outer.train, groups=ds.groups, is_time_series=ds.is_time_series,
-                               field="tune.inner_cv")
+                               min_gap=ds.min_gap, field="tune.inner_cv")
             name = f"{study_name}-outer{k}"
             study = _open_study(exp, dims, store, name, derive_seed(exp.seed, "sampler", "outer", k, worker_key),
-                                len(inner))
+                                len(inner), cv_field="tune.inner_cv")
+            _check_nested_alone(store, study_name, study)
+            studies.append((k, study))
             outer_run = tracker.start_run(exp.name, f"outer-{k}", parent=root_run,
                                           tags={"gencv.kind": "outer_fold", "gencv.fold": str(k),
                                                 "gencv.study": name})
@@ -847,6 +984,8 @@ def _tune_nested(exp: Experiment, prep: Prepared, dims: list[Dimension], store: 
                 tracker.end_run(outer_run, "FAILED")
                 raise TuningError(f"outer fold {k}: no inner trial completed, so there is no winner to refit; "
                                   "see the trials' reasons (gencv.reason tags)")
+            best.study = name
+            winners[k] = best
             winner = exp.with_overrides(best.params)
             est = make_estimator(winner, ds)
             res = fit_and_score(est, ds.X, ds.y, Fold(k, outer.train, outer.valid), metric=metric,
@@ -863,27 +1002,42 @@ def _tune_nested(exp: Experiment, prep: Prepared, dims: list[Dimension], store: 
                                         float(best.value), float(score), res, len(records)))
         outer_scores = [f.outer_score for f in folds_out]
         inner_best = [f.best_inner_value for f in folds_out]
-        est_summary = summarize(outer_scores)
-        inner_summary = summarize(inner_best)
+        est_summary = summarize(outer_scores, bounds=METRICS[metric].bounds)
+        inner_summary = summarize(inner_best, bounds=METRICS[metric].bounds)
         optimism = sign * (inner_summary["mean"] - est_summary["mean"])
-        nested_est = NestedEstimate(folds_out, metric, est_summary, inner_summary, float(optimism))
+        chosen = _nested_choice(folds_out, higher_is_better=sign > 0)
+        nested_est = NestedEstimate(folds_out, metric, est_summary, inner_summary, float(optimism),
+                                    final_params=dict(folds_out[chosen[0]].best_params),
+                                    final_outer_folds=[folds_out[i].index for i in chosen])
+        final = winners[folds_out[chosen[0]].index]
         outcome = TuneOutcome(exp, study_name, redact_url(storage_url), METRICS[metric].direction, metric,
-                              all_records, None, nested=nested_est,
+                              all_records, final, nested=nested_est,
                               run_id=None if isinstance(tracker, NullTracker) else root_run)
         outcome.notes.append(
             f"nested CV estimate of the tuning procedure: {metric} {est_summary['mean']:.4f} "
             f"(95% interval {est_summary['ci_low']:.4f} to {est_summary['ci_high']:.4f}, {est_summary['n']} outer folds); "
             f"the inner best CV scores average {inner_summary['mean']:.4f}, an optimism of {optimism:+.4f}")
+        outcome.notes.append(
+            f"final model: the configuration chosen by outer folds {nested_est.final_outer_folds} "
+            f"(of {len(folds_out)}; most outer wins, ties broken by the best inner CV score, no outer test score "
+            "used) refit on all non-test data; quote the nested estimate for the procedure and the held-out "
+            "test score for this model")
         failed_outer = [f.index for f in folds_out if not np.isfinite(f.outer_score)]
         if failed_outer:
             outcome.notes.append(f"outer folds {failed_outer} failed when refitting the winner; the estimate uses the others")
         metrics = {f"nested_{metric}_{k}": float(v) for k, v in est_summary.items() if k != "n"}
         metrics |= {f"inner_best_{metric}_mean": inner_summary["mean"], "optimism": float(optimism)}
         tracker.log_metrics(root_run, metrics)
+        tracker.log_params(root_run, {f"final.{p}": v for p, v in nested_est.final_params.items()})
+        tracker.set_tags(root_run, {"gencv.final_from_outer_folds": ",".join(map(str, nested_est.final_outer_folds))})
+        _close_dead_trial_runs(tracker, all_records)
         if exp.measures:
             outcome.measure_report = measure_gap_report(
                 [r for r in all_records if r.state == "COMPLETE" and not r.penalized], dims, metric)
-        _log_nested_artifacts(tracker, root_run, outcome)
+        if refit:
+            outcome.refit_estimator, outcome.refit_test_scores = _refit(
+                exp.with_overrides(nested_est.final_params), prep, tracker, root_run)
+        _log_nested_artifacts(tracker, root_run, outcome, studies)
         status = "FINISHED"
         return outcome
     except KeyboardInterrupt:
@@ -894,7 +1048,62 @@ def _tune_nested(exp: Experiment, prep: Prepared, dims: list[Dimension], store: 
         _flush(tracker)
 
 
-def _log_nested_artifacts(tracker: Tracker, run_id: str, outcome: TuneOutcome) -> None:
+def _nested_choice(folds: Sequence[NestedFold], higher_is_better: bool) -> list[int]:
+    """Positions (in `folds`) of the outer folds whose winner is refit as the final model.
+
+    The configuration that won the most outer folds; ties (always, in a continuous space) go to the
+    best mean inner CV score. Outer test scores are never looked at, so the held-out test set
+    stays the only score of the final model.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, f in enumerate(folds):
+        groups.setdefault(json.dumps(f.best_params, sort_keys=True, default=str), []).append(i)
+    sign = 1.0 if higher_is_better else -1.0
+
+    def rank(members: list[int]) -> tuple[int, float, int]:
+        return len(members), sign * float(np.mean([folds[i].best_inner_value for i in members])), -members[0]
+
+    return max(groups.values(), key=rank)
+
+
+def _check_nested_alone(store: Any, study_name: str, study: Any = None) -> None:
+    """Nested mode is for one worker: refuse a study whose outer-fold studies have trials RUNNING elsewhere.
+
+    Outer folds run one after another and each worker would refit every outer winner and write its
+    own run tree, so a second worker would repeat work rather than share it. Trials of a dead worker
+    are failed (and re-queued) by heartbeat first, so a crashed run can be resumed.
+    """
+    import optuna
+
+    if study is None:
+        prefix = f"{study_name}-outer"
+        names = [s.study_name for s in store.get_all_studies() if s.study_name.startswith(prefix)
+                 and s.study_name[len(prefix):].isdigit()]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for name in sorted(names):
+                _check_nested_alone(store, study_name, optuna.load_study(study_name=name, storage=store,
+                                                                         sampler=optuna.samplers.RandomSampler()))
+        return
+    with study_lock(store, study.study_name):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optuna.storages.fail_stale_trials(study)
+        running = [t for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING"]
+    if running:
+        who = sorted({str(t.user_attrs.get("gencv.worker", "unknown")) for t in running})
+        grace = getattr(store, "grace_period", None)
+        raise TuningError(
+            f"--nested: study {study.study_name} has {len(running)} trial(s) RUNNING in another worker "
+            f"({', '.join(who)}); nested mode runs one worker per study (each worker would refit every outer "
+            "fold again). Wait for that worker to finish, or use another --study name; to share the work of one "
+            "study between workers, tune without --nested. If that worker died, its trials are failed and "
+            f"re-queued once its last heartbeat is older than {f'{grace} s' if grace else 'the grace period'}; "
+            "run this again then")
+
+
+def _log_nested_artifacts(tracker: Tracker, run_id: str, outcome: TuneOutcome,
+                          studies: Sequence[tuple[int, Any]]) -> None:
     if isinstance(tracker, NullTracker) or outcome.nested is None:
         return
     with tempfile.TemporaryDirectory() as tmp:
@@ -902,14 +1111,24 @@ def _log_nested_artifacts(tracker: Tracker, run_id: str, outcome: TuneOutcome) -
         (d / "spec.yaml").write_text(outcome.experiment.to_yaml())
         pd.DataFrame([{"outer_fold": f.index, "n_train": len(f.outer_train), "n_test": len(f.outer_test),
                        "best_inner": f.best_inner_value, "outer_score": f.outer_score, "study": f.study_name,
+                       "final": f.index in outcome.nested.final_outer_folds,
                        **{f"param {k}": v for k, v in f.best_params.items()}} for f in outcome.nested.folds]
                      ).to_csv(d / "nested.csv", index=False)
         outcome.trials_table().to_csv(d / "trials.csv", index=False)
         (d / "summary.md").write_text(summary_markdown(outcome))
+        plots = d / "plots"
+        for k, study in studies:  # one set of Optuna plots per outer fold's study
+            study_plots(study, plots / f"outer{k}")
         if outcome.measure_report is not None and not outcome.measure_report.empty:
             outcome.measure_report.to_csv(d / "measures_vs_gap.csv", index=False)
+            records = [r for r in outcome.trials if r.state == "COMPLETE" and not r.penalized]
+            plots.mkdir(exist_ok=True)
+            plot_measures_vs_gap_trials(records, outcome.measure_report, plots / "measures_vs_gap_trials.png",
+                                        outcome.metric)
         for p in d.iterdir():
-            tracker.log_artifact(run_id, p, None)
+            if p.is_dir() and not any(p.rglob("*.png")):
+                continue
+            tracker.log_artifact(run_id, p, p.name if p.is_dir() else None)
 
 
 def summary_markdown(outcome: TuneOutcome) -> str:
@@ -926,7 +1145,13 @@ def summary_markdown(outcome: TuneOutcome) -> str:
                   f"- nested estimate: {e['mean']:.4f} ± {e['std']:.4f} (95% interval {e['ci_low']:.4f} – {e['ci_high']:.4f})",
                   f"- mean best inner CV score: {ib['mean']:.4f}",
                   f"- optimism (inner best − nested, signed): {outcome.nested.optimism:+.4f}", ""]
-    if outcome.best is not None:
+    if outcome.nested is not None:
+        n = outcome.nested
+        lines += ["## Final model", "",
+                  f"- the winner of outer folds {n.final_outer_folds} (most outer wins, ties by the best inner CV "
+                  "score), refit on all non-test data"]
+        lines += [f"- `{k}` = {v}" for k, v in n.final_params.items()] + [""]
+    elif outcome.best is not None:
         lines += ["## Best trial", "", f"- trial {outcome.best.number}: {m} {outcome.best.value:.4f}"]
         lines += [f"- `{k}` = {v}" for k, v in outcome.best.params.items()] + [""]
     if outcome.refit_test_scores:
@@ -960,7 +1185,8 @@ def outcome_json(outcome: TuneOutcome) -> dict[str, Any]:
     nested = None
     if outcome.nested is not None:
         nested = {"estimate": outcome.nested.estimate, "inner_best": outcome.nested.inner_best,
-                  "optimism": outcome.nested.optimism,
+                  "optimism": outcome.nested.optimism, "final_params": outcome.nested.final_params,
+                  "final_outer_folds": outcome.nested.final_outer_folds,
                   "folds": [{"index": f.index, "best_params": f.best_params, "best_inner": f.best_inner_value,
                              "outer_score": f.outer_score, "n_train": len(f.outer_train), "n_test": len(f.outer_test),
                              "study": f.study_name} for f in outcome.nested.folds]}
@@ -968,7 +1194,7 @@ def outcome_json(outcome: TuneOutcome) -> dict[str, Any]:
         "study": outcome.study_name, "storage": outcome.storage, "metric": outcome.metric,
         "direction": outcome.direction, "run_id": outcome.run_id, "counts": outcome.counts,
         "best": None if outcome.best is None else {"trial": outcome.best.number, "value": outcome.best.value,
-                                                   "params": outcome.best.params},
+                                                   "params": outcome.best.params, "study": outcome.best.study},
         "refit_test_scores": outcome.refit_test_scores, "nested": nested, "finalized": outcome.finalized,
         "trials": [{"study": t.study, "trial": t.number, "state": t.state, "value": t.value, "params": t.params,
                     "folds_run": t.folds_run, "reason": t.reason, "penalized": t.penalized} for t in outcome.trials],

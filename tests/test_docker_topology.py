@@ -147,3 +147,56 @@ def test_two_worker_scripts_share_one_study_and_log_to_the_server(
     assert all(r.data.tags.get("mlflow.parentRunId") == study_run.info.run_id for r in runs
                if r.data.tags.get("gencv.kind") == "trial")
     assert sum(r.data.tags.get("gencv.best_trial") == "true" for r in runs) == 1
+
+
+# --------------------------------------------------------------------------- the files themselves (no server)
+
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
+def test_image_installs_cpu_torch_by_default() -> None:
+    import re
+
+    import yaml
+
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    assert re.search(rf'^ARG TORCH_INDEX_URL="{re.escape(CPU_INDEX)}"$', dockerfile, re.M)
+    assert 'pip install --index-url "$TORCH_INDEX_URL" "$TORCH_SPEC"' in dockerfile
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    assert compose["services"]["mlflow"]["build"]["args"]["TORCH_INDEX_URL"] == f"${{TORCH_INDEX_URL:-{CPU_INDEX}}}"
+    env = dict(line.split("=", 1) for line in (ROOT / "docker" / ".env.example").read_text().splitlines()
+               if line and not line.startswith("#"))
+    assert env["TORCH_INDEX_URL"] == CPU_INDEX
+
+
+def test_compose_workers_wait_for_a_healthy_mlflow_and_never_pull_the_image() -> None:
+    import yaml
+
+    services = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())["services"]
+    assert "/health" in " ".join(services["mlflow"]["healthcheck"]["test"])
+    worker = services["worker"]
+    assert worker["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    assert worker["image"] == services["mlflow"]["image"] and worker["pull_policy"] == "never"
+
+
+def test_worker_script_defaults_the_study_to_the_spec_name(tmp_path: Path) -> None:
+    from .test_tuning import tune_exp
+
+    spec = tmp_path / "tune.yaml"
+    spec.write_text(tune_exp(**{"name": "shared-by-name"}).to_yaml())
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "gencv").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')  # prints the arguments it got
+    (fake / "gencv").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GENCV_", "MLFLOW_"))}
+    env |= {"GENCV_SPEC": str(spec), "OPTUNA_STORAGE": "postgresql://u:p@db/optuna",
+            "PATH": f"{fake}:{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    r = subprocess.run(["bash", str(ROOT / "docker" / "worker.sh")], env=env, cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    args = r.stdout.split("\n")
+    assert args[args.index("--study") + 1] == "shared-by-name"  # every worker of this spec joins one study
+    named = subprocess.run(["bash", str(ROOT / "docker" / "worker.sh")], env={**env, "GENCV_STUDY": "given"},
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    args = named.stdout.split("\n")
+    assert named.returncode == 0 and args[args.index("--study") + 1] == "given"

@@ -85,10 +85,11 @@ def test_two_workers_share_one_study_and_reach_the_total_exactly(tmp_path: Path,
 
 
 def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path: Path, pg_url: str) -> None:  # noqa: F811
-    spec = _spec(tmp_path, **{"train.max_epochs": 60})
+    # Folds long enough (400 epochs) that the poll below finds a trial early in its first fold.
+    spec = _spec(tmp_path, **{"train.max_epochs": 400})
     total = 4
     a = _worker(tmp_path, spec, pg_url, "killed", total, "--no-track")
-    killed = False
+    victim = None
     deadline = time.monotonic() + 180
     try:
         while time.monotonic() < deadline and a.poll() is None:
@@ -98,18 +99,22 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path: Path, 
             except KeyError:  # the study does not exist yet
                 continue
             done = [t for t in trials if t.state.name == "COMPLETE"]
-            running = [t for t in trials if t.state.name == "RUNNING"
-                       and (datetime.now() - t.datetime_start).total_seconds() > 0.3]
-            if done and running:  # well inside a trial, after at least one finished
+            # Well inside a trial, after at least one finished: started a while ago, but its first of
+            # 3 folds (400 epochs each) not reported yet, so it cannot finish before the kill lands.
+            running = [t for t in trials if t.state.name == "RUNNING" and not t.intermediate_values
+                       and (datetime.now() - t.datetime_start).total_seconds() > 0.1]
+            if done and running:
                 os.kill(a.pid, signal.SIGKILL)
-                killed = True
+                victim = running[0].number
                 break
-        assert killed, "worker A never had a completed and a running trial"
+        assert victim is not None, "worker A never had a completed trial and a trial early in its first fold"
     finally:
         if a.poll() is None:
             a.kill()
         a.communicate(timeout=30)
-    (victim,) = [t.number for t in _load(pg_url, "killed").trials if t.state.name == "RUNNING"]
+    after_kill = {t.number: t.state.name for t in _load(pg_url, "killed").trials}
+    assert after_kill[victim] == "RUNNING", after_kill  # the kill landed mid-trial
+    assert list(after_kill.values()).count("RUNNING") == 1, after_kill
     before = {t.number: t.value for t in _load(pg_url, "killed").trials if t.state.name == "COMPLETE"}
     b = _worker(tmp_path, spec, pg_url, "killed", total, "--no-track")
     out, errs = b.communicate(timeout=300)

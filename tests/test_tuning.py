@@ -115,6 +115,93 @@ def test_pruning_stops_trials_before_all_folds_and_is_deterministic(pruner: str)
     assert _states(a) == _states(b)
 
 
+def _spy_pruners(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    made: list[Any] = []
+    real = gencv.tuning._make_pruner
+
+    def spy(*a: Any, **k: Any) -> Any:
+        made.append(real(*a, **k))
+        return made[-1]
+
+    monkeypatch.setattr(gencv.tuning, "_make_pruner", spy)
+    return made
+
+
+def test_pruner_options_reach_the_pruner(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The study of the test above: with gencv's defaults the median pruner prunes in these 6 trials;
+    # with the warm-up covering every fold (steps are folds done: 1..5) nothing is pruned.
+    made = _spy_pruners(monkeypatch)
+    space = {"train.lr": {"low": 1e-4, "high": 1.0, "log": True}}
+    base = {"cv.n_splits": 5, "tune.pruner": "median", "tune.sampler": "random"}
+    default = tune_experiment(tune_exp(space, **base), storage=MEM, n_trials=6, refit=False)
+    assert any(t.state == "PRUNED" for t in default.trials), _states(default)
+    exp = tune_exp(space, **base, **{"tune.pruner_options": {"n_warmup_steps": 5}})
+    out = tune_experiment(exp, storage=MEM, n_trials=6, refit=False)
+    assert [t.state for t in out.trials] == ["COMPLETE"] * 6, _states(out)
+    assert exp.tune is not None and exp.tune.pruner_settings() == {"n_startup_trials": 3, "n_warmup_steps": 5}
+    assert [(m._n_startup_trials, m._n_warmup_steps) for m in made] == [(3, 2), (3, 5)]
+
+
+@pytest.mark.parametrize(("pruner", "options", "match"), [
+    ("wilcoxon", {"p_treshold": 0.2}, r"tune\.pruner_options\.p_treshold is not an option of the wilcoxon "
+                                      r"pruner\. Did you mean 'p_threshold'"),
+    ("wilcoxon", {"p_threshold": 1.5}, r"tune\.pruner_options\.p_threshold: got 1\.5; use a value between 0\.0 "
+                                       r"and 1\.0"),
+    ("wilcoxon", {"n_startup_steps": 2.5}, r"n_startup_steps: got 2\.5; use a whole number"),
+    ("wilcoxon", {"n_warmup_steps": 1}, r"not an option of the wilcoxon pruner.*Options of wilcoxon: p_threshold, "
+                                        r"n_startup_steps"),
+    ("wilcoxon", {"n_startup_steps": float("inf")}, r"n_startup_steps: got inf; use a finite value from 0 to 1000000"),
+    ("median", {"n_warmup_steps": float("nan")}, r"n_warmup_steps: got nan; use a finite value"),
+    ("hyperband", {"reduction_factor": 101}, r"reduction_factor: got 101\.0; use a value from 2 to 100"),
+    ("hyperband", {"reduction_factor": 1}, r"reduction_factor: got 1\.0; use a value from 2 to 100"),
+])
+def test_bad_pruner_options_are_spec_errors(pruner: str, options: dict[str, Any], match: str) -> None:
+    with pytest.raises(SpecError, match=match):
+        tune_exp(**{"tune.pruner": pruner, "tune.pruner_options": options})
+
+
+def test_hyperband_min_resource_must_leave_a_fold_to_prune_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_training(*a: Any, **k: Any) -> None:
+        raise AssertionError("a net was trained before the pruner options were checked")
+
+    monkeypatch.setattr(gencv.tuning, "make_estimator", no_training)
+    exp = tune_exp(**{"tune.pruner": "hyperband", "tune.pruner_options": {"min_resource": 3}})
+    with pytest.raises(SpecError, match=r"min_resource: got 3, but a trial has 3 folds \(cv\).*use a value from 1 to 2"):
+        tune_experiment(exp, storage=MEM, n_trials=1)
+    nested = exp.with_overrides({"tune.nested": True, "tune.inner_cv": {"kind": "stratified", "n_splits": 2}})
+    with pytest.raises(SpecError, match=r"has 2 folds \(tune\.inner_cv\).*from 1 to 1"):
+        tune_experiment(nested, storage=MEM, n_trials=1)
+
+
+def _old_digest(exp: Experiment) -> str:
+    """The study digest as gencv computed it before tune.pruner_options existed."""
+    import hashlib
+
+    raw = exp.model_dump(mode="json")
+    for k in ("trials", "timeout", "max_consecutive_failures", "nested", "pruner_options"):
+        raw["tune"].pop(k, None)
+    raw.pop("name", None)
+    return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def test_pruner_options_do_not_change_the_study_digest(tmp_path: Path) -> None:
+    omitted = tune_exp(**{"tune.pruner": "median"})
+    explicit = omitted.with_overrides({"tune.pruner_options": {"n_startup_trials": 3, "n_warmup_steps": 2}})
+    other = omitted.with_overrides({"tune.pruner_options": {"n_warmup_steps": 4}})
+    digest = gencv.tuning._study_digest
+    assert digest(omitted) == digest(explicit) == digest(other) == _old_digest(omitted)
+    assert digest(omitted) != digest(omitted.with_overrides({"tune.pruner": "none"}))
+    # A study made before the option existed (its stored digest) resumes.
+    import optuna
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="old", storage=storage, direction="maximize")
+    study.set_user_attr("gencv.spec_digest", _old_digest(omitted))
+    first = tune_experiment(omitted, storage=storage, study_name="old", n_trials=1, refit=False)
+    again = tune_experiment(explicit, storage=storage, study_name="old", n_trials=1, refit=False)
+    assert len(first.trials) == len(again.trials) == 1
+
+
 def test_fold_order_is_shuffled_per_trial() -> None:
     exp = tune_exp(**{"cv.n_splits": 5})
     orders = {tuple(gencv.tuning._fold_order(exp, n, 5)) for n in range(6)}
@@ -125,6 +212,59 @@ def test_direction_follows_the_metric() -> None:
     exp = tune_exp(**{"metric": "log_loss"})
     out = tune_experiment(exp, storage=MEM, n_trials=2, refit=False)
     assert out.direction == "minimize"
+
+
+TWO_DIMS = {"train.lr": {"low": 0.01, "high": 0.5, "log": True}, "model.dropout": {"low": 0.0, "high": 0.3}}
+TWO_GRID_DIMS = {"train.lr": {"low": 0.05, "high": 0.45, "step": 0.2}, "model.dropout": {"low": 0.0, "high": 0.3,
+                                                                                         "step": 0.3}}
+
+
+@pytest.mark.parametrize(("sampler", "pruner"), [
+    ("tpe", "hyperband"), ("random", "median"), ("gp", "wilcoxon"), ("cmaes", "none"), ("grid", "wilcoxon"),
+])
+def test_every_sampler_and_pruner_runs_a_small_study(sampler: str, pruner: str) -> None:
+    # Each sampler and each pruner at least once; cmaes and gp only use their model from the 2nd trial on.
+    space = TWO_GRID_DIMS if sampler == "grid" else TWO_DIMS
+    exp = tune_exp(space, **{"tune.sampler": sampler, "tune.pruner": pruner, "train.max_epochs": 2})
+    out = tune_experiment(exp, storage=MEM, n_trials=3, refit=False)
+    assert [t.state for t in out.trials if t.state not in ("COMPLETE", "PRUNED")] == [], _states(out)
+    assert len(out.trials) == 3
+    for t in out.trials:
+        assert 0.01 <= t.params["train.lr"] <= 0.5 and 0.0 <= t.params["model.dropout"] <= 0.3
+    assert len({tuple(t.params.values()) for t in out.trials}) == 3  # three configurations, not one
+    assert out.best is not None
+
+
+def test_a_failing_sampler_is_a_clear_error_and_leaves_no_running_trial(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What a missing `cmaes` did: the sampler's model raises at the 2nd trial's first suggestion.
+    import optuna
+
+    real = optuna.samplers.RandomSampler.sample_relative
+    calls = {"n": 0}
+
+    def broken(self: Any, study: Any, trial: Any, space: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise ModuleNotFoundError("No module named 'cmaes'", name="cmaes")
+        return real(self, study, trial, space)
+
+    monkeypatch.setattr(optuna.samplers.RandomSampler, "sample_relative", broken)
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    with pytest.raises(TuningError, match=r"random sampler failed to propose a configuration: ModuleNotFoundError: "
+                                          r"No module named 'cmaes'\. Install the missing package: pip install cmaes"):
+        tune_experiment(tune_exp(**{"train.max_epochs": 2}), storage=storage, study_name="s", n_trials=3, refit=False)
+    trials = optuna.load_study(study_name="s", storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL"]
+    assert "sampler failed" in trials[1].user_attrs["gencv.reason"]
+
+
+def test_cmaes_without_its_package_is_a_clear_error_before_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cmaes", None)  # makes `import cmaes` fail
+    with pytest.raises(GencvError, match=r"tune\.sampler=cmaes needs the `cmaes` package: pip install cmaes"):
+        tune_experiment(tune_exp(**{"tune.sampler": "cmaes"}), storage=MEM, n_trials=1)
 
 
 # --------------------------------------------------------------------------- divergence and failures
@@ -213,6 +353,38 @@ def test_a_failed_trial_does_not_stop_the_study(monkeypatch: pytest.MonkeyPatch)
     assert "RuntimeError: transient" in out.trials[0].reason
 
 
+def test_an_interrupted_trial_is_requeued_with_the_same_parameters(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import optuna
+
+    from gencv.errors import Terminated
+
+    real = gencv.tuning.make_estimator
+    calls = {"n": 0}
+
+    def sigterm_in_trial_1(*a: Any, **k: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise Terminated("signal 15")
+        return real(*a, **k)
+
+    monkeypatch.setattr(gencv.tuning, "make_estimator", sigterm_in_trial_1)
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    exp = tune_exp(**{"train.max_epochs": 2})
+    with pytest.raises(KeyboardInterrupt):
+        tune_experiment(exp, storage=storage, study_name="int", n_trials=3, refit=False)
+    trials = optuna.load_study(study_name="int", storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "WAITING"]
+    assert "interrupted (SIGTERM)" in trials[1].user_attrs["gencv.reason"]
+    assert trials[2].params == trials[1].params and trials[2].system_attrs["failed_trial"] == 1
+    monkeypatch.setattr(gencv.tuning, "make_estimator", real)
+    out = tune_experiment(exp, storage=storage, study_name="int", n_trials=3, refit=False)
+    by_number = {t.number: t for t in out.trials}
+    assert by_number[2].state == "COMPLETE" and by_number[2].params == by_number[1].params
+    assert by_number[2].reason == ""  # the re-run does not inherit the interrupted run's reason
+    assert [t.state for t in out.trials].count("COMPLETE") == 3 and len(out.trials) == 4
+
+
 # --------------------------------------------------------------------------- nested CV
 
 
@@ -255,6 +427,111 @@ def test_nested_cv_never_lets_the_outer_test_fold_into_tuning(monkeypatch: pytes
     est = out.nested.estimate
     assert est["n"] == 3 and est["ci_low"] <= est["mean"] <= est["ci_high"]
     assert np.isclose(out.nested.optimism, out.nested.inner_best["mean"] - est["mean"])
+    # The final model: an outer winner, refit on all non-test data, scored on the held-out test set.
+    final = out.nested.final_outer_folds
+    assert final and all(out.nested.folds[i].best_params == out.nested.final_params for i in final)
+    assert out.best is not None and out.best.params == out.nested.final_params
+    assert set(out.refit_test_scores) >= {"accuracy", "loss"}
+
+
+class _Recorder:
+    """A Tracker that keeps what would be logged: runs with parents, metrics, models, artifact file names."""
+
+    def __init__(self) -> None:
+        self.parents: dict[str, str | None] = {}
+        self.metrics: dict[str, dict[str, float]] = {}
+        self.models: list[str] = []
+        self.files: dict[str, set[str]] = {}
+
+    def start_run(self, experiment: str, run_name: str, *, parent: str | None = None, tags: Any = None) -> str:
+        run_id = f"run{len(self.parents)}"
+        self.parents[run_id] = parent
+        return run_id
+
+    def log_params(self, *a: Any, **k: Any) -> None: ...
+    def log_series(self, *a: Any, **k: Any) -> None: ...
+    def set_tags(self, *a: Any, **k: Any) -> None: ...
+    def log_text(self, *a: Any, **k: Any) -> None: ...
+    def end_run(self, *a: Any, **k: Any) -> None: ...
+    def log_all(self, *a: Any, **k: Any) -> None: ...
+
+    def log_metrics(self, run_id: str, metrics: Any, step: int = 0) -> None:
+        self.metrics.setdefault(run_id, {}).update(metrics)
+
+    def log_model(self, run_id: str, module: Any, input_example: Any, name: str = "model") -> None:
+        self.models.append(run_id)
+
+    def log_artifact(self, run_id: str, path: Any, artifact_path: str | None = None) -> None:
+        p = Path(path)
+        names = [str(f.relative_to(p.parent)) for f in p.rglob("*") if f.is_file()] if p.is_dir() else [p.name]
+        self.files.setdefault(run_id, set()).update(names)
+
+
+def test_nested_study_logs_the_final_model_and_each_outer_studys_plots() -> None:
+    tracker = _Recorder()
+    exp = tune_exp(**{"tune.nested": True, "cv.n_splits": 2, "tune.inner_cv": {"kind": "stratified", "n_splits": 2},
+                      "train.max_epochs": 2})
+    out = tune_experiment(exp, tracker=tracker, storage=MEM, n_trials=2)
+    root = out.run_id
+    assert root is not None and tracker.parents[root] is None
+    assert tracker.models == [root]  # the final model hangs on the nested study's run
+    assert tracker.metrics[root]["refit_test_accuracy"] == out.refit_test_scores["accuracy"]
+    assert {"nested.csv", "trials.csv", "summary.md", "plots/outer0/optimization_history.png",
+            "plots/outer1/optimization_history.png"} <= tracker.files[root]
+
+
+def _nf(index: int, params: dict[str, Any], inner: float) -> Any:
+    e = np.array([], dtype=int)
+    return gencv.tuning.NestedFold(index, e, e, [], f"s-outer{index}", params, inner, float("nan"))
+
+
+def test_nested_final_configuration_is_the_most_frequent_winner_then_the_best_inner_score() -> None:
+    choice = gencv.tuning._nested_choice
+    a, b, c = {"train.lr": 0.1}, {"train.lr": 0.2}, {"train.lr": 0.3}
+    # Two outer folds chose `a`: it wins over `c`'s better inner score.
+    assert choice([_nf(0, a, 0.80), _nf(1, c, 0.99), _nf(2, a, 0.70)], higher_is_better=True) == [0, 2]
+    # All different: the best inner score, in the metric's direction.
+    folds = [_nf(0, a, 0.5), _nf(1, b, 0.3), _nf(2, c, 0.4)]
+    assert choice(folds, higher_is_better=True) == [0]
+    assert choice(folds, higher_is_better=False) == [1]
+
+
+def test_nested_penalty_sees_only_the_inner_training_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[np.ndarray] = []
+    real = gencv.tuning._penalty
+
+    def spy(metric: str, y: np.ndarray, *a: Any) -> float:
+        seen.append(np.asarray(y))
+        return real(metric, y, *a)
+
+    monkeypatch.setattr(gencv.tuning, "_penalty", spy)
+    exp = tune_exp({"train.lr": {"choices": [1e4, 0.5]}},  # 1e4 diverges even on these small inner folds
+                   **{"tune.divergence": "penalty", "tune.sampler": "grid", "tune.nested": True, "cv.n_splits": 2,
+                      "tune.inner_cv": {"kind": "stratified", "n_splits": 2}})
+    out = tune_experiment(exp, storage=MEM, n_trials=2, refit=False)
+    assert out.nested is not None and len(seen) == 2  # one diverged trial per outer fold
+    ds = gencv.tuning.prepare(exp).dataset
+    for y, nf in zip(seen, out.nested.folds):
+        assert len(y) == len(nf.outer_train)  # not the outer training + test labels (cv_idx)
+        assert np.array_equal(y, ds.y[np.sort(nf.outer_train)])
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the fake worker asks outside optimize()
+def test_nested_refuses_a_second_worker(tmp_path: Path) -> None:
+    import optuna
+
+    from gencv._tuning_storage import make_storage
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    store = make_storage(storage, heartbeat_interval=60)
+    other = optuna.create_study(study_name="n-outer1", storage=store, direction="maximize")
+    trial = other.ask()  # another worker's trial, beating
+    store.record_heartbeat(trial._trial_id)
+    exp = tune_exp(**{"tune.nested": True, "tune.inner_cv": {"kind": "stratified", "n_splits": 2}})
+    with pytest.raises(TuningError, match=r"study n-outer1 has 1 trial\(s\) RUNNING in another worker.*nested mode "
+                                          r"runs one worker per study"):
+        tune_experiment(exp, storage=storage, study_name="n", n_trials=1)
+    assert "n-outer0" not in {s.study_name for s in store.get_all_studies()}  # refused before any outer fold ran
 
 
 # --------------------------------------------------------------------------- MLflow, storage, resume
@@ -311,6 +588,62 @@ def test_resume_by_study_name_reaches_the_total(tmp_path: Path) -> None:
     with pytest.raises(TuningError, match="another spec or search space"):
         tune_experiment(exp.with_overrides({"train.max_epochs": 6}), storage=storage, study_name="resume-me",
                         n_trials=5)
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_resumed_study_does_not_repeat_the_first_sessions_configurations(tmp_path: Path, sampler: str) -> None:
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    exp = tune_exp(TWO_DIMS, **{"tune.sampler": sampler, "train.max_epochs": 2, "cv.n_splits": 2})
+    first = tune_experiment(exp, storage=storage, study_name="again", n_trials=2, refit=False)
+    again = tune_experiment(exp, storage=storage, study_name="again", n_trials=4, refit=False)
+    old = {tuple(t.params.values()) for t in first.trials}
+    new = [tuple(t.params.values()) for t in again.trials if t.number >= 2]
+    assert len(new) == 2 and not set(new) & old, (old, new)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the fake worker asks outside optimize()
+def test_sqlite_warns_when_a_second_worker_shows_up(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    import optuna
+
+    from gencv._tuning_storage import make_storage
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+
+    class OtherWorkerStarts:  # after this worker's first trial, another process takes a trial
+        def study_start(self, *a: Any) -> None: ...
+        def trial_start(self, *a: Any) -> None: ...
+        def fold_end(self, *a: Any) -> None: ...
+
+        def trial_end(self, record: Any, *a: Any) -> None:
+            if record.number == 0:
+                store = make_storage(storage, heartbeat_interval=1, grace_period=1)
+                trial = optuna.load_study(study_name="two", storage=store).ask()
+                store.record_heartbeat(trial._trial_id)  # then it dies: failed and re-queued after 1 s
+
+    with caplog.at_level(logging.WARNING, logger="gencv.tuning"):
+        out = tune_experiment(tune_exp(**{"train.max_epochs": 2}), storage=storage, study_name="two", n_trials=2,
+                              refit=False, heartbeat_interval=1, grace_period=1, progress=OtherWorkerStarts())
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and "SQLite is for one worker" in r.message]
+    assert len(warned) == 1, caplog.text
+    assert [t.state for t in out.trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+
+
+def test_dead_trial_runs_are_closed_with_their_fold_runs(tmp_path: Path) -> None:
+    tracker = MlflowTracker(f"sqlite:///{tmp_path}/mlflow.db")
+    trial_run = tracker.start_run("dead", "trial-0")
+    fold_run = tracker.start_run("dead", "fold-1", parent=trial_run)
+    done_fold = tracker.start_run("dead", "fold-0", parent=trial_run)
+    tracker.end_run(done_fold, "FINISHED")
+    gencv.tuning._flush(tracker)
+    trial_run, fold_run, done_fold = (gencv.tuning._real_id(tracker, r) for r in (trial_run, fold_run, done_fold))
+    dead = gencv.tuning.TrialRecord(0, "FAIL", None, {}, run_id=trial_run)  # failed by heartbeat: no reason
+    gencv.tuning._close_dead_trial_runs(tracker, [dead])
+    gencv.tuning._flush(tracker)
+    status = {r: tracker.client.get_run(r).info.status for r in (trial_run, fold_run, done_fold)}
+    assert status == {trial_run: "FAILED", fold_run: "FAILED", done_fold: "FINISHED"}
+    assert "heartbeats" in tracker.client.get_run(fold_run).data.tags["gencv.reason"]
 
 
 def test_default_storage_is_sqlite_under_mlruns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,6 +25,9 @@ def test_run_tree_metrics_artifacts_and_reloadable_model(tracking_uri: str) -> N
     tags = parent.data.tags
     assert tags["gencv.spec_digest"] == exp.digest() and tags["gencv.data_digest"] == out.dataset.digest
     assert tags["gencv.seed"] == "0" and tags["gencv.version"]
+    from gencv.cv import derive_seed
+
+    assert tags["gencv.seed.cv"] == str(derive_seed(0, "cv")) and tags["gencv.seed.test"] == str(derive_seed(0, "test"))
     assert parent.data.params["train.lr"] == "0.02" and parent.data.params["cv.kind"] == "stratified"
     m = parent.data.metrics
     vals = [f.valid_scores["accuracy"] for f in out.cv.folds]
@@ -36,10 +39,17 @@ def test_run_tree_metrics_artifacts_and_reloadable_model(tracking_uri: str) -> N
         fold = out.cv.folds[int(child.data.tags["gencv.fold"])]
         hist = client.get_metric_history(child.info.run_id, "curve_train_loss")
         assert [h.step for h in hist] == list(range(1, fold.epochs_run + 1))
+        for curve in ("curve_valid_loss", "curve_valid_accuracy"):  # a point for every epoch, the last included
+            assert len(client.get_metric_history(child.info.run_id, curve)) == fold.epochs_run
         assert child.data.metrics["valid_accuracy"] == pytest.approx(fold.valid_scores["accuracy"])
     arts = {a.path for a in client.list_artifacts(out.run_id)}
     assert {"spec.yaml", "folds.csv", "summary.md", "summary.csv", "plots", "model", "model_weights"} <= arts
     assert {a.path for a in client.list_artifacts(out.run_id, "plots")} == {"plots/fold_scores.png", "plots/learning_curves.png"}
+    from mlflow.models import Model
+
+    mlmodel = Model.load(client.download_artifacts(out.run_id, "model/MLmodel"))
+    assert mlmodel.signature is not None and mlmodel.saved_input_example_info is not None
+    assert mlmodel.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] in ([-1, 4], (-1, 4))
     model = load_logged_model(tracker, out.run_id)
     X = out.dataset.X[:20]
     with torch.no_grad():

@@ -1,0 +1,74 @@
+"""The MLflow writer process behind `MlflowTracker(writer="process")` (`python -m gencv._tracking_writer URI ROOT`).
+
+Frames on stdin: b"W" + pickle((method, args, kwargs)), a write to perform in order; b"F" + pickle(n),
+a flush, answered on stdout with pickle((n, new provisional -> MLflow run ids, errors since the
+last flush)). End of file on stdin (the parent stopped it, or died) ends the process once every
+write before it is done. Frames come only from the parent process that started this one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import struct
+import sys
+from typing import IO, Any
+
+_HEADER = struct.Struct("!I")
+
+
+def write_frame(pipe: IO[bytes] | None, frame: bytes) -> None:
+    """Length-prefixed frame; flushed so the reader never waits on a buffer."""
+    assert pipe is not None
+    pipe.write(_HEADER.pack(len(frame)) + frame)
+    pipe.flush()
+
+
+def read_frame(pipe: IO[bytes] | None) -> bytes | None:
+    """The next frame, or None at end of file."""
+    assert pipe is not None
+    head = pipe.read(_HEADER.size)
+    if len(head) < _HEADER.size:
+        return None
+    (size,) = _HEADER.unpack(head)
+    body = pipe.read(size)
+    return body if len(body) == size else None
+
+
+def main(argv: list[str]) -> int:
+    # Ctrl-C and SIGTERM are the parent's to handle: it marks its runs KILLED through this process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print must not corrupt the answers
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "mlflow", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    from gencv.tracking import MlflowTracker
+
+    uri, root = argv[0], argv[1] or None
+    tracker = MlflowTracker(uri, root, writer="inline")
+    errors: list[str] = []
+    reported: set[str] = set()
+    inbox = sys.stdin.buffer
+    while (frame := read_frame(inbox)) is not None:
+        kind, body = frame[:1], frame[1:]
+        if kind == b"F":
+            new = {k: v for k, v in tracker._ids.items() if k not in reported}
+            reported.update(new)
+            write_frame(answers, pickle.dumps((pickle.loads(body), new, errors)))
+            errors = []
+            continue
+        op, args, kwargs = pickle.loads(body)
+        try:
+            getattr(tracker, op)(*args, **kwargs)
+        except Exception as exc:  # reported at the next flush; later writes still go through
+            logging.getLogger(__name__).debug("MLflow write %s failed", op, exc_info=True)
+            errors.append(f"{op.strip('_').removesuffix('_now')}: {type(exc).__name__}: {exc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -44,8 +44,13 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _sigterm_to_interrupt() -> None:
+    """SIGTERM (docker stop, a batch scheduler) ends the run like Ctrl-C: runs marked KILLED, exit 130."""
+    from gencv.errors import Terminated
+
     def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+        # One-shot: a second SIGTERM while we mark runs KILLED must not cut that clean-up short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, handler)
 
@@ -132,13 +137,16 @@ def _fmt(v: Any) -> str:
 
 
 def _print_outcome(outcome: Any) -> None:
-    from gencv.report import summarize
+    from gencv.report import summarize, value_bounds
 
     table = outcome.table
     m = outcome.cv.metric
     cols = {"fold": "fold", "status": "status", f"train_{m}": "train", f"valid_{m}": "valid", f"test_{m}": "test",
             f"gap_{m}": "gap", "epochs_run": "epochs", "best_epoch": "best", "fit_seconds": "fit s"}
-    t = Table(title=f"{outcome.experiment.name}: per-fold {m} (valid = held-out fold, gap = train - valid)")
+    from gencv.metrics import METRICS
+
+    gap = "train - valid" if METRICS[m].higher_is_better else "valid - train"
+    t = Table(title=f"{outcome.experiment.name}: per-fold {m} (valid = held-out fold, gap = {gap}: > 0 is worse held out)")
     for label in cols.values():
         t.add_column(label, justify="right")
     for _, row in table.iterrows():
@@ -153,7 +161,7 @@ def _print_outcome(outcome: Any) -> None:
         vals = outcome.cv.values(k)
         if len(vals) == 0 or not any(v == v for v in vals):
             continue
-        s = summarize(vals)
+        s = summarize(vals, bounds=value_bounds(k))
         st.add_row(k, f"{s['mean']:.4f}", f"{s['std']:.4f}", f"[{s['ci_low']:.4f}, {s['ci_high']:.4f}]", str(s["n"]))
     out.print(st)
     measure_keys = [k for k in HEADLINE_MEASURES if k in set(outcome.summary["metric"])]
@@ -227,7 +235,8 @@ def measure(
     run_id: Annotated[str, typer.Argument(help="MLflow run id of a `gencv run` parent run")],
     measures: Annotated[str, typer.Option("--measures", "-m", help="comma-separated measure names")] =
         "hessian_top,hessian_trace,eps_sharpness,adaptive_sharpness,pacbayes_flatness,norms",
-    sample_size: Annotated[int | None, typer.Option(help="seeded subsample of the training rows")] = 512,
+    sample_size: Annotated[int | None, typer.Option(help="seeded subsample of the training rows "
+                                                    "(default: the run's measure_options, else 512)")] = None,
     tracking_uri: UriOpt = None,
     no_log: Annotated[bool, typer.Option("--no-log", help="print only; do not add the values to the run")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
@@ -239,15 +248,14 @@ def measure(
     _setup_logging(verbose)
 
     def go() -> Any:
-        from gencv.measures import MeasureConfig
         from gencv.posthoc import measure_logged_run
         from gencv.tracking import MlflowTracker
 
         tracker = MlflowTracker(tracking_uri)
         names = [m.strip() for m in measures.split(",") if m.strip()]
         err.print(f"measuring run {run_id}: {', '.join(names)}", highlight=False)
-        return measure_logged_run(tracker, run_id, names, config=MeasureConfig(sample_size=sample_size),
-                                  log_results=not no_log)
+        overrides = {} if sample_size is None else {"sample_size": sample_size}
+        return measure_logged_run(tracker, run_id, names, overrides=overrides, log_results=not no_log)
 
     res = _guard(go)
     t = Table(title=f"{res.experiment.name}: measures of the refit model ({res.n_samples} training rows)")
@@ -332,7 +340,10 @@ app.command()(tune)
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:  # one that arrived outside a command's guard (start-up, clean-up)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -269,8 +269,7 @@ def _score(est: GencvEstimator, X: np.ndarray, y: np.ndarray, labels: list[int])
 
 def _history(est: GencvEstimator) -> list[dict[str, float]]:
     rows = []
-    scale = est.y_std_ if est.task == "regression" else 1.0
-    score_name = "curve_valid_accuracy" if est.task == "classification" else "curve_valid_rmse"
+    score_name = f"curve_valid_{est.curve_metric_name}"
     for h in est.net_.history:
         row = {"epoch": float(h["epoch"]), "curve_train_loss": float(h.get("train_loss", np.nan)),
                "seconds": float(h.get("dur", np.nan))}
@@ -279,7 +278,7 @@ def _history(est: GencvEstimator) -> list[dict[str, float]]:
         if "curve_valid_loss" in h:
             row["curve_valid_loss"] = float(h["curve_valid_loss"])
         if "curve_valid_score" in h:
-            row[score_name] = float(h["curve_valid_score"]) * scale
+            row[score_name] = float(h["curve_valid_score"])
         rows.append(row)
     return rows
 
@@ -383,6 +382,8 @@ def _log_fold(tracker: Tracker, run_id: str, res: FoldResult) -> None:
     tags = {"gencv.status": res.status}
     if res.reason:
         tags["gencv.reason"] = res.reason[:5000]
+    if res.measure_notes:
+        tags["gencv.measure_notes"] = " | ".join(res.measure_notes)[:5000]
     tracker.log_all(run_id, params={"fold": res.index, "seed": res.seed, "n_train": res.n_train, "n_valid": res.n_valid},
                     metrics=res.flat_metrics(), series=series, tags=tags)
     tracker.log_text(run_id, json.dumps(res.to_json()), "fold_result.json")

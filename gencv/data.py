@@ -35,6 +35,7 @@ class Dataset:
     groups: np.ndarray | None = None
     time_index: np.ndarray | None = None
     image_shape: tuple[int, ...] | None = None  # e.g. (1, 8, 8) for digits
+    horizon: int = 1  # lag windows: the target lies `horizon` steps after the last lag
 
     @property
     def n_samples(self) -> int:
@@ -43,6 +44,12 @@ class Dataset:
     @property
     def is_time_series(self) -> bool:
         return self.time_index is not None
+
+    @property
+    def min_gap(self) -> int:
+        """Rows to leave between a training block and a later held-out block so no training target
+        lies after the held-out block's first forecast origin (horizon - 1 for lag windows, else 0)."""
+        return self.horizon - 1 if self.is_time_series else 0
 
     @property
     def digest(self) -> str:
@@ -161,7 +168,7 @@ def _lagged(name: str, series: np.ndarray, time: np.ndarray, spec: DataSpec) -> 
     y = series[lags + horizon - 1 : lags + horizon - 1 + n]
     t = time[lags + horizon - 1 : lags + horizon - 1 + n]
     names = [f"lag_{lags - j}" for j in range(lags)]
-    return _finish(name, X, y, "regression", names, None, time_index=np.asarray(t))
+    return _finish(name, X, y, "regression", names, None, time_index=np.asarray(t), horizon=horizon)
 
 
 def _from_table(spec: DataSpec, kind: str, path: str) -> Dataset:
@@ -211,7 +218,7 @@ def _from_table(spec: DataSpec, kind: str, path: str) -> Dataset:
         groups = groups[order] if groups is not None else None
         time_index = time_index[order]
     return _finish(spec.source, feat.to_numpy(), y_raw.to_numpy(), task, [str(c) for c in feat.columns], None,
-                   groups=groups, time_index=time_index)
+                   groups=groups, time_index=time_index, target_name=str(spec.target))
 
 
 def _finish(
@@ -225,6 +232,8 @@ def _finish(
     groups: np.ndarray | None = None,
     time_index: np.ndarray | None = None,
     image_shape: tuple[int, ...] | None = None,
+    horizon: int = 1,
+    target_name: str = "target",
 ) -> Dataset:
     X = np.asarray(X, dtype=np.float64)
     bad = ~np.isfinite(X)
@@ -242,7 +251,9 @@ def _finish(
     else:
         y_num = np.asarray(y, dtype=np.float64)
         if not np.all(np.isfinite(y_num)):
-            raise DataError("data.target: the target contains NaN or inf; drop or impute those rows")
+            bad_rows = int((~np.isfinite(y_num)).sum())
+            raise DataError(f"data.target: the target column {target_name!r} has {bad_rows} NaN or inf value(s); "
+                            "drop or impute those rows")
         y_out = y_num.astype(np.float32)
         classes = []
     return Dataset(
@@ -255,6 +266,7 @@ def _finish(
         groups=None if groups is None else np.asarray(groups),
         time_index=None if time_index is None else np.asarray(time_index),
         image_shape=image_shape,
+        horizon=horizon,
     )
 
 
@@ -267,7 +279,12 @@ def holdout_test(ds: Dataset, test_size: float, seed: int) -> tuple[np.ndarray, 
     if n_test >= ds.n_samples - 1:
         raise SpecError(f"data.test_size: got {test_size}: leaves too few samples for CV; use a smaller fraction")
     if ds.is_time_series:
-        return idx[:-n_test], idx[-n_test:]  # the test period is the most recent one
+        # The test period is the most recent one; with a horizon > 1 the last horizon - 1 windows before
+        # it would train on targets inside the test period, so they are left out.
+        cv_end = ds.n_samples - n_test - ds.min_gap
+        if cv_end < 2:
+            raise SpecError(f"data.test_size: got {test_size}: leaves too few samples for CV; use a smaller fraction")
+        return idx[:cv_end], idx[-n_test:]
     if ds.groups is not None:
         gss = GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
         cv_idx, test_idx = next(gss.split(idx, groups=ds.groups))

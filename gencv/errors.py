@@ -35,6 +35,15 @@ class TrackingError(GencvError, RuntimeError):
     """The tracking backend refused or lost a run."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, delivered like Ctrl-C so every `except KeyboardInterrupt` cleans up the same way.
+
+    A subclass, not KeyboardInterrupt itself: CPython remembers a bare KeyboardInterrupt that crossed
+    certain C boundaries and then ends the process with SIGINT at exit, even after we caught it and
+    chose exit code 130.
+    """
+
+
 def did_you_mean(value: str, choices: Iterable[str]) -> str:
     """Return ' Did you mean 'x'?' for the closest choice, or ''."""
     match = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.6)

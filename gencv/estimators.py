@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+import sklearn
 import torch
 from sklearn.base import BaseEstimator
 from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
@@ -17,6 +18,7 @@ from skorch import NeuralNet as _NetBase
 from skorch import NeuralNetClassifier, NeuralNetRegressor
 from skorch.callbacks import Callback, EarlyStopping, GradientNormClipping, LRScheduler
 from skorch.dataset import Dataset as SkorchDataset
+from skorch.dataset import get_len
 from torch import nn
 
 from gencv.errors import DivergenceError
@@ -42,24 +44,27 @@ class InnerSplit:
     """skorch train_split: hold out a validation part *inside* the training fold for early stopping.
 
     i.i.d. data: a seeded (stratified) random fraction; time series: the last block, so
-    early stopping never validates on the past of what it trains on.
+    early stopping never validates on the past of what it trains on, with `gap` rows before it
+    left out (lag windows whose targets would reach into the validation block).
     """
 
-    def __init__(self, fraction: float, *, stratified: bool, time_ordered: bool, seed: int) -> None:
+    def __init__(self, fraction: float, *, stratified: bool, time_ordered: bool, seed: int, gap: int = 0) -> None:
         self.fraction = fraction
         self.stratified = stratified
         self.time_ordered = time_ordered
         self.seed = seed
+        self.gap = gap
         self.last_valid_positions_: np.ndarray | None = None
 
     def positions(self, n: int, y: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """(train, valid) positions within a training fold of n samples."""
         n_valid = max(1, int(math.ceil(self.fraction * n)))
-        if n - n_valid < 1:
+        gap = self.gap if self.time_ordered else 0
+        if n - n_valid - gap < 1:
             raise ValueError(f"train.early_stopping.valid_fraction={self.fraction} leaves no training data in a fold of {n}")
         idx = np.arange(n)
         if self.time_ordered:
-            return idx[: n - n_valid], idx[n - n_valid :]
+            return idx[: n - n_valid - gap], idx[n - n_valid :]
         if self.stratified and y is not None:
             counts = np.bincount(np.asarray(y).astype(int))
             if counts[counts > 0].min() >= 2 and n_valid >= (counts > 0).sum():
@@ -180,9 +185,13 @@ class _LeanLoopMixin:
     """skorch's loop with its per-batch bookkeeping trimmed; same semantics.
 
     `notify` calls only hooks that a callback (or the net) actually overrides, `on_grad_computed`
-    arguments are only built when someone listens, and train/eval mode is switched only when it
-    changes. On a small MLP this removes most of skorch's per-batch overhead.
+    arguments are only built when someone listens, train/eval mode is switched only when it
+    changes, batch rows are written straight into the history, and the PrintLog table is not
+    built when nothing prints it (verbose=0; gencv has its own progress display). On a small MLP
+    this removes most of skorch's per-batch and per-epoch overhead.
     """
+
+    verbose: int
 
     callbacks_: list[tuple[str, Callback]]
 
@@ -204,6 +213,32 @@ class _LeanLoopMixin:
     def notify(self, method_name: str, **cb_kwargs: Any) -> None:
         for hook in self._active_hooks(method_name):
             hook(self, **cb_kwargs)
+
+    def get_default_callbacks(self) -> list[tuple[str, Callback]]:
+        default = super().get_default_callbacks()  # type: ignore[misc]
+        return default if self.verbose else [(n, cb) for n, cb in default if n != "print_log"]
+
+    def run_single_epoch(self, iterator: Any, training: bool, prefix: str, step_fn: Callable[..., Any],
+                         **fit_params: Any) -> None:
+        """skorch's epoch (hooks, per-batch loss and size in the history), without its indexing overhead."""
+        if iterator is None:
+            return
+        begin, end = self._active_hooks("on_batch_begin"), self._active_hooks("on_batch_end")
+        loss_key, size_key = prefix + "_loss", prefix + "_batch_size"
+        batches = list.__getitem__(self.history, -1)["batches"]  # type: ignore[attr-defined]
+        batch_count = 0
+        for batch in iterator:
+            for hook in begin:  # the net's own on_batch_begin appends this batch's row
+                hook(self, batch=batch, training=training)
+            step = step_fn(batch, **fit_params)
+            row = batches[-1]
+            row[loss_key] = step["loss"].item()
+            first = batch[0] if isinstance(batch, (tuple, list)) else batch
+            row[size_key] = first.shape[0] if isinstance(first, torch.Tensor) else get_len(first)
+            for hook in end:
+                hook(self, batch=batch, training=training, **step)
+            batch_count += 1
+        self.history.record(prefix + "_batch_count", batch_count)  # type: ignore[attr-defined]
 
     def train_step(self, batch: Any, **fit_params: Any) -> Any:
         if len(self._active_hooks("on_grad_computed")) > 1 or type(self).on_grad_computed is not _NetBase.on_grad_computed:
@@ -246,7 +281,9 @@ class _PenalizedMixin:
         return loss
 
 
-class _Classifier(_LeanLoopMixin, _PenalizedMixin, NeuralNetClassifier):
+class _GencvNetMixin(_LeanLoopMixin, _PenalizedMixin):
+    """gencv's extra net settings (penalties, weight init) on top of skorch's classifier/regressor."""
+
     def __init__(self, *args: Any, l1: float = 0.0, l2_explicit: float = 0.0, init_scheme: str = "default",
                  init_activation: str = "relu", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -254,22 +291,17 @@ class _Classifier(_LeanLoopMixin, _PenalizedMixin, NeuralNetClassifier):
         self.init_scheme, self.init_activation = init_scheme, init_activation
 
     def initialize_module(self) -> Any:
-        super().initialize_module()
+        super().initialize_module()  # type: ignore[misc]
         init_weights_(self.module_, self.init_scheme, self.init_activation)
         return self
 
 
-class _Regressor(_LeanLoopMixin, _PenalizedMixin, NeuralNetRegressor):
-    def __init__(self, *args: Any, l1: float = 0.0, l2_explicit: float = 0.0, init_scheme: str = "default",
-                 init_activation: str = "relu", **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.l1, self.l2_explicit = l1, l2_explicit
-        self.init_scheme, self.init_activation = init_scheme, init_activation
+class _Classifier(_GencvNetMixin, NeuralNetClassifier):
+    pass
 
-    def initialize_module(self) -> Any:
-        super().initialize_module()
-        init_weights_(self.module_, self.init_scheme, self.init_activation)
-        return self
+
+class _Regressor(_GencvNetMixin, NeuralNetRegressor):
+    pass
 
 
 def _optimizer(train: TrainSpec) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
@@ -291,7 +323,9 @@ def _optimizer(train: TrainSpec) -> tuple[type[torch.optim.Optimizer], dict[str,
         return torch.optim.AdamW, {"weight_decay": wd}
     if name == "nadam":
         return torch.optim.NAdam, {"weight_decay": wd}
-    return torch.optim.LBFGS, {}  # no weight_decay argument: L2 goes into the loss instead
+    # No weight_decay argument: L2 goes into the loss instead. Without a line search a full L-BFGS
+    # step can jump to a loss of 1e14 once the curvature estimate degenerates near a minimum.
+    return torch.optim.LBFGS, {"line_search_fn": "strong_wolfe"}
 
 
 def _schedule(train: TrainSpec, monitor: str) -> LRScheduler | None:
@@ -330,6 +364,8 @@ class GencvEstimator(BaseEstimator):
         image_shape: tuple[int, ...] | None = None,
         scale: str = "standard",
         time_ordered: bool = False,
+        time_gap: int = 0,
+        metric: str | None = None,
         seed: int = 0,
     ) -> None:
         self.model = model
@@ -340,6 +376,8 @@ class GencvEstimator(BaseEstimator):
         self.image_shape = image_shape
         self.scale = scale
         self.time_ordered = time_ordered
+        self.time_gap = time_gap
+        self.metric = metric
         self.seed = seed
 
     # ------------------------------------------------------------------ building
@@ -363,7 +401,12 @@ class GencvEstimator(BaseEstimator):
         module, margs = self._module()
         opt, oargs = _optimizer(t)
         es = t.early_stopping
-        callbacks: list[tuple[str, Callback]] = [("divergence", _DivergenceGuard())]
+        # The held-out curve comes first among the epoch-end callbacks: early stopping ends training by
+        # raising in its on_epoch_end, and the stopping epoch must still get its curve point.
+        callbacks: list[tuple[str, Callback]] = [
+            ("divergence", _DivergenceGuard()),
+            ("curve", _HeldOutCurve(X_eval, y_eval, self._curve_metric(), on_epoch)),
+        ]
         if t.clip_grad_norm is not None:
             callbacks.append(("clip", GradientNormClipping(gradient_clip_value=t.clip_grad_norm)))
         sched = _schedule(t, "valid_loss" if es else "train_loss")
@@ -372,11 +415,10 @@ class GencvEstimator(BaseEstimator):
         train_split = None
         if es is not None:
             train_split = InnerSplit(es.valid_fraction, stratified=self.task == "classification",
-                                     time_ordered=self.time_ordered, seed=self.seed)
+                                     time_ordered=self.time_ordered, seed=self.seed, gap=self.time_gap)
             callbacks.append(("early_stopping", _EarlyStopping(
                 monitor="valid_loss", patience=es.patience, threshold=es.min_delta, threshold_mode="abs",
                 lower_is_better=True, load_best=es.restore_best)))
-        callbacks.append(("curve", _HeldOutCurve(X_eval, y_eval, self._curve_metric(), on_epoch)))
         common: dict[str, Any] = dict(
             module=module, optimizer=opt, lr=t.lr, max_epochs=t.max_epochs,
             batch_size=t.batch_size, train_split=train_split, callbacks=callbacks, verbose=0,
@@ -390,10 +432,29 @@ class GencvEstimator(BaseEstimator):
             return _Classifier(criterion=nn.CrossEntropyLoss, classes=list(range(self.n_classes)), **common)
         return _Regressor(criterion=nn.MSELoss, **common)
 
+    @property
+    def curve_metric_name(self) -> str:
+        """The metric of the held-out learning curve: the primary metric (accuracy / rmse when unset)."""
+        return self.metric or ("accuracy" if self.task == "classification" else "rmse")
+
     def _curve_metric(self) -> Callable[[np.ndarray, np.ndarray], float]:
-        if self.task == "classification":
-            return lambda out, y: float((out.argmax(1) == y).mean())  # accuracy
-        return lambda out, y: float(np.sqrt(np.mean((out - y) ** 2)))  # rmse, standardised units
+        """The primary metric on (network outputs, fitted targets), in the units `predict` reports."""
+        from gencv.metrics import METRICS
+
+        m = METRICS[self.curve_metric_name]
+        func = m.fast or m.func  # per epoch: numpy where it gives sklearn's number, sklearn otherwise
+        labels = list(range(self.n_classes))
+
+        def curve(out: np.ndarray, y: np.ndarray) -> float:
+            with sklearn.config_context(skip_parameter_validation=True, assume_finite=True):
+                if self.task == "regression":  # back from standardised units
+                    return float(func(np.ravel(y) * self.y_std_ + self.y_mean_,
+                                      np.ravel(out).astype(np.float64) * self.y_std_ + self.y_mean_))
+                if m.needs_proba:
+                    proba = torch.softmax(torch.as_tensor(out, dtype=torch.float64), dim=1).numpy()
+                    return float(func(y, proba, labels))
+                return float(func(y, out.argmax(1)))
+        return curve
 
     def _y_fit(self, y: np.ndarray) -> np.ndarray:
         if self.task == "classification":
@@ -442,11 +503,10 @@ class GencvEstimator(BaseEstimator):
     def _set_history_stats(self) -> None:
         h = self.net_.history
         self.epochs_run_ = len(h)
-        if self.train.early_stopping is not None and "valid_loss" in h[-1]:
-            losses = h[:, "valid_loss"]
-            self.best_epoch_ = int(np.argmin(losses)) + 1
-        else:
-            self.best_epoch_ = self.epochs_run_
+        stopper = dict(self.net_.callbacks_).get("early_stopping")
+        # The epoch early stopping judged best (min_delta applied): the weights restored when restore_best.
+        best = int(getattr(stopper, "best_epoch_", 0) or 0)
+        self.best_epoch_ = best if best > 0 else self.epochs_run_
 
     # ------------------------------------------------------------------ predicting
     def _outputs(self, X: np.ndarray) -> torch.Tensor:

@@ -23,6 +23,10 @@ class Metric:
     higher_is_better: bool
     needs_proba: bool
     func: Callable[..., float]
+    bounds: tuple[float, float] = (0.0, 1.0)  # the values the metric can take
+    # The same number in plain numpy, for per-epoch learning curves where sklearn's input checks
+    # cost more than the epoch (tests hold it to sklearn's value); None: use `func`.
+    fast: Callable[..., float] | None = None
 
     @property
     def direction(self) -> str:
@@ -49,11 +53,47 @@ def _roc_auc(y: np.ndarray, proba: np.ndarray, labels: Sequence[int]) -> float:
     return float(skm.roc_auc_score(y, proba, multi_class="ovr", labels=list(labels)))
 
 
+def _fast_accuracy(y: np.ndarray, p: np.ndarray) -> float:
+    return float(np.mean(y == p))
+
+
+def _fast_balanced_accuracy(y: np.ndarray, p: np.ndarray) -> float:
+    # mean recall over the classes present in y_true (sklearn drops classes seen only in y_pred)
+    classes, y_codes = np.unique(y, return_inverse=True)
+    hits = np.bincount(y_codes, weights=(y == p).astype(np.float64), minlength=len(classes))
+    return float(np.mean(hits / np.bincount(y_codes, minlength=len(classes))))
+
+
+def _fast_rmse(y: np.ndarray, p: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((np.asarray(y, np.float64) - p) ** 2)))
+
+
+def _fast_mae(y: np.ndarray, p: np.ndarray) -> float:
+    return float(np.mean(np.abs(np.asarray(y, np.float64) - p)))
+
+
+def _fast_r2(y: np.ndarray, p: np.ndarray) -> float:
+    y = np.asarray(y, np.float64)
+    if len(y) < 2:
+        return float("nan")
+    ss_res, ss_tot = float(np.sum((y - p) ** 2)), float(np.sum((y - y.mean()) ** 2))
+    if ss_tot == 0.0:
+        return 1.0 if ss_res == 0.0 else 0.0
+    return 1.0 - ss_res / ss_tot
+
+
+def _fast_log_loss(y: np.ndarray, proba: np.ndarray, labels: Sequence[int]) -> float:
+    eps = np.finfo(proba.dtype).eps
+    picked = np.clip(proba, eps, 1 - eps)[np.arange(len(y)), np.asarray(y, dtype=np.int64)]
+    return float(-np.mean(np.log(picked)))
+
+
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in [
-        Metric("accuracy", "classification", True, False, skm.accuracy_score),
-        Metric("balanced_accuracy", "classification", True, False, skm.balanced_accuracy_score),
+        Metric("accuracy", "classification", True, False, skm.accuracy_score, fast=_fast_accuracy),
+        Metric("balanced_accuracy", "classification", True, False, skm.balanced_accuracy_score,
+               fast=_fast_balanced_accuracy),
         Metric(
             "precision_macro", "classification", True, False,
             lambda y, p: skm.precision_score(y, p, average="macro", zero_division=0),
@@ -63,13 +103,16 @@ METRICS: dict[str, Metric] = {
             lambda y, p: skm.recall_score(y, p, average="macro", zero_division=0),
         ),
         Metric("f1_macro", "classification", True, False, lambda y, p: skm.f1_score(y, p, average="macro", zero_division=0)),
-        Metric("log_loss", "classification", False, True, _log_loss),
+        Metric("log_loss", "classification", False, True, _log_loss, (0.0, np.inf), fast=_fast_log_loss),
         Metric("roc_auc", "classification", True, True, _roc_auc),
-        Metric("rmse", "regression", False, False, _rmse),
-        Metric("mae", "regression", False, False, skm.mean_absolute_error),
-        Metric("r2", "regression", True, False, skm.r2_score),
+        Metric("rmse", "regression", False, False, _rmse, (0.0, np.inf), fast=_fast_rmse),
+        Metric("mae", "regression", False, False, skm.mean_absolute_error, (0.0, np.inf), fast=_fast_mae),
+        Metric("r2", "regression", True, False, skm.r2_score, (-np.inf, 1.0), fast=_fast_r2),
     ]
 }
+
+
+_PRF_INDEX = {"precision_macro": 0, "recall_macro": 1, "f1_macro": 2}
 
 
 def metrics_for_task(task: str) -> list[Metric]:
@@ -94,8 +137,14 @@ def score_all(
     # Inputs come from our own predictions on validated data: skip sklearn's repeated
     # parameter validation and finiteness scans (they cost more than the metrics themselves).
     with sklearn.config_context(skip_parameter_validation=True, assume_finite=True):
+        prf: tuple[float, float, float] | None = None
         for m in metrics_for_task(task):
-            if m.needs_proba:
+            if m.name in _PRF_INDEX:  # the three macro scores from one pass (what each score function does inside)
+                if prf is None:
+                    p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, average="macro", zero_division=0)
+                    prf = (float(p), float(r), float(f))
+                out[m.name] = prf[_PRF_INDEX[m.name]]
+            elif m.needs_proba:
                 if proba is None:
                     continue
                 out[m.name] = float(m.func(y_true, proba, labels))

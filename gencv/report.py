@@ -12,11 +12,29 @@ from scipy import stats
 from gencv.cv import CVResult
 from gencv.metrics import METRICS
 
-__all__ = ["fold_table", "plot_fold_scores", "plot_learning_curves", "summarize", "summary_markdown", "summary_table"]
+__all__ = [
+    "fold_table", "plot_fold_scores", "plot_learning_curves", "summarize", "summary_markdown", "summary_table",
+    "value_bounds",
+]
 
 
-def summarize(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
-    """Mean, sample std and a t-interval of the mean over folds (NaNs dropped).
+def value_bounds(key: str) -> tuple[float, float]:
+    """The values a flat metric key can take: `valid_accuracy` in [0, 1], `gap_accuracy` in [-1, 1],
+    `train_loss` and `test_rmse` >= 0; unbounded (or unknown, such as measures) otherwise."""
+    prefix, _, name = key.partition("_")
+    if name == "loss" and prefix in ("train", "valid", "test"):
+        return (0.0, np.inf)
+    metric = METRICS.get(name)
+    if metric is None or prefix not in ("train", "valid", "test", "gap"):
+        return (-np.inf, np.inf)
+    lo, hi = metric.bounds
+    return (lo - hi, hi - lo) if prefix == "gap" else (lo, hi)
+
+
+def summarize(values: Sequence[float], confidence: float = 0.95,
+              bounds: tuple[float, float] = (-np.inf, np.inf)) -> dict[str, float]:
+    """Mean, sample std and a t-interval of the mean over folds (NaNs dropped), clipped to `bounds`
+    (an accuracy interval never reaches past 1).
 
     The interval treats folds as independent, which they are not (training sets overlap):
     it is a descriptive spread, usually too narrow; see stats.corrected_ttest for comparisons.
@@ -28,7 +46,8 @@ def summarize(values: Sequence[float], confidence: float = 0.95) -> dict[str, fl
     mean = float(v.mean())
     std = float(v.std(ddof=1)) if n > 1 else 0.0
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * std / np.sqrt(n)) if n > 1 else 0.0
-    return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "n": n}
+    lo, hi = bounds
+    return {"mean": mean, "std": std, "ci_low": max(mean - half, lo), "ci_high": min(mean + half, hi), "n": n}
 
 
 def fold_table(result: CVResult) -> pd.DataFrame:
@@ -62,7 +81,7 @@ def summary_table(result: CVResult) -> pd.DataFrame:
         for k in f.flat_metrics():
             if k not in keys and k not in ("fit_seconds",):
                 keys.append(k)
-    rows = [{"metric": k, **summarize(result.values(k))} for k in keys]
+    rows = [{"metric": k, **summarize(result.values(k), bounds=value_bounds(k))} for k in keys]
     return pd.DataFrame(rows, columns=["metric", "mean", "std", "ci_low", "ci_high", "n"])
 
 

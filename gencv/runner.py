@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import subprocess
@@ -77,19 +78,39 @@ def make_estimator(exp: Experiment, ds: Dataset, seed: int | None = None) -> Gen
         raise SpecError(f"model.kind: got 'cnn' but data.source={ds.name!r} is not image data; use model.kind=mlp or data.source=digits")
     return GencvEstimator(
         exp.model, exp.train, task=ds.task, n_features=ds.X.shape[1], n_classes=max(len(ds.classes), 2),
-        image_shape=ds.image_shape, scale=exp.data.scale, time_ordered=ds.is_time_series,
-        seed=exp.seed if seed is None else seed,
+        image_shape=ds.image_shape, scale=exp.data.scale, time_ordered=ds.is_time_series, time_gap=ds.min_gap,
+        metric=exp.metric, seed=exp.seed if seed is None else seed,
     )
 
 
 def prepare(exp: Experiment, *, allow_large_loo: bool = False) -> Prepared:
     """Load data, hold out the test set, build and check the folds and the estimator; no training."""
     ds = load_dataset(exp.data, seed=derive_seed(exp.seed, "data"))
+    if exp.cv.kind == "rolling" and not ds.is_time_series:
+        # Rolling CV says the rows are in time order: the test set, early stopping and folds must
+        # treat them so (the latest block held out), or they would train on the future.
+        log.info("cv.kind=rolling on data without data.time: rows are taken to be in time order")
+        ds = dataclasses.replace(ds, time_index=np.arange(ds.n_samples))
     check_metric_for_task(exp.metric, ds.task)
+    _check_device(exp.train.device)
     cv_idx, test_idx = holdout_test(ds, exp.data.test_size, seed=derive_seed(exp.seed, "test"))
     folds = make_folds(exp.cv, y=ds.y, task=ds.task, seed=derive_seed(exp.seed, "cv"), indices=cv_idx,
-                       groups=ds.groups, is_time_series=ds.is_time_series, allow_large_loo=allow_large_loo)
+                       groups=ds.groups, is_time_series=ds.is_time_series, min_gap=ds.min_gap,
+                       allow_large_loo=allow_large_loo)
     return Prepared(exp, ds, cv_idx, test_idx, folds, make_estimator(exp, ds))
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            raise SpecError(f"train.device: got {device!r}, but this machine has {found} CUDA device(s); "
+                            "use train.device=cpu" + (f" or cuda:0..cuda:{found - 1}" if found else ""))
+    elif device == "mps" and not torch.backends.mps.is_available():
+        raise SpecError("train.device: got 'mps', but MPS is not available here; use train.device=cpu")
 
 
 def _git_commit() -> str | None:
@@ -108,6 +129,8 @@ def run_tags(exp: Experiment, ds: Dataset) -> dict[str, str]:
         "gencv.spec_digest": exp.digest(),
         "gencv.data_digest": ds.digest,
         "gencv.seed": str(exp.seed),
+        # every seed below is derived from gencv.seed; logged so each random choice can be traced
+        **{f"gencv.seed.{part}": str(derive_seed(exp.seed, part)) for part in ("data", "test", "cv", "refit")},
         "gencv.version": __version__,
         "gencv.task": ds.task,
         "gencv.cv": exp.cv.kind,
@@ -192,12 +215,18 @@ def run_experiment(
         outcome_ref.append(outcome)
         if result.n_failed:
             outcome.notes.append(f"{result.n_failed} of {len(result.folds)} folds failed; summaries use the others")
+        outcome.notes.extend(_measure_notes(result))
         if refit and result.ok_folds:
             try:
                 outcome.refit_estimator, outcome.refit_test_scores = _refit(exp, prep, tracker, run_id)
             except DivergenceError as exc:
                 outcome.notes.append(f"the refit on all non-test data diverged ({exc}); no model was logged")
                 tracker.set_tags(run_id, {"gencv.refit": "diverged"})
+            except (ValueError, RuntimeError) as exc:  # the folds are kept; the refit is reported as failed
+                log.debug("refit failed", exc_info=True)
+                outcome.notes.append(f"the refit on all non-test data failed ({type(exc).__name__}: {exc}); "
+                                     "no model was logged")
+                tracker.set_tags(run_id, {"gencv.refit": "failed"})
         _log_parent(tracker, run_id, exp, outcome)
         status = "FINISHED" if result.ok_folds else "FAILED"
         return outcome
@@ -213,6 +242,16 @@ def run_experiment(
                 _resolve_ids(tracker, outcome_ref[0])
             for exc in interrupted:
                 exc.gencv_run_id = tracker.resolve(run_id)  # type: ignore[attr-defined]  # for the resume hint
+
+
+def _measure_notes(result: CVResult) -> list[str]:
+    """Notes of the measures (sample size capped, no convergence, failures), one line per distinct note."""
+    folds_of: dict[str, list[int]] = {}
+    for f in result.folds:
+        for note in f.measure_notes:
+            folds_of.setdefault(note, []).append(f.index)
+    return [f"measures, fold{'s' if len(ix) > 1 else ''} {', '.join(map(str, ix))}: {note}"
+            for note, ix in folds_of.items()]
 
 
 def _resolve_ids(tracker: MlflowTracker, outcome: RunOutcome) -> None:

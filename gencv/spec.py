@@ -114,6 +114,15 @@ class TrainSpec(_Strict):
     early_stopping: EarlyStoppingSpec | None = Field(default_factory=EarlyStoppingSpec)
     device: str = "cpu"
 
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", v):
+            raise ValueError("use cpu, cuda, cuda:N (a GPU index) or mps")
+        return v
+
     @field_validator("schedule", mode="before")
     @classmethod
     def _schedule_shorthand(cls, v: Any) -> Any:
@@ -174,6 +183,18 @@ class Distribution(_Strict):
         return self
 
 
+# pruner -> option -> (type, lowest, highest, default); bounds are exclusive for floats, inclusive
+# for ints. Steps count folds: the median and hyperband pruners see step = folds done (1, 2, ...),
+# so `n_warmup_steps: 2` means "never prune before two folds are done". Whether `min_resource`
+# fits the number of folds is checked when the study opens (the fold count is known then).
+PRUNER_OPTIONS: dict[str, dict[str, tuple[type, float, float, float]]] = {
+    "wilcoxon": {"p_threshold": (float, 0.0, 1.0, 0.1), "n_startup_steps": (int, 0, 10**6, 2)},
+    "median": {"n_startup_trials": (int, 0, 10**6, 3), "n_warmup_steps": (int, 0, 10**6, 2)},
+    "hyperband": {"reduction_factor": (int, 2, 100, 3), "min_resource": (int, 1, 10**6, 1)},
+    "none": {},
+}
+
+
 class TuneSpec(_Strict):
     """Optuna study settings and search space."""
 
@@ -184,8 +205,34 @@ class TuneSpec(_Strict):
     nested: bool = False
     inner_cv: CVSpec = Field(default_factory=lambda: CVSpec(kind="stratified", n_splits=3))
     space: dict[str, Distribution] = Field(default_factory=dict)
+    pruner_options: dict[str, float] = Field(default_factory=dict)
     max_consecutive_failures: int = Field(10, ge=1)
     divergence: Literal["prune", "penalty"] = "prune"
+
+    @model_validator(mode="after")
+    def _check_pruner_options(self) -> TuneSpec:
+        import math
+
+        allowed = PRUNER_OPTIONS[self.pruner]
+        for key, value in self.pruner_options.items():
+            if key not in allowed:
+                names = ", ".join(allowed) or "none"
+                raise ValueError(f"tune.pruner_options.{key} is not an option of the {self.pruner} pruner."
+                                 f"{did_you_mean(key, allowed)} Options of {self.pruner}: {names}")
+            kind, lo, hi, _ = allowed[key]
+            span = f"between {lo} and {hi} (exclusive)" if kind is float else f"from {int(lo)} to {int(hi)}"
+            if not math.isfinite(value):  # before int(): int(inf) raises OverflowError, int(nan) ValueError
+                raise ValueError(f"tune.pruner_options.{key}: got {value!r}; use a finite value {span}")
+            if kind is int and float(value) != int(value):
+                raise ValueError(f"tune.pruner_options.{key}: got {value!r}; use a whole number {span}")
+            if not (lo < value < hi if kind is float else lo <= value <= hi):
+                raise ValueError(f"tune.pruner_options.{key}: got {value!r}; use a value {span}")
+        return self
+
+    def pruner_settings(self) -> dict[str, float]:
+        """The pruner's options: the spec's, over gencv's defaults."""
+        options = PRUNER_OPTIONS[self.pruner]
+        return {k: kind(self.pruner_options.get(k, default)) for k, (kind, _, _, default) in options.items()}
 
 
 class Experiment(_Strict):

@@ -40,9 +40,14 @@ def make_splitter(
     task: str,
     seed: int,
     is_time_series: bool = False,
+    min_gap: int = 0,
     field: str = "cv",
 ) -> BaseCrossValidator | ShuffleSplit | TimeSeriesSplit | RepeatedKFold:
-    """The scikit-learn splitter named by `cv.kind`, seeded with `seed` where it shuffles."""
+    """The scikit-learn splitter named by `cv.kind`, seeded with `seed` where it shuffles.
+
+    `min_gap`: for time series, the fewest rows between a training block and the later held-out
+    block (lag windows with horizon h need h - 1); `cv.gap` below it is raised to it.
+    """
     kind = cv.kind
     classif = task == "classification"
     if is_time_series and kind not in ("rolling", "holdout"):
@@ -61,12 +66,13 @@ def make_splitter(
         return LeaveOneOut()
     if kind == "holdout":
         if is_time_series:
-            return _TimeHoldout(cv.test_fraction)
+            return _TimeHoldout(cv.test_fraction, gap=min_gap)
         cls = StratifiedShuffleSplit if classif else ShuffleSplit
         return cls(n_splits=1, test_size=cv.test_fraction, random_state=seed)
     if kind == "rolling":
         max_train = cv.max_train_size if cv.window == "sliding" else None
-        return TimeSeriesSplit(n_splits=cv.n_splits, max_train_size=max_train, test_size=cv.test_size, gap=cv.gap)
+        return TimeSeriesSplit(n_splits=cv.n_splits, max_train_size=max_train, test_size=cv.test_size,
+                               gap=max(cv.gap, min_gap))
     if kind == "repeated":
         cls = RepeatedStratifiedKFold if classif else RepeatedKFold
         return cls(n_splits=cv.n_splits, n_repeats=cv.n_repeats, random_state=seed)
@@ -78,10 +84,11 @@ def make_splitter(
 
 
 class _TimeHoldout:
-    """One split: the earlier part trains, the last `fraction` validates."""
+    """One split: the earlier part trains, the last `fraction` validates, `gap` rows between them dropped."""
 
-    def __init__(self, fraction: float) -> None:
+    def __init__(self, fraction: float, gap: int = 0) -> None:
         self.fraction = fraction
+        self.gap = gap
 
     def get_n_splits(self, X: object = None, y: object = None, groups: object = None) -> int:
         return 1
@@ -90,7 +97,7 @@ class _TimeHoldout:
         n = len(X)
         n_valid = max(1, int(np.ceil(self.fraction * n)))
         idx = np.arange(n)
-        yield idx[: n - n_valid], idx[n - n_valid :]
+        yield idx[: max(n - n_valid - self.gap, 0)], idx[n - n_valid :]
 
 
 def make_folds(
@@ -102,18 +109,22 @@ def make_folds(
     indices: np.ndarray,
     groups: np.ndarray | None = None,
     is_time_series: bool = False,
+    min_gap: int = 0,
     allow_large_loo: bool = False,
     field: str = "cv",
 ) -> list[Fold]:
     """Check the scheme against the data, then return its folds as absolute indices.
 
-    `indices` are the dataset rows available to CV (the held-out test rows are excluded).
+    `indices` are the dataset rows available to CV (the held-out test rows are excluded);
+    `min_gap` is `Dataset.min_gap` (see `make_splitter`).
     """
     n = len(indices)
     y_sub = y[indices]
     g_sub = groups[indices] if groups is not None else None
+    if is_time_series and min_gap > cv.gap and cv.kind == "rolling":
+        cv = cv.model_copy(update={"gap": min_gap})
     _check(cv, n=n, y=y_sub, task=task, groups=g_sub, allow_large_loo=allow_large_loo, field=field)
-    splitter = make_splitter(cv, task=task, seed=seed, is_time_series=is_time_series, field=field)
+    splitter = make_splitter(cv, task=task, seed=seed, is_time_series=is_time_series, min_gap=min_gap, field=field)
     local = np.arange(n)
     folds = []
     try:
@@ -121,6 +132,9 @@ def make_folds(
             folds.append(Fold(i, indices[tr], indices[va]))
     except ValueError as exc:
         raise SplitError(f"{field}: {cv.kind} CV cannot split these {n} samples: {exc}") from None
+    if any(len(f.train) == 0 for f in folds):
+        raise SplitError(f"{field}: {cv.kind} CV leaves a fold with no training data in these {n} samples; "
+                         f"use a smaller {field}.test_fraction or more data")
     return folds
 
 

@@ -51,6 +51,12 @@ def test_run_json_and_no_track(tmp_path: Path) -> None:
         (["run", QUICK, "--set", "metric=rmse", "--no-track"], "regression metric"),
         (["run", QUICK, "--set", "data.source=csv:nope.csv", "--no-track"], "does not exist"),
         (["validate", QUICK, "--set", "train.lr=-1"], "train.lr: got -1"),
+        (["validate", QUICK, "--set", "train.device=gpu"], "train.device: got 'gpu': use cpu, cuda"),
+        (["run", QUICK, "--set", "train.device=cuda:7", "--no-track"], "train.device: got 'cuda:7', but this machine"),
+        (["run", QUICK, "--set", "cv.kind=kfold", "--set", "cv.n_splits=500", "--no-track"],
+         "cv.n_splits: got 500, more than the 120 samples"),
+        (["run", QUICK, "--set", "data.source=sunspots", "--set", "metric=rmse", "--set", "cv.kind=rolling",
+          "--set", "cv.n_splits=400", "--no-track"], "cv.n_splits: got 400 rolling splits"),
     ],
 )
 def test_bad_input_exits_2_with_message_and_no_traceback(args: list[str], message: str) -> None:
@@ -66,6 +72,15 @@ def test_validate_prints_resolved_spec_and_datasets_lists_sources() -> None:
     assert "lr: 0.3" in res.stdout and "early_stopping:" in res.stdout
     res = runner.invoke(app, ["datasets"])
     assert res.exit_code == 0 and "sunspots" in res.stdout and "breast_cancer" in res.stdout
+
+
+def test_gap_direction_in_the_fold_table_follows_the_metric() -> None:
+    res = runner.invoke(app, ["run", QUICK, "--no-track", "-q", "--set", "data.source=diabetes", "--set", "metric=rmse",
+                              "--set", "cv.kind=kfold", "--set", "cv.n_splits=2", "--set", "train.max_epochs=2"])
+    assert res.exit_code == 0, res.output
+    assert "gap = valid - train" in " ".join(res.stdout.split())
+    res = runner.invoke(app, ["run", QUICK, *FAST, "--no-track", "-q"])
+    assert "gap = train - valid" in " ".join(res.stdout.split())
 
 
 def test_diverging_folds_fail_cleanly_and_exit_1() -> None:

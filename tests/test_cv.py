@@ -91,3 +91,80 @@ def test_same_seed_same_results_and_resumed_folds_are_reused() -> None:
                        on_fold_end=lambda r, pos: seen.append(r.index))
     assert c.folds[0] is restored and seen == [0, 1, 2]
     assert c.folds[2].valid_scores == a.folds[2].valid_scores
+
+
+def test_lag_windows_with_a_horizon_never_train_on_targets_past_a_held_out_origin() -> None:
+    # horizon 3: window i's target lies 2 rows after window i+2's last lag, so 2 rows must separate
+    # every training block from the held-out block after it (test set, CV folds, early stopping).
+    exp = tiny(**{"data.source": "synthetic_timeseries", "cv.kind": "rolling", "metric": "rmse", "data.lags": 5,
+                  "data.horizon": 3, "cv.gap": 0, "cv.n_splits": 3})
+    prep = prepare(exp)
+    assert prep.dataset.min_gap == 2
+    assert prep.cv_idx.max() + 2 < prep.test_idx.min()
+    for fold in prep.folds:
+        assert fold.train.max() + 2 < fold.valid.min()
+    from gencv.estimators import InnerSplit
+
+    est = prep.estimator
+    assert est.time_ordered and est.time_gap == 2
+    split = InnerSplit(0.2, stratified=False, time_ordered=True, seed=0, gap=est.time_gap)
+    tr, va = split.positions(len(prep.folds[0].train), None)
+    assert va.max() == len(prep.folds[0].train) - 1 and tr.max() + 2 < va.min()  # last block, 2 rows left out
+    ds = prep.dataset
+    res = cross_validate(est, ds.X, ds.y, prep.folds[:1], metric="rmse", seed=0)
+    assert np.array_equal(res.folds[0].inner_valid_idx, prep.folds[0].train[va])
+    # horizon 1 needs no gap: nothing is dropped
+    prep1 = prepare(exp.with_overrides({"data.horizon": 1}))
+    assert prep1.dataset.min_gap == 0 and prep1.cv_idx.max() + 1 == prep1.test_idx.min()
+
+
+def test_rolling_cv_treats_rows_as_time_ordered_without_a_time_column(tmp_path: Any) -> None:
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    p = tmp_path / "series.csv"
+    pd.DataFrame({"a": rng.normal(size=80), "b": rng.normal(size=80), "y": rng.normal(size=80)}).to_csv(p, index=False)
+    prep = prepare(tiny(**{"data.source": f"csv:{p}", "data.target": "y", "cv.kind": "rolling", "metric": "rmse"}))
+    assert np.array_equal(prep.test_idx, np.arange(64, 80))  # the latest block, not a random sample
+    assert prep.estimator.time_ordered  # early stopping validates on the end of each training window
+    for fold in prep.folds:
+        assert fold.train.max() < fold.valid.min()
+
+
+def test_every_epoch_has_its_curve_point_and_best_epoch_is_the_restored_one() -> None:
+    # Early stopping fires (patience 2, min_delta large enough to count most epochs as misses).
+    exp = tiny(**{"train.max_epochs": 40, "train.early_stopping.patience": 2, "train.early_stopping.min_delta": 0.01,
+                  "metric": "balanced_accuracy"})
+    prep = prepare(exp)
+    ds = prep.dataset
+    res = cross_validate(prep.estimator, ds.X, ds.y, prep.folds, metric="balanced_accuracy", seed=0,
+                         keep_estimators=True)
+    for f in res.folds:
+        assert f.epochs_run < 40  # stopped early
+        assert all({"curve_valid_loss", "curve_valid_balanced_accuracy"} <= set(row) for row in f.history)
+        stopper = dict(f.estimator.net_.callbacks_)["early_stopping"]
+        assert f.best_epoch == stopper.best_epoch_
+        es = [row["curve_es_loss"] for row in f.history]
+        # best by min_delta: no later epoch improved on it by more than min_delta
+        assert all(v > es[f.best_epoch - 1] - 0.01 for v in es[f.best_epoch:])
+    # the primary metric's curve is that metric: the last point equals the fold's score when no restore moved weights
+    from sklearn.metrics import balanced_accuracy_score
+
+    exp2 = exp.with_overrides({"train.early_stopping": None, "train.max_epochs": 3})
+    prep2 = prepare(exp2)
+    res2 = cross_validate(prep2.estimator, ds.X, ds.y, prep2.folds, metric="balanced_accuracy", seed=0,
+                          keep_estimators=True)
+    for f, fold in zip(res2.folds, prep2.folds):
+        want = balanced_accuracy_score(ds.y[fold.valid], f.estimator.predict(ds.X[fold.valid]))
+        assert f.history[-1]["curve_valid_balanced_accuracy"] == pytest.approx(want, abs=1e-12)
+        assert f.valid_scores["balanced_accuracy"] == pytest.approx(want, abs=1e-12)
+
+
+def test_regression_curve_is_in_target_units() -> None:
+    exp = tiny(**{"data.source": "diabetes", "cv.kind": "kfold", "metric": "mae", "train.early_stopping": None,
+                  "train.max_epochs": 3})
+    prep = prepare(exp)
+    ds = prep.dataset
+    res = cross_validate(prep.estimator, ds.X, ds.y, prep.folds, metric="mae", seed=0)
+    for f in res.folds:
+        assert f.history[-1]["curve_valid_mae"] == pytest.approx(f.valid_scores["mae"], rel=1e-5)

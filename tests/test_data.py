@@ -50,7 +50,7 @@ def test_csv_errors_name_the_column(tmp_path: Path) -> None:
         load_dataset(DataSpec(source=f"csv:{p}", target="y"))
     q = tmp_path / "r.csv"
     pd.DataFrame({"a": np.arange(30.0), "y": np.r_[np.linspace(0, 1, 29), np.inf]}).to_csv(q, index=False)
-    with pytest.raises(DataError, match="target contains NaN or inf"):
+    with pytest.raises(DataError, match=r"target column 'y' has 1 NaN or inf value"):
         load_dataset(DataSpec(source=f"csv:{q}", target="y"))
     with pytest.raises(SpecError, match="does not exist"):
         load_dataset(DataSpec(source=f"csv:{tmp_path}/none.csv", target="y"))

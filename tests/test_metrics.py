@@ -15,9 +15,22 @@ def test_classification_scores_match_sklearn() -> None:
     pred = proba.argmax(1)
     s = score_all("classification", y, pred, proba, [0, 1, 2])
     assert s["accuracy"] == pytest.approx(skm.accuracy_score(y, pred), abs=1e-12)
+    assert s["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred), abs=1e-12)
+    assert s["precision_macro"] == pytest.approx(skm.precision_score(y, pred, average="macro"), abs=1e-12)
+    assert s["recall_macro"] == pytest.approx(skm.recall_score(y, pred, average="macro"), abs=1e-12)
     assert s["f1_macro"] == pytest.approx(skm.f1_score(y, pred, average="macro"), abs=1e-12)
     assert s["log_loss"] == pytest.approx(skm.log_loss(y, proba), abs=1e-12)
     assert s["roc_auc"] == pytest.approx(skm.roc_auc_score(y, proba, multi_class="ovr"), abs=1e-12)
+
+
+def test_macro_scores_when_a_class_is_never_predicted() -> None:
+    y = np.array([0, 0, 1, 1, 2, 2])
+    pred = np.array([0, 0, 1, 0, 1, 1])  # class 2 never predicted: its precision is 0 (zero_division=0)
+    s = score_all("classification", y, pred, None, [0, 1, 2])
+    assert s["precision_macro"] == pytest.approx((2 / 3 + 1 / 3 + 0) / 3, abs=1e-12)
+    assert s["recall_macro"] == pytest.approx((1 + 0.5 + 0) / 3, abs=1e-12)
+    assert s["f1_macro"] == pytest.approx(skm.f1_score(y, pred, average="macro", zero_division=0), abs=1e-12)
+    assert "roc_auc" not in s and "log_loss" not in s  # no probabilities, no probability metrics
 
 
 def test_binary_auc_uses_positive_column_and_regression_metrics() -> None:
@@ -38,3 +51,31 @@ def test_directions_and_task_check() -> None:
     assert METRICS["log_loss"].higher_is_better is False
     with pytest.raises(SpecError, match="metric: got 'rmse', a regression metric"):
         check_metric_for_task("rmse", "classification")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_fast_curve_metrics_equal_sklearn(seed: int) -> None:
+    # The numpy versions used per epoch give sklearn's numbers, edge cases included.
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 40))
+    y = rng.integers(0, 4, n)
+    proba = rng.dirichlet(np.ones(4) * 0.3, n)
+    proba[0] = [1.0, 0.0, 0.0, 0.0]  # an exact 0/1 probability: both clip it the same way
+    pred = proba.argmax(1) if seed % 2 else np.full(n, 3)  # odd seeds: a class predicted that may be absent
+    labels = [0, 1, 2, 3]
+    fast = {k: m.fast for k, m in METRICS.items() if m.fast is not None}
+    assert set(fast) == {"accuracy", "balanced_accuracy", "log_loss", "rmse", "mae", "r2"}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert fast["accuracy"](y, pred) == pytest.approx(skm.accuracy_score(y, pred), abs=1e-12)
+        assert fast["balanced_accuracy"](y, pred) == pytest.approx(skm.balanced_accuracy_score(y, pred), abs=1e-12)
+        assert fast["log_loss"](y, proba, labels) == pytest.approx(skm.log_loss(y, proba, labels=labels), rel=1e-10)
+        yt, yp = rng.normal(size=n), rng.normal(size=n)
+        for name, ref in (("rmse", lambda a, b: np.sqrt(skm.mean_squared_error(a, b))),
+                          ("mae", skm.mean_absolute_error), ("r2", skm.r2_score)):
+            assert fast[name](yt, yp) == pytest.approx(ref(yt, yp), rel=1e-10, abs=1e-12), name
+        const = np.full(n, 2.0)
+        assert fast["r2"](const, const) == skm.r2_score(const, const) == 1.0
+        assert fast["r2"](const, yp) == skm.r2_score(const, yp) == 0.0

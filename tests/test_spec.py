@@ -82,3 +82,21 @@ def test_bad_override_syntax() -> None:
         parse_overrides(["train.lr"])
     with pytest.raises(SpecError, match=r"train\.lrr: unknown key"):
         Experiment().with_overrides({"train.lrr": 0.1})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", sorted(p.name for p in (ROOT / "experiments").glob("*.yaml")))
+def test_every_example_runs(path: str) -> None:
+    # Data and all folds of every shipped example, then one epoch on (at most 25 of) its folds; tuning
+    # examples run their base spec.
+    import math
+
+    from gencv.cv import cross_validate
+    from gencv.runner import prepare
+
+    exp = load_experiment(ROOT / "experiments" / path, ["train.max_epochs=1"])
+    prep = prepare(exp)
+    assert len(prep.folds) >= 1
+    ds = prep.dataset
+    res = cross_validate(prep.estimator, ds.X, ds.y, prep.folds[:25], metric=exp.metric, seed=exp.seed)
+    assert res.n_failed == 0 and all(math.isfinite(f.valid_scores[exp.metric]) for f in res.folds)

@@ -114,25 +114,6 @@ class TensorBatches:
             yield self.X[sl], (self.y[sl] if self.y is not None else dummy[sl])
 
 
-class _DivergenceGuard(Callback):
-    """Stop at the first batch whose training loss is NaN or infinite."""
-
-    def on_batch_end(self, net: Any, batch: Any = None, training: bool = False, **kw: Any) -> None:
-        if not training:
-            return
-        loss = kw.get("loss")
-        loss = float(loss.detach()) if loss is not None else net.history[-1, "batches", -1, "train_loss"]
-        if not math.isfinite(loss):
-            epoch = len(net.history)
-            batch_i = len(net.history[-1, "batches"])
-            raise DivergenceError(
-                f"training loss became {loss} at epoch {epoch}, batch {batch_i}; "
-                "lower train.lr, set train.clip_grad_norm, or scale the data",
-                epoch=epoch,
-                batch=batch_i,
-            )
-
-
 class _HeldOutCurve(Callback):
     """Record loss and primary metric of the held-out fold per epoch (for learning curves only, never for selection)."""
 
@@ -210,6 +191,11 @@ class _LeanLoopMixin:
             cache[1][name] = hooks
         return hooks
 
+    def on_batch_begin(self, net: Any, batch: Any = None, training: bool = False, **kwargs: Any) -> None:
+        # skorch's `history.new_batch()`, without History.__getitem__, which copies the whole history
+        # into a list on every call (per batch, a cost that grows with the epochs run).
+        list.__getitem__(self.history, -1)["batches"].append({})  # type: ignore[attr-defined]
+
     def notify(self, method_name: str, **cb_kwargs: Any) -> None:
         for hook in self._active_hooks(method_name):
             hook(self, **cb_kwargs)
@@ -220,7 +206,8 @@ class _LeanLoopMixin:
 
     def run_single_epoch(self, iterator: Any, training: bool, prefix: str, step_fn: Callable[..., Any],
                          **fit_params: Any) -> None:
-        """skorch's epoch (hooks, per-batch loss and size in the history), without its indexing overhead."""
+        """skorch's epoch (hooks, per-batch loss and size in the history), without its indexing overhead;
+        a training batch whose loss is NaN/inf raises DivergenceError."""
         if iterator is None:
             return
         begin, end = self._active_hooks("on_batch_begin"), self._active_hooks("on_batch_end")
@@ -232,7 +219,12 @@ class _LeanLoopMixin:
                 hook(self, batch=batch, training=training)
             step = step_fn(batch, **fit_params)
             row = batches[-1]
-            row[loss_key] = step["loss"].item()
+            row[loss_key] = loss = step["loss"].item()
+            if training and not math.isfinite(loss):  # stop at the first diverged batch, before another step
+                epoch = len(self.history)  # type: ignore[attr-defined]
+                raise DivergenceError(
+                    f"training loss became {loss} at epoch {epoch}, batch {len(batches)}; "
+                    "lower train.lr, set train.clip_grad_norm, or scale the data", epoch=epoch, batch=len(batches))
             first = batch[0] if isinstance(batch, (tuple, list)) else batch
             row[size_key] = first.shape[0] if isinstance(first, torch.Tensor) else get_len(first)
             for hook in end:
@@ -404,7 +396,6 @@ class GencvEstimator(BaseEstimator):
         # The held-out curve comes first among the epoch-end callbacks: early stopping ends training by
         # raising in its on_epoch_end, and the stopping epoch must still get its curve point.
         callbacks: list[tuple[str, Callback]] = [
-            ("divergence", _DivergenceGuard()),
             ("curve", _HeldOutCurve(X_eval, y_eval, self._curve_metric(), on_epoch)),
         ]
         if t.clip_grad_norm is not None:

@@ -6,7 +6,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import sklearn
 from sklearn import metrics as skm
 
 from gencv.errors import SpecError
@@ -24,8 +23,8 @@ class Metric:
     needs_proba: bool
     func: Callable[..., float]
     bounds: tuple[float, float] = (0.0, 1.0)  # the values the metric can take
-    # The same number in plain numpy, for per-epoch learning curves where sklearn's input checks
-    # cost more than the epoch (tests hold it to sklearn's value); None: use `func`.
+    # The same number in plain numpy, for per-epoch learning curves and `score_all`, where sklearn's
+    # input checks cost more than the metric (tests hold it to sklearn's value); None: use `func`.
     fast: Callable[..., float] | None = None
 
     @property
@@ -62,6 +61,43 @@ def _fast_balanced_accuracy(y: np.ndarray, p: np.ndarray) -> float:
     classes, y_codes = np.unique(y, return_inverse=True)
     hits = np.bincount(y_codes, weights=(y == p).astype(np.float64), minlength=len(classes))
     return float(np.mean(hits / np.bincount(y_codes, minlength=len(classes))))
+
+
+def _fast_prf(y: np.ndarray, p: np.ndarray) -> tuple[float, float, float]:
+    """Macro precision, recall and F1 (zero_division=0) over the labels in y_true or y_pred, as sklearn averages them."""
+    classes, codes = np.unique(np.concatenate([y, p]), return_inverse=True)
+    k, n = len(classes), len(y)
+    yc, pc = codes[:n], codes[n:]
+    tp = np.bincount(yc[yc == pc], minlength=k).astype(np.float64)
+    true_n = np.bincount(yc, minlength=k).astype(np.float64)
+    pred_n = np.bincount(pc, minlength=k).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(pred_n > 0, tp / pred_n, 0.0)
+        recall = np.where(true_n > 0, tp / true_n, 0.0)
+        f1 = np.where(true_n + pred_n > 0, 2 * tp / (true_n + pred_n), 0.0)  # = 2tp / (2tp + fp + fn)
+    return float(precision.mean()), float(recall.mean()), float(f1.mean())
+
+
+def _binary_auc(positive: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC as the Mann-Whitney statistic: ties count one half, the same number as the trapezoidal ROC area."""
+    from scipy.stats import rankdata
+
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    ranks = rankdata(np.asarray(score, np.float64))
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def _fast_roc_auc(y: np.ndarray, proba: np.ndarray, labels: Sequence[int]) -> float:
+    present = np.unique(y)
+    if len(present) < 2:
+        return float("nan")
+    if proba.shape[1] == 2:
+        return _binary_auc(y == present[-1], proba[:, 1])
+    if len(present) < proba.shape[1]:
+        return float("nan")
+    # one-vs-rest, macro: the unweighted mean over classes (column j of proba is labels[j])
+    return float(np.mean([_binary_auc(y == c, proba[:, j]) for j, c in enumerate(labels)]))
 
 
 def _fast_rmse(y: np.ndarray, p: np.ndarray) -> float:
@@ -104,7 +140,7 @@ METRICS: dict[str, Metric] = {
         ),
         Metric("f1_macro", "classification", True, False, lambda y, p: skm.f1_score(y, p, average="macro", zero_division=0)),
         Metric("log_loss", "classification", False, True, _log_loss, (0.0, np.inf), fast=_fast_log_loss),
-        Metric("roc_auc", "classification", True, True, _roc_auc),
+        Metric("roc_auc", "classification", True, True, _roc_auc, fast=_fast_roc_auc),
         Metric("rmse", "regression", False, False, _rmse, (0.0, np.inf), fast=_fast_rmse),
         Metric("mae", "regression", False, False, skm.mean_absolute_error, (0.0, np.inf), fast=_fast_mae),
         Metric("r2", "regression", True, False, skm.r2_score, (-np.inf, 1.0), fast=_fast_r2),
@@ -132,22 +168,23 @@ def check_metric_for_task(name: str, task: str) -> Metric:
 def score_all(
     task: str, y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray | None, labels: Sequence[int] = ()
 ) -> dict[str, float]:
-    """Every metric of the task on one set of predictions."""
+    """Every metric of the task on one set of predictions.
+
+    The numpy versions (`Metric.fast`, held to sklearn's numbers by the tests) are used: the inputs
+    are our own predictions on validated data, and sklearn's input checks cost ten times the metrics.
+    """
     out: dict[str, float] = {}
-    # Inputs come from our own predictions on validated data: skip sklearn's repeated
-    # parameter validation and finiteness scans (they cost more than the metrics themselves).
-    with sklearn.config_context(skip_parameter_validation=True, assume_finite=True):
-        prf: tuple[float, float, float] | None = None
-        for m in metrics_for_task(task):
-            if m.name in _PRF_INDEX:  # the three macro scores from one pass (what each score function does inside)
-                if prf is None:
-                    p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, average="macro", zero_division=0)
-                    prf = (float(p), float(r), float(f))
-                out[m.name] = prf[_PRF_INDEX[m.name]]
-            elif m.needs_proba:
-                if proba is None:
-                    continue
-                out[m.name] = float(m.func(y_true, proba, labels))
-            else:
-                out[m.name] = float(m.func(y_true, y_pred))
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    prf: tuple[float, float, float] | None = None
+    for m in metrics_for_task(task):
+        if m.name in _PRF_INDEX:  # the three macro scores from one confusion count
+            if prf is None:
+                prf = _fast_prf(y_true, y_pred)
+            out[m.name] = prf[_PRF_INDEX[m.name]]
+        elif m.needs_proba:
+            if proba is None:
+                continue
+            out[m.name] = float((m.fast or m.func)(y_true, proba, labels))
+        else:
+            out[m.name] = float((m.fast or m.func)(y_true, y_pred))
     return out

@@ -5,7 +5,7 @@ import pytest
 from sklearn import metrics as skm
 
 from gencv.errors import SpecError
-from gencv.metrics import METRICS, check_metric_for_task, score_all
+from gencv.metrics import METRICS, _fast_prf, check_metric_for_task, score_all
 
 
 def test_classification_scores_match_sklearn() -> None:
@@ -53,7 +53,7 @@ def test_directions_and_task_check() -> None:
         check_metric_for_task("rmse", "classification")
 
 
-@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("seed", range(12))
 def test_fast_curve_metrics_equal_sklearn(seed: int) -> None:
     # The numpy versions used per epoch give sklearn's numbers, edge cases included.
     rng = np.random.default_rng(seed)
@@ -64,7 +64,7 @@ def test_fast_curve_metrics_equal_sklearn(seed: int) -> None:
     pred = proba.argmax(1) if seed % 2 else np.full(n, 3)  # odd seeds: a class predicted that may be absent
     labels = [0, 1, 2, 3]
     fast = {k: m.fast for k, m in METRICS.items() if m.fast is not None}
-    assert set(fast) == {"accuracy", "balanced_accuracy", "log_loss", "rmse", "mae", "r2"}
+    assert set(fast) == {"accuracy", "balanced_accuracy", "log_loss", "roc_auc", "rmse", "mae", "r2"}
     import warnings
 
     with warnings.catch_warnings():
@@ -72,6 +72,22 @@ def test_fast_curve_metrics_equal_sklearn(seed: int) -> None:
         assert fast["accuracy"](y, pred) == pytest.approx(skm.accuracy_score(y, pred), abs=1e-12)
         assert fast["balanced_accuracy"](y, pred) == pytest.approx(skm.balanced_accuracy_score(y, pred), abs=1e-12)
         assert fast["log_loss"](y, proba, labels) == pytest.approx(skm.log_loss(y, proba, labels=labels), rel=1e-10)
+        # macro precision/recall/F1 over the labels of y_true and y_pred, zero_division=0
+        got = _fast_prf(y, pred)
+        for value, ref in zip(got, (skm.precision_score, skm.recall_score, skm.f1_score)):
+            assert value == pytest.approx(ref(y, pred, average="macro", zero_division=0), abs=1e-12)
+        # ROC AUC with ties (rounded scores): one-vs-rest macro, and binary on the positive column
+        tied = np.round(proba, 1)
+        tied = tied / tied.sum(1, keepdims=True)
+        if len(np.unique(y)) == 4:
+            assert fast["roc_auc"](y, tied, labels) == pytest.approx(
+                skm.roc_auc_score(y, tied, multi_class="ovr", labels=labels), abs=1e-12)
+        else:
+            assert np.isnan(fast["roc_auc"](y, tied, labels))  # a class absent: one-vs-rest undefined
+        yb = (y > 1).astype(int)
+        pb = np.stack([1 - tied[:, 3], tied[:, 3]], 1)
+        if 0 < yb.sum() < n:
+            assert fast["roc_auc"](yb, pb, [0, 1]) == pytest.approx(skm.roc_auc_score(yb, pb[:, 1]), abs=1e-12)
         yt, yp = rng.normal(size=n), rng.normal(size=n)
         for name, ref in (("rmse", lambda a, b: np.sqrt(skm.mean_squared_error(a, b))),
                           ("mae", skm.mean_absolute_error), ("r2", skm.r2_score)):
@@ -79,3 +95,12 @@ def test_fast_curve_metrics_equal_sklearn(seed: int) -> None:
         const = np.full(n, 2.0)
         assert fast["r2"](const, const) == skm.r2_score(const, const) == 1.0
         assert fast["r2"](const, yp) == skm.r2_score(const, yp) == 0.0
+
+
+def test_auc_is_missing_where_one_vs_rest_is_undefined() -> None:
+    proba = np.array([[0.7, 0.2, 0.1], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.8, 0.1]])
+    auc = METRICS["roc_auc"].fast
+    assert auc is not None
+    assert np.isnan(auc(np.array([0, 1, 0, 1]), proba, [0, 1, 2]))  # class 2 absent from the fold
+    assert np.isnan(auc(np.array([1, 1, 1, 1]), proba[:, :2], [0, 1]))  # a single class
+    assert auc(np.array([0, 1, 0, 1]), proba[:, :2], [0, 1]) == 1.0  # binary: the positive column ranks them

@@ -114,6 +114,11 @@ def measure_logged_run(
         spec_path = _download(tracker, run_id, "spec.yaml", tmp)
         exp = load_experiment(spec_path)
         state = torch.load(_download(tracker, run_id, "model_weights/state_dict.pt", tmp), weights_only=True)
+        logged = {a.path for a in tracker.client.list_artifacts(run_id, "model_weights")}
+        init_state = None
+        if "model_weights/init_state_dict.pt" in logged:  # runs of gencv before it was logged lack it
+            init_state = torch.load(_download(tracker, run_id, "model_weights/init_state_dict.pt", tmp),
+                                    weights_only=True)
     notes: list[str] = []
     cfg = _resolve_config(exp, config, overrides, notes)
     prep = prepare(exp, allow_large_loo=True)
@@ -137,12 +142,13 @@ def measure_logged_run(
         yv = torch.as_tensor(ds.y[prep.cv_idx], dtype=torch.float32).reshape(-1, 1)
         y = (yv - state["y_mean"]) / state["y_std"]
         loss = torch.nn.functional.mse_loss
-    result = compute_measures(module, Xs, y, loss, names, seed=derive_seed(exp.seed, "posthoc"), config=cfg)
+    result = compute_measures(module, Xs, y, loss, names, seed=derive_seed(exp.seed, "posthoc"), config=cfg,
+                              init_state=init_state)
     result.notes[:0] = notes
-    if "norms" in names:
+    if "norms" in names and init_state is None:
         result.notes.append(
-            "norms: dist_from_init is not available here: `gencv run` does not log the refit model's initial "
-            "weights (the fold runs compute it during training)"
+            "norms: dist_from_init is not available: this run has no model_weights/init_state_dict.pt "
+            "(a run logged before gencv recorded the refit's initial weights)"
         )
     if log_results:
         tracker.log_metrics(run_id, {f"refit_{k}": v for k, v in result.values.items()})

@@ -285,6 +285,14 @@ def _refit(exp: Experiment, prep: Prepared, tracker: Tracker, run_id: str) -> tu
         scores["loss"] = est.loss(Xt, yt)
     tracker.log_metrics(run_id, {f"refit_test_{k}": v for k, v in scores.items()} | {"refit_epochs_run": est.epochs_run_})
     tracker.log_model(run_id, est.to_torch(), ds.X[prep.cv_idx][:5])
+    if est.init_state_ is not None and not isinstance(tracker, NullTracker):
+        # The network's weights before training, for `gencv measure`'s dist_from_init.
+        import torch
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "init_state_dict.pt"
+            torch.save(est.init_state_, path)
+            tracker.log_artifact(run_id, path, "model_weights")  # copied now, uploaded in order
     return est, scores
 
 

@@ -42,7 +42,11 @@ def test_measures_are_logged_per_fold_summarised_and_plotted(tracking_uri: str) 
     assert post.result.values["n_params"] == out.cv.folds[0].measures["n_params"]
     # the run's measure_options are used (sample_size 60 of the 120 training rows)
     assert post.config == MeasureConfig(**exp.measure_options) and post.result.values["sample_size"] == 60
-    assert any("dist_from_init is not available" in n for n in post.result.notes)
+    # the refit's initial weights are logged, so the distance from them is measured too
+    assert not any("dist_from_init" in n for n in post.result.notes)
+    init = out.refit_estimator.init_state_
+    moved = sum(float(((p.detach() - init[k]) ** 2).sum()) for k, p in out.refit_estimator.net_.module_.named_parameters())
+    assert post.result.values["dist_from_init"] == pytest.approx(np.sqrt(moved), rel=1e-6)
     # the same numbers as compute_measures on the refit estimator's own module, preprocessing and labels
     direct = _direct_measures(out, POSTHOC)
     assert set(post.result.values) == set(direct)
@@ -78,7 +82,7 @@ def _direct_measures(out, names: list[str]) -> dict[str, float]:
     return compute_measures(
         est.net_.module_, torch.as_tensor(est.preprocess_.transform(out.dataset.X[rows])),
         torch.as_tensor(est._y_fit(out.dataset.y[rows])), loss, names,
-        seed=derive_seed(exp.seed, "posthoc"), config=MeasureConfig(**exp.measure_options),
+        seed=derive_seed(exp.seed, "posthoc"), config=MeasureConfig(**exp.measure_options), init_state=est.init_state_,
     ).values
 
 

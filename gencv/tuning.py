@@ -296,8 +296,10 @@ def _make_pruner(kind: str, n_folds: int, opts: Mapping[str, float], cv_field: s
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if kind == "wilcoxon":
-            return optuna.pruners.WilcoxonPruner(p_threshold=float(opts["p_threshold"]),
-                                                 n_startup_steps=int(opts["n_startup_steps"]))
+            from gencv.pruning import FastWilcoxonPruner  # Optuna's, with a numpy p-value
+
+            return FastWilcoxonPruner(p_threshold=float(opts["p_threshold"]),
+                                      n_startup_steps=int(opts["n_startup_steps"]))
         if kind == "median":
             return optuna.pruners.MedianPruner(n_startup_trials=int(opts["n_startup_trials"]),
                                                n_warmup_steps=int(opts["n_warmup_steps"]))

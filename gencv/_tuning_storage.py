@@ -68,7 +68,7 @@ def make_storage(url: str | None, *, heartbeat_interval: int, grace_period: int 
     elif kind == "postgresql":
         engine_kwargs = {"pool_pre_ping": True}
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _schema_lock(url, kind):
             warnings.simplefilter("ignore")  # heartbeat_interval is flagged experimental
             return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=int(heartbeat_interval),
                               grace_period=int(grace),
@@ -80,6 +80,35 @@ def make_storage(url: str | None, *, heartbeat_interval: int, grace_period: int 
         msg = str(exc).split("\n", 1)[0]
         raise GencvError(f"--storage {redact_url(url)}: cannot open the Optuna storage: "
                          f"{type(exc).__name__}: {_scrub(msg, url)}") from None
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str, kind: str) -> Iterator[None]:
+    """Let one worker at a time create or upgrade Optuna's tables.
+
+    Workers started together on an empty database would otherwise race in CREATE TABLE / CREATE TYPE
+    and all but one fail (PostgreSQL: duplicate key in pg_type). PostgreSQL: a session advisory lock
+    on a short-lived connection, held while `RDBStorage` creates or checks the schema.
+    """
+    if kind == "postgresql":
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.pool import NullPool
+
+        key = zlib.crc32(b"gencv-optuna-schema") - 2**31
+        engine = create_engine(url, poolclass=NullPool)
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                conn.commit()
+                try:
+                    yield
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    conn.commit()
+        finally:
+            engine.dispose()
+    else:  # SQLite is for one worker (see make_storage); others: as Optuna does it
+        yield
 
 
 def _scrub(text: str, url: str) -> str:

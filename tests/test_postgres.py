@@ -130,3 +130,38 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path: Path, 
     states = [t.state.name for t in study.trials]
     assert states.count("COMPLETE") + states.count("PRUNED") == total
     assert states.count("FAIL") == 1
+
+
+_OPEN_STORAGE = """
+import sys, time
+from pathlib import Path
+import optuna.storages, psycopg2, sqlalchemy  # noqa: F401  (imported before the start signal)
+from gencv._tuning_storage import make_storage
+go = Path(sys.argv[2])
+(go.parent / f"ready-{sys.argv[3]}").touch()
+while not go.exists():  # every process imported and waiting: then all open the storage at once
+    time.sleep(0.005)
+make_storage(sys.argv[1], heartbeat_interval=1)
+"""
+
+
+def test_workers_starting_together_on_an_empty_database_all_open_the_study(tmp_path: Path, pg_url: str) -> None:  # noqa: F811
+    # Optuna creates its tables on first use; workers started together would race in CREATE TYPE.
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("DROP DATABASE IF EXISTS fresh_race WITH (FORCE)"))
+        conn.execute(text("CREATE DATABASE fresh_race"))
+    admin.dispose()
+    url = make_url(pg_url).set(database="fresh_race").render_as_string(hide_password=False)
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_STORAGE, url, str(go), str(i)], stderr=subprocess.PIPE,
+                              text=True) for i in range(4)]
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("ready-*"))) < 4 and time.monotonic() < deadline and all(p.poll() is None for p in procs):
+        time.sleep(0.05)
+    go.touch()
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], "\n".join(e[-1500:] for e in errors)

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import sklearn
 from sklearn import metrics as skm
 
 from gencv.errors import SpecError
@@ -23,8 +24,9 @@ class Metric:
     needs_proba: bool
     func: Callable[..., float]
     bounds: tuple[float, float] = (0.0, 1.0)  # the values the metric can take
-    # The same number in plain numpy, for per-epoch learning curves and `score_all`, where sklearn's
-    # input checks cost more than the metric (tests hold it to sklearn's value); None: use `func`.
+    # The same number in plain numpy, for per-epoch learning curves, where sklearn's input checks
+    # cost more than the metric (tests hold it to sklearn's value); None: use `func`. Reported
+    # scores (`score_all`) always come from the scikit-learn function `func`.
     fast: Callable[..., float] | None = None
 
     @property
@@ -133,12 +135,15 @@ METRICS: dict[str, Metric] = {
         Metric(
             "precision_macro", "classification", True, False,
             lambda y, p: skm.precision_score(y, p, average="macro", zero_division=0),
+            fast=lambda y, p: _fast_prf(y, p)[0],
         ),
         Metric(
             "recall_macro", "classification", True, False,
             lambda y, p: skm.recall_score(y, p, average="macro", zero_division=0),
+            fast=lambda y, p: _fast_prf(y, p)[1],
         ),
-        Metric("f1_macro", "classification", True, False, lambda y, p: skm.f1_score(y, p, average="macro", zero_division=0)),
+        Metric("f1_macro", "classification", True, False, lambda y, p: skm.f1_score(y, p, average="macro", zero_division=0),
+               fast=lambda y, p: _fast_prf(y, p)[2]),
         Metric("log_loss", "classification", False, True, _log_loss, (0.0, np.inf), fast=_fast_log_loss),
         Metric("roc_auc", "classification", True, True, _roc_auc, fast=_fast_roc_auc),
         Metric("rmse", "regression", False, False, _rmse, (0.0, np.inf), fast=_fast_rmse),
@@ -168,23 +173,22 @@ def check_metric_for_task(name: str, task: str) -> Metric:
 def score_all(
     task: str, y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray | None, labels: Sequence[int] = ()
 ) -> dict[str, float]:
-    """Every metric of the task on one set of predictions.
-
-    The numpy versions (`Metric.fast`, held to sklearn's numbers by the tests) are used: the inputs
-    are our own predictions on validated data, and sklearn's input checks cost ten times the metrics.
-    """
+    """Every metric of the task on one set of predictions."""
     out: dict[str, float] = {}
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    prf: tuple[float, float, float] | None = None
-    for m in metrics_for_task(task):
-        if m.name in _PRF_INDEX:  # the three macro scores from one confusion count
-            if prf is None:
-                prf = _fast_prf(y_true, y_pred)
-            out[m.name] = prf[_PRF_INDEX[m.name]]
-        elif m.needs_proba:
-            if proba is None:
-                continue
-            out[m.name] = float((m.fast or m.func)(y_true, proba, labels))
-        else:
-            out[m.name] = float((m.fast or m.func)(y_true, y_pred))
+    # Inputs come from our own predictions on validated data: skip sklearn's repeated
+    # parameter validation and finiteness scans (they cost more than the metrics themselves).
+    with sklearn.config_context(skip_parameter_validation=True, assume_finite=True):
+        prf: tuple[float, float, float] | None = None
+        for m in metrics_for_task(task):
+            if m.name in _PRF_INDEX:  # the three macro scores from one pass (what each score function does inside)
+                if prf is None:
+                    p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, average="macro", zero_division=0)
+                    prf = (float(p), float(r), float(f))
+                out[m.name] = prf[_PRF_INDEX[m.name]]
+            elif m.needs_proba:
+                if proba is None:
+                    continue
+                out[m.name] = float(m.func(y_true, proba, labels))
+            else:
+                out[m.name] = float(m.func(y_true, y_pred))
     return out

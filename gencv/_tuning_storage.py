@@ -91,24 +91,33 @@ def _schema_lock(url: str, kind: str) -> Iterator[None]:
     on a short-lived connection, held while `RDBStorage` creates or checks the schema.
     """
     if kind == "postgresql":
-        from sqlalchemy import create_engine, text
+        from sqlalchemy import create_engine
         from sqlalchemy.pool import NullPool
 
-        key = zlib.crc32(b"gencv-optuna-schema") - 2**31
         engine = create_engine(url, poolclass=NullPool)
         try:
-            with engine.connect() as conn:
-                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
-                conn.commit()
-                try:
-                    yield
-                finally:
-                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                    conn.commit()
+            with _advisory_lock(engine, "gencv-optuna-schema"):
+                yield
         finally:
             engine.dispose()
     else:  # SQLite is for one worker (see make_storage); others: as Optuna does it
         yield
+
+
+@contextlib.contextmanager
+def _advisory_lock(engine: Any, name: str) -> Iterator[None]:
+    """A PostgreSQL session advisory lock keyed by `name`, held on one connection of `engine`."""
+    from sqlalchemy import text
+
+    key = zlib.crc32(name.encode()) - 2**31
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            conn.commit()
 
 
 def _scrub(text: str, url: str) -> str:
@@ -132,17 +141,8 @@ def study_lock(storage: Any, study_name: str) -> Iterator[None]:
     url = str(getattr(storage, "url", ""))
     kind = storage_kind(url) if url else "memory"
     if kind == "postgresql":
-        from sqlalchemy import text
-
-        key = zlib.crc32(f"gencv-study:{study_name}".encode()) - 2**31
-        with storage.engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            conn.commit()
-            try:
-                yield
-            finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                conn.commit()
+        with _advisory_lock(storage.engine, f"gencv-study:{study_name}"):
+            yield
     elif kind == "sqlite" and url.removeprefix("sqlite:///") not in ("", ":memory:"):
         import fcntl
 

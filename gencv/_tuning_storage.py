@@ -14,11 +14,13 @@ from typing import Any
 
 from gencv.errors import GencvError
 
-__all__ = ["DEFAULT_STORAGE", "Heartbeat", "make_storage", "redact_url", "storage_kind", "study_lock"]
+__all__ = ["DEFAULT_STORAGE", "MAX_RETRY", "Heartbeat", "make_storage", "redact_url", "storage_kind",
+           "study_lock"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
+MAX_RETRY = 3  # re-runs of one configuration whose worker died or was stopped
 
 
 def redact_url(url: str) -> str:
@@ -40,7 +42,7 @@ def storage_kind(url: str) -> str:
 
 
 def make_storage(url: str | None, *, heartbeat_interval: int, grace_period: int | None = None,
-                 max_retry: int | None = 3) -> Any:
+                 max_retry: int | None = MAX_RETRY) -> Any:
     """An Optuna storage for `url` (default sqlite:///mlruns/optuna.db; ':memory:' for in-memory).
 
     RDB storages get heartbeats: a RUNNING trial whose worker stopped beating for `grace_period`

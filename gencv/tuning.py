@@ -31,7 +31,8 @@ import pandas as pd
 
 from gencv._tuning_report import measure_gap_report, plot_measures_vs_gap_trials, study_plots
 from gencv._tuning_space import Dimension, build_space, grid_search_space, overrides_from_params, suggest
-from gencv._tuning_storage import DEFAULT_STORAGE, Heartbeat, make_storage, redact_url, storage_kind, study_lock
+from gencv._tuning_storage import (DEFAULT_STORAGE, MAX_RETRY, Heartbeat, make_storage, redact_url, storage_kind,
+                                   study_lock)
 from gencv.cv import FoldResult, cross_validate, derive_seed, fit_and_score
 from gencv.errors import GencvError, SpecError, Terminated
 from gencv.metrics import METRICS
@@ -208,7 +209,6 @@ class _FoldFailed(Exception):
 
 
 _COUNTED = ("COMPLETE", "PRUNED")
-_MAX_RETRY = 3  # re-runs of one configuration whose worker died or was stopped (as make_storage)
 
 
 def _state_counts(trials: Sequence[TrialRecord]) -> dict[str, int]:
@@ -474,13 +474,13 @@ def _train_idx(folds: Sequence[Fold]) -> np.ndarray:
 def _requeue(study: Any, frozen: Any) -> None:
     """Queue a WAITING copy of an interrupted trial (same parameters) the way Optuna's
     `RetryHeartbeatStaleTrialCallback` re-queues a dead worker's trial (`failed_trial`,
-    `retry_history` system attributes, at most `_MAX_RETRY` re-runs), so the next worker that asks,
+    `retry_history` system attributes, at most `MAX_RETRY` re-runs), so the next worker that asks,
     or this study resumed, runs it. The copy starts without the interrupted run's user attributes."""
     import optuna
 
     attrs: dict[str, Any] = {"failed_trial": frozen.number, **frozen.system_attrs}
     attrs["retry_history"] = [*attrs.get("retry_history", []), frozen.number]
-    if len(attrs["retry_history"]) > _MAX_RETRY:
+    if len(attrs["retry_history"]) > MAX_RETRY:
         log.warning("trial %d was interrupted; its configuration already ran %d times, so it is not re-queued",
                     frozen.number, len(attrs["retry_history"]))
         return

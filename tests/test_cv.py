@@ -168,3 +168,14 @@ def test_regression_curve_is_in_target_units() -> None:
     res = cross_validate(prep.estimator, ds.X, ds.y, prep.folds, metric="mae", seed=0)
     for f in res.folds:
         assert f.history[-1]["curve_valid_mae"] == pytest.approx(f.valid_scores["mae"], rel=1e-5)
+
+
+@pytest.mark.parametrize("metric", ["f1_macro", "log_loss", "roc_auc"])
+def test_curve_in_each_metric_ends_at_the_reported_score(metric: str) -> None:
+    # per epoch a numpy version of the metric; its last point is sklearn's valid score for the final weights
+    exp = tiny(**{"train.early_stopping": None, "train.max_epochs": 3, "metric": metric})
+    prep = prepare(exp)
+    ds = prep.dataset
+    res = cross_validate(prep.estimator, ds.X, ds.y, prep.folds, metric=metric, seed=0)
+    for f in res.folds:
+        assert f.history[-1][f"curve_valid_{metric}"] == pytest.approx(f.valid_scores[metric], rel=1e-5, abs=1e-6)

@@ -425,8 +425,9 @@ def test_rescaling_invariance_of_adaptive_measures() -> None:
 
 
 # -- eps-sharpness --------------------------------------------------------------------------------------
-class _Quadratic(nn.Module):
-    """Two parameters; with `_quad_loss` the loss is 0.5 * k * ||w - t||^2."""
+class _TwoParams(nn.Module):
+    """Two parameters w, output w per sample: with `_quad_loss` the loss is 0.5 * k * ||w - t||^2; with
+    `_coupled_loss`, (ab - 1)^2 + sin(3a + 2b) / 2 (coupled, non-convex)."""
 
     def __init__(self, w: tuple[float, float]) -> None:
         super().__init__()
@@ -458,7 +459,7 @@ def test_eps_sharpness_matches_brute_force_and_orders_curvature() -> None:
     values = []
     for k in (1.0, 10.0):
         for w in ((0.3, 0.7), (1.0, -2.0)):  # off the minimum, and exactly at it (gradient 0)
-            module = _Quadratic(w)
+            module = _TwoParams(w)
             res = compute_measures(module, X, y, _quad_loss(k), ["eps_sharpness"], seed=0, config=cfg)
             got = res.values["eps_sharpness"]
             ref = _brute_force_eps(module, X, y, _quad_loss(k), 1e-2)
@@ -466,17 +467,6 @@ def test_eps_sharpness_matches_brute_force_and_orders_curvature() -> None:
             assert got == pytest.approx(ref, rel=1e-6)
             values.append(got)
     assert values[2] > values[0] and values[3] > values[1]
-
-
-class _Coupled(nn.Module):
-    """Two parameters (a, b); with `_coupled_loss` the loss is (ab - 1)^2 + sin(3a + 2b) / 2: coupled, non-convex."""
-
-    def __init__(self, w: tuple[float, float]) -> None:
-        super().__init__()
-        self.w = nn.Parameter(torch.tensor(w, dtype=DT))
-
-    def forward(self, X: torch.Tensor) -> torch.Tensor:
-        return self.w.expand(X.shape[0], 2)
 
 
 def _coupled_loss(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -491,7 +481,7 @@ def _coupled_loss(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 def test_eps_sharpness_finds_a_maximum_away_from_the_start_corner(w: tuple[float, float], eps: float) -> None:
     X = torch.zeros(4, 1, dtype=DT)
     y = torch.ones(4, 1, dtype=DT)
-    module = _Coupled(w)
+    module = _TwoParams(w)
     res = compute_measures(module, X, y, _coupled_loss, ["eps_sharpness"], seed=0, config=_cfg(eps=eps))
     # brute force on an 801 x 801 grid of the box |z_i| <= eps (|w_i| + 1)
     w0 = module.w.detach()
@@ -536,7 +526,7 @@ def test_pacbayes_sigma_solves_the_quadratic_in_closed_form(w: tuple[float, floa
     y = torch.tensor([w], dtype=DT).expand(3, 2).clone()
     mc = 10
     cfg = _cfg(pacbayes_target=target, pacbayes_mc_samples=mc)
-    res = compute_measures(_Quadratic(w), X, y, _quad_loss(k), ["pacbayes_flatness"], seed=3, config=cfg)
+    res = compute_measures(_TwoParams(w), X, y, _quad_loss(k), ["pacbayes_flatness"], seed=3, config=cfg)
     seed = _sub_seed(3, "pacbayes_flatness")
     xi2 = _pacbayes_draws(seed, 2, mc) ** 2
     sigma = math.sqrt(target / (0.5 * k * float(xi2.sum(1).mean())))
@@ -553,7 +543,7 @@ def test_pacbayes_reports_nan_with_a_note_when_no_sigma_is_small_enough() -> Non
     X = torch.zeros(3, 1, dtype=DT)
     y = torch.tensor([[1.0, -2.0]], dtype=DT).expand(3, 2).clone()
     cfg = _cfg(pacbayes_target=1e-30, pacbayes_mc_samples=2)
-    res = compute_measures(_Quadratic((1.0, -2.0)), X, y, _quad_loss(10.0), ["pacbayes_flatness"], seed=0, config=cfg)
+    res = compute_measures(_TwoParams((1.0, -2.0)), X, y, _quad_loss(10.0), ["pacbayes_flatness"], seed=0, config=cfg)
     for key in ("pacbayes_sigma", "pacbayes_sigma_mag", "pacbayes_sharpness", "pacbayes_sharpness_mag"):
         assert key not in res.values
     assert "pacbayes_evals" in res.values

@@ -37,6 +37,19 @@ def tune_exp(space: dict[str, Any] | None = None, **overrides: Any) -> Experimen
     return exp.with_overrides(overrides) if overrides else exp
 
 
+def _raising_on_call(real: Any, n: int, exc: BaseException) -> Any:
+    """`real`, except that its n-th call raises `exc`."""
+    calls = {"n": 0}
+
+    def wrapper(*a: Any, **k: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise exc
+        return real(*a, **k)
+
+    return wrapper
+
+
 # --------------------------------------------------------------------------- space
 
 
@@ -240,15 +253,8 @@ def test_a_failing_sampler_is_a_clear_error_and_leaves_no_running_trial(
     # What a missing `cmaes` did: the sampler's model raises at the 2nd trial's first suggestion.
     import optuna
 
-    real = optuna.samplers.RandomSampler.sample_relative
-    calls = {"n": 0}
-
-    def broken(self: Any, study: Any, trial: Any, space: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise ModuleNotFoundError("No module named 'cmaes'", name="cmaes")
-        return real(self, study, trial, space)
-
+    broken = _raising_on_call(optuna.samplers.RandomSampler.sample_relative, 2,
+                              ModuleNotFoundError("No module named 'cmaes'", name="cmaes"))
     monkeypatch.setattr(optuna.samplers.RandomSampler, "sample_relative", broken)
     storage = f"sqlite:///{tmp_path}/optuna.db"
     with pytest.raises(TuningError, match=r"random sampler failed to propose a configuration: ModuleNotFoundError: "
@@ -338,16 +344,8 @@ def test_consecutive_failures_stop_the_study(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_a_failed_trial_does_not_stop_the_study(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = gencv.tuning.make_estimator
-    calls = {"n": 0}
-
-    def flaky(*a: Any, **k: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise RuntimeError("transient")
-        return real(*a, **k)
-
-    monkeypatch.setattr(gencv.tuning, "make_estimator", flaky)
+    monkeypatch.setattr(gencv.tuning, "make_estimator",
+                        _raising_on_call(gencv.tuning.make_estimator, 1, RuntimeError("transient")))
     out = tune_experiment(tune_exp(), storage=MEM, n_trials=2, refit=False)
     assert [t.state for t in out.trials] == ["FAIL", "COMPLETE", "COMPLETE"]  # failures do not use the budget
     assert "RuntimeError: transient" in out.trials[0].reason
@@ -360,15 +358,7 @@ def test_an_interrupted_trial_is_requeued_with_the_same_parameters(tmp_path: Pat
     from gencv.errors import Terminated
 
     real = gencv.tuning.make_estimator
-    calls = {"n": 0}
-
-    def sigterm_in_trial_1(*a: Any, **k: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise Terminated("signal 15")
-        return real(*a, **k)
-
-    monkeypatch.setattr(gencv.tuning, "make_estimator", sigterm_in_trial_1)
+    monkeypatch.setattr(gencv.tuning, "make_estimator", _raising_on_call(real, 2, Terminated("signal 15")))
     storage = f"sqlite:///{tmp_path}/optuna.db"
     exp = tune_exp(**{"train.max_epochs": 2})
     with pytest.raises(KeyboardInterrupt):

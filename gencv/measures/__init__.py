@@ -1,18 +1,15 @@
 """Curvature and sharpness measures of a trained network's training loss.
 
 Each measure's meaning, cost and parameters: README.md, section "Curvature and sharpness measures".
+The catalogue (`MEASURE_NAMES`, `MeasureConfig`) is torch-free; the computing functions import
+torch on first use.
 """
 
 from __future__ import annotations
 
-from gencv.measures._api import (
-    MEASURE_NAMES,
-    MeasureConfig,
-    MeasureResult,
-    compute_measures,
-    validate_measure_names,
-)
-from gencv.measures._density import plot_density
+from typing import Any
+
+from gencv.measures.config import MEASURE_NAMES, MeasureConfig, validate_measure_names
 
 __all__ = [
     "MEASURE_NAMES",
@@ -22,3 +19,19 @@ __all__ = [
     "plot_density",
     "validate_measure_names",
 ]
+
+_LAZY = {
+    "MeasureResult": "gencv.measures._api",
+    "compute_measures": "gencv.measures._api",
+    "plot_density": "gencv.measures._density",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'gencv.measures' has no attribute {name!r}")

@@ -17,7 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from gencv.errors import DataError, SpecError, did_you_mean
+from gencv.errors import DataError
+from gencv.measures.config import (  # noqa: F401  (re-exported)
+    DEFAULT_TRACE_MIN_PROBES,
+    EIG_METHODS,
+    MEASURE_NAMES,
+    MeasureConfig,
+    validate_measure_names,
+)
 from gencv.measures._density import _broadened_density, _slq_nodes
 from gencv.measures._gauss_newton import _fisher_trace, _ggn_quad
 from gencv.measures._hessian import _hutchinson, _lanczos_top, _power_top
@@ -26,99 +33,6 @@ from gencv.measures._norms import _norm_values
 from gencv.measures._sharpness import _adaptive_sharpness, _eps_sharpness, _pacbayes_flatness
 
 logger = logging.getLogger(__name__)
-
-MEASURE_NAMES: tuple[str, ...] = (
-    "hessian_top",
-    "hessian_trace",
-    "hessian_diag",
-    "ggn_trace",
-    "fisher_trace",
-    "eps_sharpness",
-    "adaptive_sharpness",
-    "pacbayes_flatness",
-    "norms",
-    "hessian_density",
-)
-EIG_METHODS: tuple[str, ...] = ("lanczos", "power")
-
-_POSITIVE_INTS = (
-    "top_k", "max_iter", "trace_max_probes", "diag_probes", "ascent_steps",
-    "n_random_directions", "pacbayes_mc_samples", "density_probes", "density_steps",
-)
-#: Hutchinson's default minimum probe count: with 10, about 1 seed in 40 stopped on an underestimated
-#: standard error (heavy-tailed z^T A z) and missed the exact trace by 6-8 SE on the test nets; with 30, none.
-DEFAULT_TRACE_MIN_PROBES = 30
-_POSITIVE_FLOATS = ("eig_tol", "trace_rel_se", "eps", "adaptive_rho", "pacbayes_target")
-
-
-@dataclass(frozen=True)
-class MeasureConfig:
-    """Parameters of the curvature/sharpness measures (README, "Curvature and sharpness measures")."""
-
-    sample_size: int | None = 512
-    top_k: int = 1
-    eig_method: str = "lanczos"
-    eig_tol: float = 1e-4
-    max_iter: int = 100
-    trace_rel_se: float = 0.05
-    trace_min_probes: int | None = None
-    trace_max_probes: int = 200
-    diag_probes: int = 100
-    eps: float = 1e-3
-    ascent_steps: int = 10
-    adaptive_rho: float = 0.05
-    n_random_directions: int = 10
-    pacbayes_target: float = 0.1
-    pacbayes_mc_samples: int = 10
-    density_probes: int = 3
-    density_steps: int = 30
-    batch_size: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("sample_size", "batch_size", "trace_min_probes", *_POSITIVE_INTS):
-            value = getattr(self, name)
-            if value is None and name in ("sample_size", "batch_size", "trace_min_probes"):
-                continue
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"MeasureConfig.{name} must be an int, got {value!r}; pass e.g. {name}=10")
-            if value < 1:
-                raise ValueError(f"MeasureConfig.{name} must be >= 1, got {value}; pass a positive count")
-        for name in _POSITIVE_FLOATS:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"MeasureConfig.{name} must be a float, got {value!r}")
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"MeasureConfig.{name} must be a finite number > 0, got {value}")
-        if self.trace_min_probes is not None and self.trace_min_probes < 2:
-            raise ValueError(
-                f"MeasureConfig.trace_min_probes must be >= 2 (a standard error needs two probes), "
-                f"got {self.trace_min_probes}"
-            )
-        if self.trace_min_probes is not None and self.trace_max_probes < self.trace_min_probes:
-            raise ValueError(
-                f"MeasureConfig.trace_max_probes ({self.trace_max_probes}) is below trace_min_probes "
-                f"({self.trace_min_probes}); raise trace_max_probes"
-            )
-        if self.diag_probes < 2:
-            raise ValueError(
-                f"MeasureConfig.diag_probes must be >= 2 (a standard error needs two probes), got {self.diag_probes}"
-            )
-        if self.trace_max_probes < 2:
-            raise ValueError(f"MeasureConfig.trace_max_probes must be >= 2, got {self.trace_max_probes}")
-        if self.density_steps < 2:
-            raise ValueError(f"MeasureConfig.density_steps must be >= 2, got {self.density_steps}")
-        if self.eig_method not in EIG_METHODS:
-            raise ValueError(
-                f"MeasureConfig.eig_method {self.eig_method!r} is unknown; use one of {EIG_METHODS}."
-                + did_you_mean(self.eig_method, EIG_METHODS)
-            )
-
-    def min_trace_probes(self) -> int:
-        """Hutchinson's minimum probe count: `trace_min_probes`, or min(30, trace_max_probes) when None."""
-        if self.trace_min_probes is not None:
-            return self.trace_min_probes
-        return min(DEFAULT_TRACE_MIN_PROBES, self.trace_max_probes)
-
 
 @dataclass
 class MeasureResult:
@@ -129,34 +43,6 @@ class MeasureResult:
     eigenvalues: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-def validate_measure_names(names: Sequence[str]) -> list[str]:
-    """Return the names deduplicated in order; raise `SpecError` (a ValueError) for unknown ones.
-
-    Parameters
-    ----------
-    names
-        Measure names from `MEASURE_NAMES`, e.g. ``["hessian_top", "norms"]``.
-    """
-    if isinstance(names, str) or not isinstance(names, Sequence):
-        raise TypeError(
-            f"measure names must be a list of strings, got {names!r}; pass e.g. [{names!r}]"
-            if isinstance(names, str)
-            else f"measure names must be a list of strings, got {type(names).__name__}"
-        )
-    out: list[str] = []
-    for name in names:
-        if not isinstance(name, str):
-            raise TypeError(f"measure name {name!r} is not a string; use one of {MEASURE_NAMES}")
-        if name not in MEASURE_NAMES:
-            raise SpecError(
-                f"measure {name!r} is unknown; use one of {', '.join(MEASURE_NAMES)}."
-                + did_you_mean(name, MEASURE_NAMES)
-            )
-        if name not in out:
-            out.append(name)
-    return out
 
 
 def _sub_seed(seed: int, label: str) -> int:

@@ -26,7 +26,7 @@ from skorch import NeuralNetClassifier
 from torch import nn
 
 from gencv.cv import cross_validate
-from gencv.estimators import GencvEstimator
+from gencv.engines import GencvEstimator
 from gencv.models import MLP
 from gencv.spec import ModelSpec, TrainSpec
 from gencv.splits import Fold

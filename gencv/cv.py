@@ -3,34 +3,23 @@
 from __future__ import annotations
 
 import logging
-import time
-import traceback
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-from sklearn.base import clone
 
-from gencv.errors import DivergenceError, GencvError
-from gencv.estimators import GencvEstimator
+from gencv.engines import FittedModel, FoldFit, get_engine
+from gencv.errors import DivergenceError
 from gencv.metrics import METRICS, score_all
+from gencv.seeds import derive_seed
 from gencv.splits import Fold
 from gencv.tracking import NullTracker, Tracker
 
 __all__ = ["CVResult", "FoldResult", "Progress", "cross_validate", "derive_seed", "fit_and_score"]
 
 log = logging.getLogger(__name__)
-
-ENGINES = ("skorch",)
-
-
-def derive_seed(root: int, *keys: int | str) -> int:
-    """A 32-bit seed derived from the root seed and a path of keys (e.g. 'fold', 3)."""
-    ints = [zlib.crc32(k.encode()) if isinstance(k, str) else int(k) for k in keys]
-    return int(np.random.SeedSequence([int(root), *ints]).generate_state(1)[0])
 
 
 class Progress(Protocol):
@@ -77,7 +66,7 @@ class FoldResult:
     measure_notes: list[str] = field(default_factory=list)
     inner_valid_idx: np.ndarray | None = None
     run_id: str | None = None
-    estimator: GencvEstimator | None = None
+    estimator: FittedModel | None = None
     artifacts: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -173,7 +162,7 @@ FoldCallback = Callable[[FoldResult, int], None]
 
 
 def fit_and_score(
-    estimator: GencvEstimator,
+    estimator: Any,
     X: np.ndarray,
     y: np.ndarray,
     fold: Fold,
@@ -185,38 +174,47 @@ def fit_and_score(
     measures: Sequence[str] = (),
     measure_config: Any = None,
     progress: Progress | None = None,
+    engine: str = "skorch",
 ) -> FoldResult:
-    """Clone, fit on the fold's training part, score train / valid / test, compute measures.
+    """Fit a copy of `estimator` on the fold's training part, score train / valid / test, compute measures.
 
     A diverging fit (NaN/inf loss) or any other error in fitting is returned as a failed
     FoldResult with the reason; KeyboardInterrupt propagates.
     """
     progress = progress or _NoProgress()
-    est: GencvEstimator = clone(estimator).set_params(seed=seed)
+    fits = get_engine(engine).fit_folds(estimator, X, y, [fold], [seed],
+                                        on_epoch=lambda i, epoch, row: progress.epoch_end(i, epoch, row))
+    return score_fold(next(fits), X, y, metric=metric, X_test=X_test, y_test=y_test, measures=measures,
+                      measure_config=measure_config)
+
+
+def score_fold(
+    fit: FoldFit,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    metric: str,
+    X_test: np.ndarray | None = None,
+    y_test: np.ndarray | None = None,
+    measures: Sequence[str] = (),
+    measure_config: Any = None,
+) -> FoldResult:
+    """Score one engine's fit: train / valid / test scores and losses, gaps, history, measures."""
+    fold, seed = fit.fold, fit.seed
     res = FoldResult(index=fold.index, seed=seed, n_train=len(fold.train), n_valid=len(fold.valid))
+    res.fit_seconds = fit.seconds
+    if fit.estimator is None:
+        exc = fit.error
+        if isinstance(exc, DivergenceError):
+            res.status, res.reason = "failed", f"diverged: {exc}"
+            res.epochs_run = int(exc.epoch or 0)
+        else:
+            res.status, res.reason = "failed", f"{type(exc).__name__}: {exc}"
+        return res
+    est = fit.estimator
     Xtr, ytr, Xva, yva = X[fold.train], y[fold.train], X[fold.valid], y[fold.valid]
-
-    def on_epoch(epoch: int, row: dict[str, Any]) -> None:
-        progress.epoch_end(fold.index, epoch, row)
-
-    t0 = time.perf_counter()
-    try:
-        est.fit(Xtr, ytr, X_eval=Xva, y_eval=yva, on_epoch=on_epoch)
-    except DivergenceError as exc:
-        res.status, res.reason = "failed", f"diverged: {exc}"
-        res.fit_seconds = time.perf_counter() - t0
-        res.epochs_run = int(exc.epoch or 0)
-        return res
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as exc:  # a fold's failure is reported, the other folds go on
-        res.status, res.reason = "failed", f"{type(exc).__name__}: {exc}"
-        res.fit_seconds = time.perf_counter() - t0
-        log.debug("fold %d failed:\n%s", fold.index, traceback.format_exc())
-        return res
-    res.fit_seconds = time.perf_counter() - t0
     res.epochs_run, res.best_epoch = est.epochs_run_, est.best_epoch_
-    res.history = _history(est)
+    res.history = est.epoch_history()
     if est.inner_valid_positions_ is not None:
         res.inner_valid_idx = fold.train[est.inner_valid_positions_]
 
@@ -256,7 +254,7 @@ def gaps(train: Mapping[str, float], valid: Mapping[str, float], train_loss: flo
     return out
 
 
-def _score(est: GencvEstimator, X: np.ndarray, y: np.ndarray, labels: list[int]) -> tuple[dict[str, float], float]:
+def _score(est: FittedModel, X: np.ndarray, y: np.ndarray, labels: list[int]) -> tuple[dict[str, float], float]:
     if est.task == "classification":
         proba = est.predict_proba(X)
         if not np.all(np.isfinite(proba)):
@@ -267,40 +265,24 @@ def _score(est: GencvEstimator, X: np.ndarray, y: np.ndarray, labels: list[int])
     return score_all(est.task, y, pred, proba, labels), est.loss(X, y)
 
 
-def _history(est: GencvEstimator) -> list[dict[str, float]]:
-    rows = []
-    score_name = f"curve_valid_{est.curve_metric_name}"
-    for h in est.net_.history:
-        row = {"epoch": float(h["epoch"]), "curve_train_loss": float(h.get("train_loss", np.nan)),
-               "seconds": float(h.get("dur", np.nan))}
-        if "valid_loss" in h:
-            row["curve_es_loss"] = float(h["valid_loss"])
-        if "curve_valid_loss" in h:
-            row["curve_valid_loss"] = float(h["curve_valid_loss"])
-        if "curve_valid_score" in h:
-            row[score_name] = float(h["curve_valid_score"])
-        rows.append(row)
-    return rows
-
-
 def _prefixed(values: Mapping[str, float]) -> dict[str, float]:
     """Measure values as fold metrics: the generic keys get a 'measure_' prefix to avoid clashes."""
     generic = {"loss", "sample_size"}
     return {(f"measure_{k}" if k in generic else k): float(v) for k, v in values.items()}
 
 
-def _measures(est: GencvEstimator, X: np.ndarray, y: np.ndarray, names: Sequence[str], config: Any, seed: int) -> Any:
+def _measures(est: FittedModel, X: np.ndarray, y: np.ndarray, names: Sequence[str], config: Any, seed: int) -> Any:
     from gencv.measures import compute_measures
 
-    module = est.net_.module_
+    module = est.module_
     Xt = torch.as_tensor(est.preprocess_.transform(X))
-    yt = torch.as_tensor(est._y_fit(y))
+    yt = torch.as_tensor(est.encode_target(y))
     loss = torch.nn.functional.cross_entropy if est.task == "classification" else torch.nn.functional.mse_loss
     return compute_measures(module, Xt, yt, loss, list(names), seed=seed, config=config, init_state=est.init_state_)
 
 
 def cross_validate(
-    estimator: GencvEstimator,
+    estimator: Any,
     X: np.ndarray,
     y: np.ndarray,
     folds: Sequence[Fold],
@@ -329,45 +311,61 @@ def cross_validate(
     on_fold_end : called with (result, position) after each fold; may raise to stop (e.g. pruning).
     done : finished folds from an interrupted run, reused instead of refitted.
     """
-    if engine not in ENGINES:
-        raise GencvError(f"engine: got {engine!r}; available engines: {', '.join(ENGINES)}")
+    eng = get_engine(engine)
     tracker = tracker or NullTracker()
     progress = progress or _NoProgress()
     done = dict(done or {})
     order = list(fold_order) if fold_order is not None else list(range(len(folds)))
-    results: dict[int, FoldResult] = {}
-    for pos, i in enumerate(order):
-        fold = folds[i]
-        if i in done:
-            results[i] = done[i]
-            progress.fold_end(i, done[i])
-            if on_fold_end is not None:
-                on_fold_end(done[i], pos)
-            continue
-        fold_seed = derive_seed(seed, "fold", i)
+    todo = [i for i in order if i not in done]
+    seeds = {i: derive_seed(seed, "fold", i) for i in todo}
+    open_runs: dict[int, str] = {}
+
+    def fold_start(i: int) -> None:
         progress.fold_start(i, len(folds), estimator.train.max_epochs)
-        run_id = tracker.start_run(experiment, f"fold-{i}", parent=parent_run,
-                                   tags={"gencv.kind": "fold", "gencv.fold": str(i), "gencv.seed": str(fold_seed)})
-        status = "FAILED"
-        try:
-            res = fit_and_score(estimator, X, y, fold, metric=metric, seed=fold_seed, X_test=X_test, y_test=y_test,
-                                measures=measures, measure_config=measure_config, progress=progress)
+        open_runs[i] = tracker.start_run(experiment, f"fold-{i}", parent=parent_run,
+                                         tags={"gencv.kind": "fold", "gencv.fold": str(i),
+                                               "gencv.seed": str(seeds[i])})
+
+    fits = eng.fit_folds(estimator, X, y, [folds[i] for i in todo], [seeds[i] for i in todo],
+                         on_fold_start=fold_start, on_epoch=progress.epoch_end)
+    results: dict[int, FoldResult] = {}
+    try:
+        for pos, i in enumerate(order):
+            if i in done:
+                results[i] = done[i]
+                progress.fold_end(i, done[i])
+                if on_fold_end is not None:
+                    on_fold_end(done[i], pos)
+                continue
+            fit = next(fits)
+            res = score_fold(fit, X, y, metric=metric, X_test=X_test, y_test=y_test, measures=measures,
+                             measure_config=measure_config)
+            run_id = open_runs.pop(i)
             res.run_id = run_id
-            _log_fold(tracker, run_id, res)
-            status = "FINISHED" if res.ok else "FAILED"
-        except KeyboardInterrupt:
-            status = "KILLED"
-            raise
-        finally:
-            tracker.end_run(run_id, status)
-        if not keep_estimators:
-            res.estimator = None
-        results[i] = res
-        if not res.ok:
-            log.info("fold %d failed: %s", i, res.reason)
-        progress.fold_end(i, res)
-        if on_fold_end is not None:
-            on_fold_end(res, pos)
+            status = "FAILED"
+            try:
+                _log_fold(tracker, run_id, res)
+                status = "FINISHED" if res.ok else "FAILED"
+            finally:
+                tracker.end_run(run_id, status)
+            if not keep_estimators:
+                res.estimator = None
+            results[i] = res
+            if not res.ok:
+                log.info("fold %d failed: %s", i, res.reason)
+            progress.fold_end(i, res)
+            if on_fold_end is not None:
+                on_fold_end(res, pos)
+    except KeyboardInterrupt:
+        for run_id in open_runs.values():
+            tracker.end_run(run_id, "KILLED")
+        raise
+    except BaseException:
+        for run_id in open_runs.values():
+            tracker.end_run(run_id, "FAILED")
+        raise
+    finally:
+        fits.close()  # a consumer that stopped early (a pruned trial) trains no further fold
     return CVResult(folds=[results[i] for i in sorted(results)], metric=metric,
                     task=estimator.task, seed=seed)
 

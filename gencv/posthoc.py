@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from gencv.cv import derive_seed
+from gencv.seeds import derive_seed
 from gencv.errors import GencvError, did_you_mean
 from gencv.measures import MeasureConfig, MeasureResult, compute_measures, plot_density, validate_measure_names
 from gencv.runner import prepare

@@ -15,10 +15,11 @@ import numpy as np
 import pandas as pd
 
 from gencv import __version__
-from gencv.cv import CVResult, FoldResult, Progress, cross_validate, derive_seed
+from gencv.cv import CVResult, FoldResult, Progress, cross_validate
+from gencv.seeds import derive_seed
 from gencv.data import Dataset, holdout_test, load_dataset
 from gencv.errors import DivergenceError, GencvError, SpecError
-from gencv.estimators import GencvEstimator
+from gencv.engines import GencvEstimator
 from gencv.metrics import check_metric_for_task, score_all
 from gencv.report import (
     fold_table,
@@ -188,7 +189,7 @@ def run_experiment(
     tracker = tracker or NullTracker()
     prep = prepared or prepare(exp, allow_large_loo=allow_large_loo)
     ds = prep.dataset
-    measure_config = _measure_config(exp)
+    measure_config = measure_config_for(exp)
     done: dict[int, FoldResult] = {}
     if resume:
         done = _finished_folds(tracker, resume, exp)
@@ -218,7 +219,7 @@ def run_experiment(
         outcome.notes.extend(_measure_notes(result))
         if refit and result.ok_folds:
             try:
-                outcome.refit_estimator, outcome.refit_test_scores = _refit(exp, prep, tracker, run_id)
+                outcome.refit_estimator, outcome.refit_test_scores = refit_model(exp, prep, tracker, run_id)
             except DivergenceError as exc:
                 outcome.notes.append(f"the refit on all non-test data diverged ({exc}); no model was logged")
                 tracker.set_tags(run_id, {"gencv.refit": "diverged"})
@@ -262,7 +263,7 @@ def _resolve_ids(tracker: MlflowTracker, outcome: RunOutcome) -> None:
             f.run_id = tracker.resolve(f.run_id)
 
 
-def _measure_config(exp: Experiment) -> Any:
+def measure_config_for(exp: Experiment) -> Any:
     if not exp.measures:
         return None
     from gencv.measures import MeasureConfig
@@ -270,7 +271,7 @@ def _measure_config(exp: Experiment) -> Any:
     return MeasureConfig(**exp.measure_options)
 
 
-def _refit(exp: Experiment, prep: Prepared, tracker: Tracker, run_id: str) -> tuple[GencvEstimator, dict[str, float]]:
+def refit_model(exp: Experiment, prep: Prepared, tracker: Tracker, run_id: str) -> tuple[GencvEstimator, dict[str, float]]:
     """Fit on every non-test sample (early stopping still validates inside it), score the test set, log the model."""
     ds = prep.dataset
     est = make_estimator(exp, ds, seed=derive_seed(exp.seed, "refit"))

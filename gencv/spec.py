@@ -272,7 +272,7 @@ class Experiment(_Strict):
     @field_validator("measures")
     @classmethod
     def _known_measures(cls, v: list[str]) -> list[str]:
-        from gencv.measures import validate_measure_names
+        from gencv.measures.config import validate_measure_names
 
         return validate_measure_names(v)
 
@@ -281,7 +281,7 @@ class Experiment(_Strict):
     def _known_options(cls, v: dict[str, Any]) -> dict[str, Any]:
         import dataclasses
 
-        from gencv.measures import MeasureConfig
+        from gencv.measures.config import MeasureConfig
 
         fields = {f.name for f in dataclasses.fields(MeasureConfig)}
         for key in v:

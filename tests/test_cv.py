@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score
 
-from gencv.cv import FoldResult, cross_validate, derive_seed, gaps
+from gencv.cv import FoldResult, cross_validate, gaps
+from gencv.seeds import derive_seed
 from gencv.errors import DivergenceError
-from gencv.estimators import GencvEstimator
+from gencv.engines import GencvEstimator
 from gencv.runner import prepare
 
 from .conftest import tiny
@@ -103,7 +104,7 @@ def test_lag_windows_with_a_horizon_never_train_on_targets_past_a_held_out_origi
     assert prep.cv_idx.max() + 2 < prep.test_idx.min()
     for fold in prep.folds:
         assert fold.train.max() + 2 < fold.valid.min()
-    from gencv.estimators import InnerSplit
+    from gencv.engines.skorch_net import InnerSplit
 
     est = prep.estimator
     assert est.time_ordered and est.time_gap == 2

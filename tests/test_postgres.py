@@ -136,7 +136,7 @@ _OPEN_STORAGE = """
 import sys, time
 from pathlib import Path
 import optuna.storages, psycopg2, sqlalchemy  # noqa: F401  (imported before the start signal)
-from gencv._tuning_storage import make_storage
+from gencv.tuning.storage import make_storage
 go = Path(sys.argv[2])
 (go.parent / f"ready-{sys.argv[3]}").touch()
 while not go.exists():  # every process imported and waiting: then all open the storage at once

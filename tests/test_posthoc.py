@@ -5,7 +5,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from gencv.cv import derive_seed
+from gencv.seeds import derive_seed
 from gencv.errors import GencvError
 from gencv.measures import MeasureConfig, compute_measures
 from gencv.posthoc import measure_logged_run
@@ -81,7 +81,7 @@ def _direct_measures(out, names: list[str]) -> dict[str, float]:
     loss = torch.nn.functional.cross_entropy if est.task == "classification" else torch.nn.functional.mse_loss
     return compute_measures(
         est.net_.module_, torch.as_tensor(est.preprocess_.transform(out.dataset.X[rows])),
-        torch.as_tensor(est._y_fit(out.dataset.y[rows])), loss, names,
+        torch.as_tensor(est.encode_target(out.dataset.y[rows])), loss, names,
         seed=derive_seed(exp.seed, "posthoc"), config=MeasureConfig(**exp.measure_options), init_state=est.init_state_,
     ).values
 

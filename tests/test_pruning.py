@@ -8,7 +8,7 @@ import pytest
 from optuna.trial import TrialState, create_trial
 from scipy import stats
 
-from gencv.pruning import FastWilcoxonPruner, signed_rank_pvalue
+from gencv.tuning.pruners import FastWilcoxonPruner, signed_rank_pvalue
 
 
 def _differences(rng: np.random.Generator, n: int) -> np.ndarray:

@@ -25,7 +25,7 @@ def test_run_tree_metrics_artifacts_and_reloadable_model(tracking_uri: str) -> N
     tags = parent.data.tags
     assert tags["gencv.spec_digest"] == exp.digest() and tags["gencv.data_digest"] == out.dataset.digest
     assert tags["gencv.seed"] == "0" and tags["gencv.version"]
-    from gencv.cv import derive_seed
+    from gencv.seeds import derive_seed
 
     assert tags["gencv.seed.cv"] == str(derive_seed(0, "cv")) and tags["gencv.seed.test"] == str(derive_seed(0, "test"))
     assert parent.data.params["train.lr"] == "0.02" and parent.data.params["cv.kind"] == "stratified"

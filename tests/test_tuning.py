@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 import gencv.cv
+import gencv.runner
 import gencv.tuning
+import gencv.tuning.nested
+import gencv.tuning.pruners
+import gencv.tuning.study
+import gencv.tuning.trials
+import gencv.tuning.tune
 from gencv.errors import GencvError, SpecError
 from gencv.spec import Experiment, validate_experiment
 from gencv.tracking import MlflowTracker, NullTracker
@@ -80,7 +86,7 @@ def test_space_errors_name_the_field_before_training(space: dict[str, Any], matc
     def no_data(*a: Any, **k: Any) -> None:
         raise AssertionError("data was loaded before the space was checked")
 
-    monkeypatch.setattr(gencv.tuning, "prepare", no_data)
+    monkeypatch.setattr(gencv.tuning.tune, "prepare", no_data)
     with pytest.raises(SpecError, match=match):
         tune_experiment(tune_exp(space), storage=MEM)
 
@@ -130,13 +136,13 @@ def test_pruning_stops_trials_before_all_folds_and_is_deterministic(pruner: str)
 
 def _spy_pruners(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     made: list[Any] = []
-    real = gencv.tuning._make_pruner
+    real = gencv.tuning.pruners.make_pruner
 
     def spy(*a: Any, **k: Any) -> Any:
         made.append(real(*a, **k))
         return made[-1]
 
-    monkeypatch.setattr(gencv.tuning, "_make_pruner", spy)
+    monkeypatch.setattr(gencv.tuning.study, "make_pruner", spy)
     return made
 
 
@@ -177,7 +183,7 @@ def test_hyperband_min_resource_must_leave_a_fold_to_prune_before(monkeypatch: p
     def no_training(*a: Any, **k: Any) -> None:
         raise AssertionError("a net was trained before the pruner options were checked")
 
-    monkeypatch.setattr(gencv.tuning, "make_estimator", no_training)
+    monkeypatch.setattr(gencv.tuning.trials, "make_estimator", no_training)
     exp = tune_exp(**{"tune.pruner": "hyperband", "tune.pruner_options": {"min_resource": 3}})
     with pytest.raises(SpecError, match=r"min_resource: got 3, but a trial has 3 folds \(cv\).*use a value from 1 to 2"):
         tune_experiment(exp, storage=MEM, n_trials=1)
@@ -201,7 +207,7 @@ def test_pruner_options_do_not_change_the_study_digest(tmp_path: Path) -> None:
     omitted = tune_exp(**{"tune.pruner": "median"})
     explicit = omitted.with_overrides({"tune.pruner_options": {"n_startup_trials": 3, "n_warmup_steps": 2}})
     other = omitted.with_overrides({"tune.pruner_options": {"n_warmup_steps": 4}})
-    digest = gencv.tuning._study_digest
+    digest = gencv.tuning.study.study_digest
     assert digest(omitted) == digest(explicit) == digest(other) == _old_digest(omitted)
     assert digest(omitted) != digest(omitted.with_overrides({"tune.pruner": "none"}))
     # A study made before the option existed (its stored digest) resumes.
@@ -217,7 +223,7 @@ def test_pruner_options_do_not_change_the_study_digest(tmp_path: Path) -> None:
 
 def test_fold_order_is_shuffled_per_trial() -> None:
     exp = tune_exp(**{"cv.n_splits": 5})
-    orders = {tuple(gencv.tuning._fold_order(exp, n, 5)) for n in range(6)}
+    orders = {tuple(gencv.tuning.trials.fold_order(exp, n, 5)) for n in range(6)}
     assert len(orders) > 1
 
 
@@ -312,9 +318,9 @@ def test_diverging_trial_penalty_is_finite_and_worst(monkeypatch: pytest.MonkeyP
 
 def test_penalty_for_unbounded_metrics_is_finite_and_bad() -> None:
     y = np.array([1.0, 2.0, 3.0, 4.0])
-    rmse = gencv.tuning._penalty("rmse", y, "regression", [0.5, 0.9])
+    rmse = gencv.tuning.trials.divergence_penalty("rmse", y, "regression", [0.5, 0.9])
     assert np.isfinite(rmse) and rmse > 0.9
-    r2 = gencv.tuning._penalty("r2", y, "regression", [0.3, -0.2])
+    r2 = gencv.tuning.trials.divergence_penalty("r2", y, "regression", [0.3, -0.2])
     assert np.isfinite(r2) and r2 < -0.2
 
 
@@ -337,15 +343,15 @@ def test_consecutive_failures_stop_the_study(monkeypatch: pytest.MonkeyPatch) ->
     def broken(*a: Any, **k: Any) -> Any:
         raise RuntimeError("boom: no GPU here")
 
-    monkeypatch.setattr(gencv.tuning, "make_estimator", broken)
+    monkeypatch.setattr(gencv.tuning.trials, "make_estimator", broken)
     exp = tune_exp(**{"tune.max_consecutive_failures": 3})
     with pytest.raises(TuningError, match=r"3 consecutive trials failed.*boom: no GPU here"):
         tune_experiment(exp, storage=MEM, n_trials=10, refit=False)
 
 
 def test_a_failed_trial_does_not_stop_the_study(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gencv.tuning, "make_estimator",
-                        _raising_on_call(gencv.tuning.make_estimator, 1, RuntimeError("transient")))
+    monkeypatch.setattr(gencv.tuning.trials, "make_estimator",
+                        _raising_on_call(gencv.tuning.trials.make_estimator, 1, RuntimeError("transient")))
     out = tune_experiment(tune_exp(), storage=MEM, n_trials=2, refit=False)
     assert [t.state for t in out.trials] == ["FAIL", "COMPLETE", "COMPLETE"]  # failures do not use the budget
     assert "RuntimeError: transient" in out.trials[0].reason
@@ -357,8 +363,8 @@ def test_an_interrupted_trial_is_requeued_with_the_same_parameters(tmp_path: Pat
 
     from gencv.errors import Terminated
 
-    real = gencv.tuning.make_estimator
-    monkeypatch.setattr(gencv.tuning, "make_estimator", _raising_on_call(real, 2, Terminated("signal 15")))
+    real = gencv.tuning.trials.make_estimator
+    monkeypatch.setattr(gencv.tuning.trials, "make_estimator", _raising_on_call(real, 2, Terminated("signal 15")))
     storage = f"sqlite:///{tmp_path}/optuna.db"
     exp = tune_exp(**{"train.max_epochs": 2})
     with pytest.raises(KeyboardInterrupt):
@@ -367,7 +373,7 @@ def test_an_interrupted_trial_is_requeued_with_the_same_parameters(tmp_path: Pat
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "WAITING"]
     assert "interrupted (SIGTERM)" in trials[1].user_attrs["gencv.reason"]
     assert trials[2].params == trials[1].params and trials[2].system_attrs["failed_trial"] == 1
-    monkeypatch.setattr(gencv.tuning, "make_estimator", real)
+    monkeypatch.setattr(gencv.tuning.trials, "make_estimator", real)
     out = tune_experiment(exp, storage=storage, study_name="int", n_trials=3, refit=False)
     by_number = {t.number: t for t in out.trials}
     assert by_number[2].state == "COMPLETE" and by_number[2].params == by_number[1].params
@@ -381,7 +387,7 @@ def test_an_interrupted_trial_is_requeued_with_the_same_parameters(tmp_path: Pat
 def test_nested_cv_never_lets_the_outer_test_fold_into_tuning(monkeypatch: pytest.MonkeyPatch) -> None:
     tuned: list[list[Any]] = []
     refits: list[Any] = []
-    real_cv, real_fit = gencv.tuning.cross_validate, gencv.tuning.fit_and_score
+    real_cv, real_fit = gencv.tuning.trials.cross_validate, gencv.tuning.nested.fit_and_score
 
     def spy_cv(est: Any, X: Any, y: Any, folds: Any, **k: Any) -> Any:
         tuned.append(list(folds))
@@ -391,13 +397,13 @@ def test_nested_cv_never_lets_the_outer_test_fold_into_tuning(monkeypatch: pytes
         refits.append(fold)
         return real_fit(est, X, y, fold, **k)
 
-    monkeypatch.setattr(gencv.tuning, "cross_validate", spy_cv)
-    monkeypatch.setattr(gencv.tuning, "fit_and_score", spy_fit)
+    monkeypatch.setattr(gencv.tuning.trials, "cross_validate", spy_cv)
+    monkeypatch.setattr(gencv.tuning.nested, "fit_and_score", spy_fit)
     exp = tune_exp(**{"tune.nested": True, "tune.inner_cv": {"kind": "stratified", "n_splits": 2},
                       "tune.pruner": "median"})
     out = tune_experiment(exp, storage=MEM, n_trials=2)
     assert out.nested is not None and len(out.nested.folds) == 3
-    prep = gencv.tuning.prepare(exp)
+    prep = gencv.runner.prepare(exp)
     test_set = set(prep.test_idx.tolist())
     calls = iter(tuned)
     for nf, outer in zip(out.nested.folds, prep.folds):
@@ -476,7 +482,7 @@ def _nf(index: int, params: dict[str, Any], inner: float) -> Any:
 
 
 def test_nested_final_configuration_is_the_most_frequent_winner_then_the_best_inner_score() -> None:
-    choice = gencv.tuning._nested_choice
+    choice = gencv.tuning.nested.nested_choice
     a, b, c = {"train.lr": 0.1}, {"train.lr": 0.2}, {"train.lr": 0.3}
     # Two outer folds chose `a`: it wins over `c`'s better inner score.
     assert choice([_nf(0, a, 0.80), _nf(1, c, 0.99), _nf(2, a, 0.70)], higher_is_better=True) == [0, 2]
@@ -488,19 +494,19 @@ def test_nested_final_configuration_is_the_most_frequent_winner_then_the_best_in
 
 def test_nested_penalty_sees_only_the_inner_training_labels(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[np.ndarray] = []
-    real = gencv.tuning._penalty
+    real = gencv.tuning.trials.divergence_penalty
 
     def spy(metric: str, y: np.ndarray, *a: Any) -> float:
         seen.append(np.asarray(y))
         return real(metric, y, *a)
 
-    monkeypatch.setattr(gencv.tuning, "_penalty", spy)
+    monkeypatch.setattr(gencv.tuning.trials, "divergence_penalty", spy)
     exp = tune_exp({"train.lr": {"choices": [1e4, 0.5]}},  # 1e4 diverges even on these small inner folds
                    **{"tune.divergence": "penalty", "tune.sampler": "grid", "tune.nested": True, "cv.n_splits": 2,
                       "tune.inner_cv": {"kind": "stratified", "n_splits": 2}})
     out = tune_experiment(exp, storage=MEM, n_trials=2, refit=False)
     assert out.nested is not None and len(seen) == 2  # one diverged trial per outer fold
-    ds = gencv.tuning.prepare(exp).dataset
+    ds = gencv.runner.prepare(exp).dataset
     for y, nf in zip(seen, out.nested.folds):
         assert len(y) == len(nf.outer_train)  # not the outer training + test labels (cv_idx)
         assert np.array_equal(y, ds.y[np.sort(nf.outer_train)])
@@ -510,7 +516,7 @@ def test_nested_penalty_sees_only_the_inner_training_labels(monkeypatch: pytest.
 def test_nested_refuses_a_second_worker(tmp_path: Path) -> None:
     import optuna
 
-    from gencv._tuning_storage import make_storage
+    from gencv.tuning.storage import make_storage
 
     storage = f"sqlite:///{tmp_path}/optuna.db"
     store = make_storage(storage, heartbeat_interval=60)
@@ -597,7 +603,7 @@ def test_sqlite_warns_when_a_second_worker_shows_up(tmp_path: Path, caplog: pyte
 
     import optuna
 
-    from gencv._tuning_storage import make_storage
+    from gencv.tuning.storage import make_storage
 
     storage = f"sqlite:///{tmp_path}/optuna.db"
 
@@ -626,11 +632,11 @@ def test_dead_trial_runs_are_closed_with_their_fold_runs(tmp_path: Path) -> None
     fold_run = tracker.start_run("dead", "fold-1", parent=trial_run)
     done_fold = tracker.start_run("dead", "fold-0", parent=trial_run)
     tracker.end_run(done_fold, "FINISHED")
-    gencv.tuning._flush(tracker)
-    trial_run, fold_run, done_fold = (gencv.tuning._real_id(tracker, r) for r in (trial_run, fold_run, done_fold))
+    gencv.tuning.trials.flush_tracker(tracker)
+    trial_run, fold_run, done_fold = (gencv.tuning.trials.real_run_id(tracker, r) for r in (trial_run, fold_run, done_fold))
     dead = gencv.tuning.TrialRecord(0, "FAIL", None, {}, run_id=trial_run)  # failed by heartbeat: no reason
-    gencv.tuning._close_dead_trial_runs(tracker, [dead])
-    gencv.tuning._flush(tracker)
+    gencv.tuning.study.close_dead_trial_runs(tracker, [dead])
+    gencv.tuning.trials.flush_tracker(tracker)
     status = {r: tracker.client.get_run(r).info.status for r in (trial_run, fold_run, done_fold)}
     assert status == {trial_run: "FAILED", fold_run: "FAILED", done_fold: "FINISHED"}
     assert "heartbeats" in tracker.client.get_run(fold_run).data.tags["gencv.reason"]
@@ -653,7 +659,7 @@ def test_grid_sampler_stops_when_exhausted() -> None:
 
 
 def test_redact_url_hides_passwords() -> None:
-    from gencv._tuning_storage import redact_url
+    from gencv.tuning.storage import redact_url
 
     assert "s3cret" not in redact_url("postgresql+psycopg2://me:s3cret@db.example:5432/optuna")
     assert redact_url("postgresql://me:s3cret@db/optuna").startswith("postgresql://me:***@db")
@@ -671,7 +677,7 @@ def test_bad_storage_is_a_clear_error_without_the_password() -> None:
 
 def _cli() -> Any:
     from gencv.cli import app
-    from gencv.cli_tune import tune
+    from gencv.cli.tune import tune
 
     if not any(getattr(c.callback, "__name__", "") == "tune" for c in app.registered_commands):
         app.command()(tune)

@@ -10,10 +10,14 @@ tests hold it to scipy's number and the pruner's decisions to Optuna's.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import optuna
+
+from gencv.errors import SpecError
 
 __all__ = ["FastWilcoxonPruner", "signed_rank_pvalue"]
 
@@ -88,3 +92,32 @@ class FastWilcoxonPruner(optuna.pruners.WilcoxonPruner):
         if p < self._p_threshold and average_is_best:
             return False  # Optuna's safety: not worse on average than the best, so not pruned yet
         return bool(p < self._p_threshold)
+
+
+def make_pruner(kind: str, n_folds: int, opts: Mapping[str, float], cv_field: str = "cv") -> Any:
+    """Optuna's pruner for `tune.pruner`; `opts` is `TuneSpec.pruner_settings()` (spec options over defaults).
+
+    Median and hyperband see step = folds done (1 .. n_folds); a trial can only be pruned before
+    its last fold, so hyperband's smallest budget must leave at least one fold after it.
+    """
+    import optuna
+
+    # (With a single fold no pruner can stop anything; that is not an error of the options.)
+    if kind == "hyperband" and n_folds > 1 and int(opts["min_resource"]) > n_folds - 1:
+        raise SpecError(f"tune.pruner_options.min_resource: got {int(opts['min_resource'])}, but a trial has "
+                        f"{n_folds} folds ({cv_field}) and can only be pruned before its last one; use a value "
+                        f"from 1 to {n_folds - 1}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if kind == "wilcoxon":
+            return FastWilcoxonPruner(p_threshold=float(opts["p_threshold"]),
+                                      n_startup_steps=int(opts["n_startup_steps"]))
+        if kind == "median":
+            return optuna.pruners.MedianPruner(n_startup_trials=int(opts["n_startup_trials"]),
+                                               n_warmup_steps=int(opts["n_warmup_steps"]))
+        if kind == "hyperband":
+            return optuna.pruners.HyperbandPruner(min_resource=int(opts["min_resource"]),
+                                                  max_resource=max(n_folds, 2),
+                                                  reduction_factor=int(opts["reduction_factor"]))
+        return optuna.pruners.NopPruner()
+

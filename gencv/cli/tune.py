@@ -1,6 +1,5 @@
 """`gencv tune`: parse, set up logging and tracking, call `tune_experiment`, render progress and results.
 
-Registered in gencv/cli.py with `app.command()(tune)`.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from gencv.cli.common import SetOpt, SpecArg, UriOpt, err, guard, load_spec, out, setup_logging, sigterm_to_interrupt
 from gencv.errors import GencvError
 
 __all__ = ["tune"]
@@ -155,24 +155,24 @@ def tune(
     Example: gencv tune experiments/tune_iris.yaml --trials 30 --study iris-lr
     Shared study: run `gencv tune SPEC --storage postgresql://... --study NAME` on each worker.
     """
-    _setup_logging(verbose)
-    _sigterm_to_interrupt()
+    setup_logging(verbose)
+    sigterm_to_interrupt()
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
 
     def go() -> Any:
-        from gencv._tuning_storage import DEFAULT_STORAGE, redact_url
         from gencv.runner import prepare
         from gencv.tracking import make_tracker
         from gencv.tuning import build_space, outcome_json, tune_experiment
+        from gencv.tuning.storage import DEFAULT_STORAGE, redact_url
 
         hb_raw = os.environ.get(HEARTBEAT_ENV, "60")
         try:
             heartbeat = int(hb_raw)
         except ValueError:
             raise GencvError(f"{HEARTBEAT_ENV}: got {hb_raw!r}; use a whole number of seconds such as 60") from None
-        exp = _load(spec, set_)
+        exp = load_spec(spec, set_)
         build_space(exp)  # space errors before data or storage are touched
         prep = prepare(exp)
         tracker = make_tracker(not no_track, tracking_uri)
@@ -196,22 +196,6 @@ def tune(
             _print_tune(outcome)
         return outcome
 
-    outcome = _guard(go, resume_hint="gencv tune SPEC --study NAME (the same study name)")
+    outcome = guard(go, resume_hint="gencv tune SPEC --study NAME (the same study name)")
     if outcome.nested is None and outcome.best is None and outcome.finalized:
         raise typer.Exit(1)
-
-
-# Imported last, on purpose: gencv/cli.py imports this module at its end to register `tune`, so
-# whichever of the two is imported first, `tune` exists before the other needs it. The option
-# annotations above are strings (PEP 563) that typer resolves from these globals when it runs.
-from gencv.cli import (  # noqa: E402
-    SetOpt,
-    SpecArg,
-    UriOpt,
-    _guard,
-    _load,
-    _setup_logging,
-    _sigterm_to_interrupt,
-    err,
-    out,
-)

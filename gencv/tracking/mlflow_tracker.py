@@ -1,101 +1,28 @@
-"""Tracking: a small Tracker protocol, an MLflow implementation over MlflowClient, and a null one."""
+"""`MlflowTracker`: the Tracker over `mlflow.MlflowClient`, with explicit run ids and batched writes."""
 
 from __future__ import annotations
 
 import itertools
 import logging
-import os
-import queue
 import shutil
 import tempfile
-import threading
 import time
 import uuid
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
 from gencv.errors import TrackingError
-
-__all__ = ["DEFAULT_TRACKING_URI", "MlflowTracker", "NullTracker", "Tracker", "make_tracker", "resolve_tracking_uri"]
+from gencv.tracking.base import NullTracker, Tracker, resolve_tracking_uri
+from gencv.tracking.writers import ProcessWriter, ThreadWriter
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+
 _MAX_METRICS, _MAX_PARAMS, _MAX_TAGS = 1000, 100, 100
-
-
-@runtime_checkable
-class Tracker(Protocol):
-    """What the library needs from a tracking backend; runs are identified by string ids."""
-
-    def start_run(self, experiment: str, run_name: str, *, parent: str | None = None,
-                  tags: Mapping[str, str] | None = None) -> str: ...
-    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None: ...
-    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None: ...
-    def log_series(self, run_id: str, series: Mapping[str, Sequence[float]], start_step: int = 1) -> None: ...
-    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None: ...
-    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None: ...
-    def log_text(self, run_id: str, text: str, artifact_file: str) -> None: ...
-    def log_model(self, run_id: str, module: Any, input_example: np.ndarray, name: str = "model") -> None: ...
-    def end_run(self, run_id: str, status: str = "FINISHED") -> None: ...
-    def log_all(self, run_id: str, *, params: Mapping[str, Any] | None = None,
-                metrics: Mapping[str, float] | None = None, series: Mapping[str, Sequence[float]] | None = None,
-                tags: Mapping[str, str] | None = None) -> None: ...
-
-
-class NullTracker:
-    """Records nothing; run ids are still unique so callers need no special case."""
-
-    def start_run(self, experiment: str, run_name: str, *, parent: str | None = None,
-                  tags: Mapping[str, str] | None = None) -> str:
-        return uuid.uuid4().hex
-
-    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
-        pass
-
-    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
-        pass
-
-    def log_series(self, run_id: str, series: Mapping[str, Sequence[float]], start_step: int = 1) -> None:
-        pass
-
-    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
-        pass
-
-    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
-        pass
-
-    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
-        pass
-
-    def log_model(self, run_id: str, module: Any, input_example: np.ndarray, name: str = "model") -> None:
-        pass
-
-    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
-        pass
-
-    def log_all(self, run_id: str, *, params: Mapping[str, Any] | None = None,
-                metrics: Mapping[str, float] | None = None, series: Mapping[str, Sequence[float]] | None = None,
-                tags: Mapping[str, str] | None = None) -> None:
-        pass
-
-
-def resolve_tracking_uri(uri: str | None = None) -> str:
-    """Explicit URI, else MLFLOW_TRACKING_URI, else the local SQLite default (directory created)."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///"))
-        db.parent.mkdir(parents=True, exist_ok=True)
-    elif uri.startswith(("file:", "./", "/")) or "://" not in uri:
-        raise TrackingError(
-            f"tracking URI {uri!r}: MLflow's file store is no longer supported; "
-            "use sqlite:///mlruns/mlflow.db (the default) or an http(s):// MLflow server"
-        )
-    return uri
 
 
 def _finite(v: float) -> bool:
@@ -107,7 +34,7 @@ class MlflowTracker:
 
     `writer` says where writes happen, always in order:
     - "thread" (the default): one background thread, so training never waits on the database;
-    - "process": one writer process (`_ProcessWriter`), so MLflow's pure-Python ORM does not compete
+    - "process": one writer process (`ProcessWriter`), so MLflow's pure-Python ORM does not compete
       with training for the GIL either. A thread saves no time on a small network (measured: as slow
       as writing inline); a process does, for about 2 s of start-up on another core. `gencv run` and
       `gencv tune` use it (`make_tracker`);
@@ -129,11 +56,11 @@ class MlflowTracker:
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
         self._experiments: dict[str, str] = {}
         self._ids: dict[str, str] = {}
-        self._writer: _ThreadWriter | _ProcessWriter | None = None
+        self._writer: ThreadWriter | ProcessWriter | None = None
         if writer == "thread":
-            self._writer = _ThreadWriter(self)
+            self._writer = ThreadWriter(self)
         elif writer == "process":
-            self._writer = _ProcessWriter(self.tracking_uri, self.artifact_root)
+            self._writer = ProcessWriter(self.tracking_uri, self.artifact_root)
         if self._writer is not None:
             weakref.finalize(self, self._writer.stop)  # also at interpreter exit: queued writes land first
 
@@ -343,116 +270,6 @@ class MlflowTracker:
         self._log_model_now(run_id, module, np.array(input_example), name)
 
 
-class _ThreadWriter:
-    """Performs a tracker's writes in order on one background thread."""
-
-    def __init__(self, tracker: MlflowTracker) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gencv-mlflow")
-        self._run = lambda op, args, kwargs: getattr(tracker, op)(*args, **kwargs)
-        self._pending: list[Any] = []
-        self._lock = threading.Lock()
-
-    def put(self, op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        with self._lock:
-            self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
-            self._pending.append(self._executor.submit(self._run, op, args, kwargs))
-
-    def flush(self) -> tuple[dict[str, str], list[str]]:
-        """Wait for every queued write: (no new ids: they are the tracker's own), errors."""
-        with self._lock:
-            pending, self._pending = self._pending, []
-        return {}, [f"{type(e).__name__}: {e}" for f in pending if (e := f.exception()) is not None]
-
-    def stop(self) -> None:
-        self.flush()
-        self._executor.shutdown(wait=True)
-
-
-class _ProcessWriter:
-    """A writer process (`python -m gencv._tracking_writer`) that performs a tracker's writes in order.
-
-    Messages are pickled frames on its stdin, written by a feeder thread so that queueing never
-    blocks training; only a flush reads an answer (from its stdout). It runs in its own session, so
-    Ctrl-C in a terminal reaches only the parent, which marks its runs KILLED through it and then
-    stops it; it exits by itself when the parent is gone (end of file on its stdin).
-    """
-
-    def __init__(self, tracking_uri: str, artifact_root: Path | None) -> None:
-        import subprocess
-        import sys
-
-        env = {**os.environ, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
-        self._proc = subprocess.Popen([sys.executable, "-m", "gencv._tracking_writer", tracking_uri,
-                                       "" if artifact_root is None else str(artifact_root)],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
-                                      start_new_session=True)
-        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._sent = threading.Semaphore(0)  # released by the feeder after each flush marker is written
-        self._broken: str | None = None
-        self._lock = threading.Lock()  # one flush at a time: answers come in order
-        self._seq = 0
-        self._feeder = threading.Thread(target=self._feed, name="gencv-mlflow-feeder", daemon=True)
-        self._feeder.start()
-
-    def _feed(self) -> None:
-        from gencv._tracking_writer import write_frame
-
-        pipe = self._proc.stdin
-        while True:
-            frame = self._queue.get()
-            if frame is None:
-                break
-            try:
-                if self._broken is None:
-                    write_frame(pipe, frame)
-            except OSError as exc:
-                self._broken = f"{type(exc).__name__}: {exc}"
-            if frame[:1] == b"F":
-                self._sent.release()
-        try:
-            pipe.close()  # type: ignore[union-attr]
-        except OSError:
-            pass
-
-    def put(self, op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        import pickle
-
-        self._queue.put(b"W" + pickle.dumps((op, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL))
-
-    def flush(self) -> tuple[dict[str, str], list[str]]:
-        """Wait until every write queued so far is done: (provisional -> MLflow run ids, errors)."""
-        import pickle
-
-        from gencv._tracking_writer import read_frame
-
-        with self._lock:
-            self._seq += 1
-            self._queue.put(b"F" + pickle.dumps(self._seq))
-            self._sent.acquire()
-            frame = None if self._broken else read_frame(self._proc.stdout)
-            if frame is None:
-                code = self._proc.poll()
-                raise TrackingError(f"the MLflow writer process is gone (exit code {code}"
-                                    f"{'; ' + self._broken if self._broken else ''}); writes queued since the "
-                                    "last flush are lost")
-            seq, ids, errors = pickle.loads(frame)
-            if seq != self._seq:  # pragma: no cover - protocol error
-                raise TrackingError(f"MLflow writer answered flush {seq}, expected {self._seq}")
-            return ids, errors
-
-    def stop(self) -> None:
-        """Let the queued writes finish, then end the process (at most a minute)."""
-        if self._feeder.is_alive():
-            self._queue.put(None)
-            self._feeder.join(timeout=60)
-        try:
-            self._proc.wait(timeout=60)
-        except Exception:  # pragma: no cover - a write hung for a minute
-            self._proc.kill()
-
-
 def load_logged_model(tracker: MlflowTracker, run_id: str, name: str = "model") -> Any:
     """Download and load an `mlflow.pytorch` model logged by `MlflowTracker.log_model`."""
     import mlflow.pytorch
@@ -472,3 +289,4 @@ def _chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
     it = iter(items)
     while chunk := list(itertools.islice(it, size)):
         yield chunk
+

@@ -1,4 +1,4 @@
-"""The MLflow writer process behind `MlflowTracker(writer="process")` (`python -m gencv._tracking_writer URI ROOT`).
+"""The MLflow writer process behind `MlflowTracker(writer="process")` (`python -m gencv.tracking.writer_process URI ROOT`).
 
 Frames on stdin: b"W" + pickle((method, args, kwargs)), a write to perform in order; b"F" + pickle(n),
 a flush, answered on stdout with pickle((n, new provisional -> MLflow run ids, errors since the
@@ -12,29 +12,9 @@ import logging
 import os
 import pickle
 import signal
-import struct
 import sys
-from typing import IO, Any
 
-_HEADER = struct.Struct("!I")
-
-
-def write_frame(pipe: IO[bytes] | None, frame: bytes) -> None:
-    """Length-prefixed frame; flushed so the reader never waits on a buffer."""
-    assert pipe is not None
-    pipe.write(_HEADER.pack(len(frame)) + frame)
-    pipe.flush()
-
-
-def read_frame(pipe: IO[bytes] | None) -> bytes | None:
-    """The next frame, or None at end of file."""
-    assert pipe is not None
-    head = pipe.read(_HEADER.size)
-    if len(head) < _HEADER.size:
-        return None
-    (size,) = _HEADER.unpack(head)
-    body = pipe.read(size)
-    return body if len(body) == size else None
+from gencv.tracking.writers import read_frame, write_frame
 
 
 def main(argv: list[str]) -> int:
@@ -46,7 +26,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "mlflow", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    from gencv.tracking import MlflowTracker
+    from gencv.tracking.mlflow_tracker import MlflowTracker
 
     uri, root = argv[0], argv[1] or None
     tracker = MlflowTracker(uri, root, writer="inline")

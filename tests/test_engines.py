@@ -6,7 +6,8 @@ import torch
 
 from gencv.data import load_dataset
 from gencv.errors import DivergenceError
-from gencv.estimators import GencvEstimator, InnerSplit
+from gencv.engines import GencvEstimator
+from gencv.engines.skorch_net import InnerSplit
 from gencv.spec import DataSpec, EarlyStoppingSpec, ModelSpec, TrainSpec
 
 

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gencv._tuning_space import Dimension
 from gencv.stats import granulated_kendall, kendall_tau
+from gencv.tuning.space import Dimension
 
 __all__ = ["measure_gap_report", "plot_measures_vs_gap_trials", "study_plots"]
 

@@ -1,0 +1,5 @@
+"""`python -m gencv.cli`."""
+
+from gencv.cli.app import main
+
+main()

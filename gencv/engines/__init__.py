@@ -1,0 +1,29 @@
+"""Training engines: fit the folds of one configuration and hand back one fitted model per fold.
+
+`base` defines the seam (`Engine`, `FittedModel`, `FoldFit`); `skorch_engine` is the reference
+engine (one cloned skorch net per fold); `estimator` is the scikit-learn estimator it clones,
+built from `skorch_net` (the trimmed skorch loop) and `optim` (optimizers and schedules by name).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gencv.engines.base import Engine, FittedModel, FoldFit
+from gencv.engines.estimator import ExportedModel, GencvEstimator, make_preprocessor
+from gencv.engines.skorch_engine import SkorchEngine
+from gencv.errors import GencvError, did_you_mean
+
+__all__ = ["ENGINES", "Engine", "ExportedModel", "FittedModel", "FoldFit", "GencvEstimator", "SkorchEngine",
+           "get_engine", "make_preprocessor"]
+
+#: engine name -> factory. `skorch` is the reference.
+ENGINES: dict[str, Callable[[], Engine]] = {"skorch": SkorchEngine}
+
+
+def get_engine(name: str) -> Engine:
+    """The engine registered as `name`."""
+    if name not in ENGINES:
+        raise GencvError(f"train.engine: got {name!r}; available engines: {', '.join(ENGINES)}."
+                         + did_you_mean(name, ENGINES))
+    return ENGINES[name]()

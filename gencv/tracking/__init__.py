@@ -1,0 +1,20 @@
+"""Tracking: the Tracker protocol and null tracker (`base`), MLflow's tracker (`mlflow_tracker`), and the
+writers that take MLflow's writes off the training thread (`writers`, `writer_process`).
+
+Importing this package does not import MLflow; `MlflowTracker` imports it when constructed.
+"""
+
+from __future__ import annotations
+
+from gencv.tracking.base import DEFAULT_TRACKING_URI, NullTracker, Tracker, resolve_tracking_uri
+from gencv.tracking.mlflow_tracker import MlflowTracker, load_logged_model, make_tracker
+
+__all__ = [
+    "DEFAULT_TRACKING_URI",
+    "MlflowTracker",
+    "NullTracker",
+    "Tracker",
+    "load_logged_model",
+    "make_tracker",
+    "resolve_tracking_uri",
+]

@@ -214,7 +214,7 @@ def _held_out(field: str, n: int, n_all: int) -> str:
         return ""
     if field == "cv":
         return f" (data.test_size holds out {n_all - n} of the {n_all} rows)"
-    return f" (the outer split holds out {n_all - n} of the {n_all} rows)"
+    return f" (the outer fold and the test set hold out {n_all - n} of the {n_all} rows)"
 
 
 def _check(

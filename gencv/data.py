@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -211,7 +212,7 @@ def _from_table(spec: DataSpec, kind: str, path: str) -> Dataset:
     )
     task = "classification" if is_class else "regression"
     groups = frame[spec.group].to_numpy() if spec.group else None
-    time_index = frame[spec.time].to_numpy() if spec.time else None
+    time_index = _parse_time(frame[spec.time], spec.time) if spec.time else None
     if time_index is not None:
         order = np.argsort(time_index, kind="stable")
         feat, y_raw = feat.iloc[order], y_raw.iloc[order]
@@ -219,6 +220,53 @@ def _from_table(spec: DataSpec, kind: str, path: str) -> Dataset:
         time_index = time_index[order]
     return _finish(spec.source, feat.to_numpy(), y_raw.to_numpy(), task, [str(c) for c in feat.columns], None,
                    groups=groups, time_index=time_index, target_name=str(spec.target))
+
+
+def _parse_time(values: pd.Series, column: str) -> np.ndarray:
+    """The time column as sortable values: numbers and datetimes as they are, text parsed as dates.
+
+    Text is parsed in one format (pandas infers it from the first value), never value by value:
+    sorting date strings as text (``03/15/1995`` before ``12/01/1994``) would put the future first,
+    and parsing each value on its own could read ``01/02`` as January in one row and February in another.
+    """
+    missing = int(values.isna().sum())
+    if missing:
+        raise DataError(f"data.time: column {column!r} has {missing} missing value(s); every row needs a time "
+                        "to be put in order: drop or fill those rows")
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_datetime64_any_dtype(values):
+        parsed = values
+    else:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "could not infer format"; failures raise below
+                try:
+                    parsed = pd.to_datetime(values)
+                except ValueError as exc:
+                    if "timezone" not in str(exc).lower():
+                        raise
+                    parsed = pd.to_datetime(values, utc=True)  # offsets differ between rows: compare in UTC
+        except (ValueError, TypeError, OverflowError) as exc:
+            bad = _unparseable_example(values)
+            raise DataError(
+                f"data.time: column {column!r} cannot be read as dates in one format: got {bad!r} "
+                f"({str(exc).splitlines()[0]}); write every value in one date format (ISO 8601 such as "
+                "1995-03-15 is safest) or as numbers (e.g. a year or a step count)"
+            ) from None
+    if pd.api.types.is_datetime64_any_dtype(parsed) and getattr(parsed.dt, "tz", None) is not None:
+        parsed = parsed.dt.tz_convert(None)  # UTC, without the zone, so the values sort as datetime64
+    return parsed.to_numpy()
+
+
+def _unparseable_example(values: pd.Series) -> object:
+    """A value of `values` that fails the date format pandas infers from the first value."""
+    from pandas.tseries.api import guess_datetime_format
+
+    fmt = guess_datetime_format(str(values.iloc[0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        coerced = pd.to_datetime(values, format=fmt or "mixed", errors="coerce", utc=True)
+    bad = values[coerced.isna()]
+    return bad.iloc[0] if len(bad) else values.iloc[0]
 
 
 def _finish(

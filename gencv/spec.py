@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from gencv.errors import SpecError, did_you_mean
 
@@ -52,6 +52,21 @@ class DataSpec(_Strict):
     noise: float | None = Field(None, ge=0.0)
     lags: int = Field(12, ge=1, le=1000)
     horizon: int = Field(1, ge=1, le=1000)
+
+    @field_validator("features")
+    @classmethod
+    def _target_not_a_feature(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        # A feature that is the target answers the question it is asked (a leaked test score). Lag
+        # windows (data.lags) hold past values only and never come through this list.
+        target = info.data.get("target")
+        if v is not None and target is not None and target in v:
+            rest = [c for c in v if c != target]
+            raise ValueError(
+                f"lists the target column {target!r} (data.target) as a feature, which leaks the answer "
+                f"into the inputs; remove {target!r} from data.features"
+                + (f", e.g. data.features={rest}" if rest else "")
+            )
+        return v
 
 
 class ModelSpec(_Strict):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.model_selection import (
@@ -22,7 +25,10 @@ from sklearn.model_selection import (
 from gencv.errors import SplitError
 from gencv.spec import CVSpec
 
-__all__ = ["Fold", "make_folds", "make_splitter"]
+if TYPE_CHECKING:
+    from gencv.data import Dataset
+
+__all__ = ["Fold", "make_folds", "make_splitter", "scheme_warnings"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,59 @@ def make_splitter(
     raise SplitError(f"{field}.kind: unknown kind {kind!r}")  # pragma: no cover - spec validation catches it
 
 
+def scheme_warnings(cv: CVSpec, dataset: Dataset, *, field: str = "cv") -> list[str]:
+    """Human-readable warnings for a CV scheme whose folds depend on a row order the data may not have.
+
+    Rolling CV, and kfold without shuffling, cut the rows in file order. Call this with the dataset as
+    loaded, before rows without a time column are taken to be in time order (`runner.prepare` does
+    that for rolling CV): no `time_index` is what tells that the order is only the file's. `field`
+    is the spec path of `cv` (``tune.inner_cv`` for nested CV). Returns [] when there is nothing to say.
+    """
+    ordered = cv.kind == "rolling" or (cv.kind == "kfold" and not cv.shuffle)
+    n = dataset.n_samples
+    if not ordered or n < 3 or (dataset.is_time_series and cv.kind != "rolling"):
+        return []  # shuffled schemes need no order; unshuffled kfold on a time series is refused anyway
+    out: list[str] = []
+    classif = dataset.task == "classification"
+    scheme = "rolling CV" if cv.kind == "rolling" else f"{field}.kind=kfold with {field}.shuffle=false"
+    shuffled = f"{field}.kind=stratified" if classif else f"{field}.kind=kfold"
+    if cv.kind == "rolling" and not dataset.is_time_series:
+        out.append(
+            f"{field}.kind=rolling on data.source={dataset.name!r}, which is not a time series (no data.time): "
+            "the rows are taken in file order as time order, and the last rows become the test set and the "
+            "validation blocks, so unless the file is in time order the scores mean nothing; set data.time to "
+            f"the time column, or use {shuffled} if the rows have no time order"
+        )
+    y = dataset.y
+    if classif:
+        # Blocks cut in row order from rows grouped by class validate on classes their training never saw.
+        splitter = make_splitter(cv, task=dataset.task, seed=0, is_time_series=cv.kind == "rolling", field=field)
+        try:
+            unseen = [np.setdiff1d(y[va], y[tr]) for tr, va in splitter.split(np.arange(n))]
+        except ValueError:
+            unseen = []  # the scheme does not fit this data; make_folds says so with a clear error
+        blind = [u for u in unseen if u.size]
+        runs = int(np.count_nonzero(np.diff(y))) + 1
+        if blind:
+            names = ", ".join(_label(int(c), dataset.classes) for c in np.unique(np.concatenate(blind)))
+            grouped = f" (the {n} rows come in {runs} runs of one class)" if runs <= 2 * len(np.unique(y)) else ""
+            fix = shuffled if cv.kind == "rolling" else f"{field}.shuffle=true"
+            out.append(
+                f"{scheme} on data.source={dataset.name!r}: in {len(blind)} of its folds the validation block "
+                f"holds class(es) ({names}) that its training block lacks{grouped}, which the model cannot predict; "
+                f"unless that is the time order you mean to test, use {fix}"
+            )
+    elif not dataset.is_time_series:
+        d = np.diff(y.astype(np.float64))
+        if d.any() and (np.all(d >= 0) or np.all(d <= 0)):
+            out.append(
+                f"{scheme} on data.source={dataset.name!r}: the rows are sorted by the target, so each held-out "
+                "block lies outside the range of target values its training rows saw; unless that order is "
+                f"time, use {field}.kind=kfold with {field}.shuffle=true"
+            )
+    return out
+
+
 class _TimeHoldout:
     """One split: the earlier part trains, the last `fraction` validates, `gap` rows between them dropped."""
 
@@ -111,19 +170,24 @@ def make_folds(
     is_time_series: bool = False,
     min_gap: int = 0,
     allow_large_loo: bool = False,
+    classes: Sequence[str] | None = None,
+    test_size: float | None = None,
     field: str = "cv",
 ) -> list[Fold]:
     """Check the scheme against the data, then return its folds as absolute indices.
 
     `indices` are the dataset rows available to CV (the held-out test rows are excluded);
-    `min_gap` is `Dataset.min_gap` (see `make_splitter`).
+    `min_gap` is `Dataset.min_gap` (see `make_splitter`). For error messages only: `classes`
+    (`Dataset.classes`) names the class codes of `y`, and `test_size` is the `data.test_size` that
+    held out the rows missing from `indices`, blamed when it leaves too few rows for the scheme.
     """
     n = len(indices)
     y_sub = y[indices]
     g_sub = groups[indices] if groups is not None else None
     if is_time_series and min_gap > cv.gap and cv.kind == "rolling":
         cv = cv.model_copy(update={"gap": min_gap})
-    _check(cv, n=n, y=y_sub, task=task, groups=g_sub, allow_large_loo=allow_large_loo, field=field)
+    _check(cv, n=n, y=y_sub, task=task, groups=g_sub, allow_large_loo=allow_large_loo, field=field,
+           y_all=y, classes=classes, test_size=test_size, is_time_series=is_time_series)
     splitter = make_splitter(cv, task=task, seed=seed, is_time_series=is_time_series, min_gap=min_gap, field=field)
     local = np.arange(n)
     folds = []
@@ -133,9 +197,24 @@ def make_folds(
     except ValueError as exc:
         raise SplitError(f"{field}: {cv.kind} CV cannot split these {n} samples: {exc}") from None
     if any(len(f.train) == 0 for f in folds):
-        raise SplitError(f"{field}: {cv.kind} CV leaves a fold with no training data in these {n} samples; "
+        what = f"{field}.test_fraction={cv.test_fraction}: " if cv.kind == "holdout" else f"{field}: {cv.kind} CV "
+        raise SplitError(f"{what}leaves a fold with no training data in these {n} samples; "
                          f"use a smaller {field}.test_fraction or more data")
     return folds
+
+
+def _label(code: int, classes: Sequence[str] | None) -> str:
+    """A class as the user knows it: its label when known, else its code."""
+    return repr(str(classes[code])) if classes is not None and 0 <= code < len(classes) else str(code)
+
+
+def _held_out(field: str, n: int, n_all: int) -> str:
+    """Where the rows missing from CV went, for messages about too few rows."""
+    if n >= n_all:
+        return ""
+    if field == "cv":
+        return f" (data.test_size holds out {n_all - n} of the {n_all} rows)"
+    return f" (the outer fold and the test set hold out {n_all - n} of the {n_all} rows)"
 
 
 def _check(
@@ -147,19 +226,61 @@ def _check(
     groups: np.ndarray | None,
     allow_large_loo: bool,
     field: str,
+    y_all: np.ndarray | None = None,
+    classes: Sequence[str] | None = None,
+    test_size: float | None = None,
+    is_time_series: bool = False,
 ) -> None:
     k = cv.n_splits
+    n_all = n if y_all is None else len(y_all)
     if cv.kind in ("kfold", "stratified", "repeated") and k > n:
-        raise SplitError(f"{field}.n_splits: got {k}, more than the {n} samples available to CV; use at most {n}")
-    if cv.kind in ("stratified",) or (cv.kind == "repeated" and task == "classification"):
-        counts = np.bincount(y.astype(int))
-        counts = counts[counts > 0]
-        smallest = int(counts.min())
-        if smallest < k:
-            cls = int(np.argmin(np.where(np.bincount(y.astype(int)) > 0, np.bincount(y.astype(int)), np.iinfo(int).max)))
+        if test_size is not None and field == "cv" and k <= n_all:  # the data would do; the hold-out took it
+            most = math.floor((n_all - k) / n_all * 100) / 100
             raise SplitError(
-                f"{field}.n_splits: got {k}, but class {cls} has only {smallest} sample(s) in the CV data; "
-                f"use n_splits <= {smallest}, or {field}.kind=kfold"
+                f"data.test_size: got {test_size}: holds out {n_all - n} of the {n_all} rows, leaving {n} for "
+                f"{k}-fold CV ({field}.n_splits={k}); use data.test_size <= {most:g} (0.2 is usual) "
+                f"or {field}.n_splits <= {n}"
+            )
+        also = " or a smaller data.test_size" if field == "cv" and n < n_all else ""
+        raise SplitError(f"{field}.n_splits: got {k}, more than the {n} samples available to CV"
+                         f"{_held_out(field, n, n_all)}; use at most {n}{also}")
+    stratified = cv.kind == "stratified" or (
+        task == "classification" and (cv.kind == "repeated" or (cv.kind == "holdout" and not is_time_series))
+    )
+    if stratified:
+        full = np.bincount(y.astype(int))
+        code = int(np.argmin(np.where(full > 0, full, np.iinfo(np.int64).max)))
+        smallest = int(full[code])
+        need = 2 if cv.kind == "holdout" else k
+        if smallest < need:
+            label = _label(code, classes)
+            total = int(np.sum(y_all == code)) if y_all is not None else smallest
+            where = f" of its {total}" if total > smallest else ""
+            if cv.kind == "holdout" or smallest < 2:
+                # No n_splits helps: a stratified split needs every class on both sides.
+                raise SplitError(
+                    f"{field}.kind: got {cv.kind!r}, which splits every class between training and validation, "
+                    f"but class {label} has only {smallest} sample(s){where} in the CV data"
+                    f"{_held_out(field, n, n_all) if where else ''}; stratified CV needs at least 2 per class: "
+                    f"use {field}.kind=kfold (not stratified), add rows of class {label}, or drop them"
+                )
+            raise SplitError(
+                f"{field}.n_splits: got {k}, but class {label} has only {smallest} sample(s){where} in the CV data; "
+                f"use {field}.n_splits <= {smallest}, {field}.kind=kfold (not stratified), or more rows of class {label}"
+            )
+    if cv.kind == "holdout" and not is_time_series:  # the time holdout's empty training block is caught later
+        n_valid = math.ceil(cv.test_fraction * n)
+        n_train = n - n_valid
+        each = len(np.unique(y)) if stratified else 1  # a stratified split needs every class on both sides
+        if n_train < each or n_valid < each:
+            lo, hi = math.ceil(each / n * 100) / 100, math.floor((n - each) / n * 100) / 100
+            fix = (f"use {field}.test_fraction between {lo:g} and {hi:g} (0.2 is usual)" if lo <= hi
+                   else f"use {field}.kind=kfold or more data")
+            need = f"the {each} classes" if stratified else "1 row"
+            side = f"leaving {n_train} for training" if n_train < each else f"only {n_valid} for validation"
+            raise SplitError(
+                f"{field}.test_fraction: got {cv.test_fraction}: validates on {n_valid} of the {n} CV rows, {side}, "
+                f"fewer than {need} each side needs; {fix}"
             )
     if cv.kind == "loo" and n > cv.max_loo_samples and not allow_large_loo:
         raise SplitError(
@@ -183,7 +304,23 @@ def _check(
         test = cv.test_size if cv.test_size is not None else n // (k + 1)
         need = k * test + cv.gap + 1
         if test < 1 or need > n:
+            room = n - cv.gap - 1  # rows left for the k validation blocks after one training row and the gap
+            fixes = []
+            if cv.test_size is not None:  # both fields set the length; name both, with values that fit
+                head = f"{field}.n_splits={k}, {field}.test_size={cv.test_size}: {k} rolling splits of {test} rows"
+                if room // cv.test_size >= 2:
+                    fixes.append(f"{field}.n_splits <= {room // cv.test_size}")
+                if room // k >= 1:
+                    fixes.append(f"{field}.test_size <= {room // k}")
+            else:
+                head = (f"{field}.n_splits: got {k} rolling splits: validation blocks of {test} rows "
+                        f"(points // (n_splits + 1))")
+                fit = next((j for j in range(min(k - 1, n), 1, -1) if n // (j + 1) and (n // (j + 1)) * j + cv.gap < n), 0)
+                if fit:
+                    fixes.append(f"{field}.n_splits <= {fit}")
+            if cv.gap:
+                fixes.append(f"a smaller {field}.gap (got {cv.gap})")
             raise SplitError(
-                f"{field}.n_splits: got {k} rolling splits (test_size={test}, gap={cv.gap}) but the series has "
-                f"{n} points, needing at least {max(need, k + 1 + cv.gap)}; use fewer splits, a smaller test_size or gap"
+                f"{head} with gap={cv.gap} need at least {max(need, k + 1 + cv.gap)} points, but the series has {n}"
+                f"{_held_out(field, n, n_all)}; use {' or '.join(fixes) if fixes else 'more data'}"
             )

@@ -8,7 +8,8 @@ import pytest
 
 from gencv.data import SOURCES, holdout_test, load_dataset
 from gencv.errors import DataError, SpecError
-from gencv.spec import DataSpec
+from gencv.spec import CVSpec, DataSpec, validate_experiment
+from gencv.splits import make_folds
 
 
 @pytest.mark.parametrize("source", [s for s in SOURCES if ":" not in s])
@@ -81,3 +82,65 @@ def test_holdout_test_set_rules() -> None:
     assert len(test) == 30 and np.all(np.bincount(iris.y[test]) == 10)  # stratified
     assert not set(cv) & set(test) and len(cv) + len(test) == 150
     assert len(holdout_test(iris, 0.0, seed=0)[1]) == 0
+
+
+def _dated_csv(tmp_path: Path, fmt: str) -> Path:
+    """40 monthly rows, shuffled, with the date written as text in `fmt`; `step` counts months."""
+    dates = pd.date_range("1993-01-01", periods=40, freq="MS")
+    order = np.random.default_rng(0).permutation(40)
+    text = {"us": lambda d: d.strftime("%m/%d/%Y"), "mon": lambda d: f"{d:%b}-{d.day}-{d.year}"}[fmt]
+    frame = pd.DataFrame({"date": [text(dates[i]) for i in order], "step": order.astype(float),
+                          "y": 2.0 * order + 0.5})
+    assert not frame["date"].is_monotonic_increasing  # text order is not time order
+    p = tmp_path / f"{fmt}.csv"
+    frame.to_csv(p, index=False)
+    return p
+
+
+@pytest.mark.parametrize("fmt", ["us", "mon"])  # 03/15/1995, Jan-1-1995
+def test_csv_date_strings_are_sorted_by_time_and_rolling_folds_follow_it(tmp_path: Path, fmt: str) -> None:
+    p = _dated_csv(tmp_path, fmt)
+    ds = load_dataset(DataSpec(source=f"csv:{p}", target="y", time="date"))
+    assert ds.time_index.dtype.kind == "M"  # parsed as datetimes, not kept as text
+    assert np.all(np.diff(ds.time_index) > np.timedelta64(0))
+    assert np.array_equal(ds.X[:, 0], np.arange(40))  # the rows moved with their dates
+    assert np.array_equal(ds.y, 2.0 * np.arange(40) + 0.5)
+    folds = make_folds(CVSpec(kind="rolling", n_splits=4), y=ds.y, task=ds.task, seed=0,
+                       indices=np.arange(ds.n_samples), is_time_series=True)
+    for f in folds:
+        assert ds.time_index[f.train].max() < ds.time_index[f.valid].min()
+
+
+def test_numeric_time_column_stays_numeric(tmp_path: Path) -> None:
+    p = tmp_path / "n.csv"
+    pd.DataFrame({"year": [2003, 2001, 2002, 2000] * 5, "x": np.arange(20.0), "y": np.arange(20.0)}).to_csv(p, index=False)
+    ds = load_dataset(DataSpec(source=f"csv:{p}", target="y", time="year"))
+    assert ds.time_index.dtype.kind == "i" and np.all(np.diff(ds.time_index) >= 0)
+
+
+def test_unparseable_time_column_names_field_value_and_fix(tmp_path: Path) -> None:
+    p = tmp_path / "bad.csv"
+    dates = ["03/15/1995", "12/01/1994", "not a date", "01/02/1995"] * 3
+    pd.DataFrame({"date": dates, "x": np.arange(12.0), "y": np.arange(12.0)}).to_csv(p, index=False)
+    with pytest.raises(DataError, match=r"data\.time: column 'date' cannot be read as dates .*got 'not a date'.*ISO 8601"):
+        load_dataset(DataSpec(source=f"csv:{p}", target="y", time="date"))
+    q = tmp_path / "gap.csv"
+    pd.DataFrame({"date": ["1995-01-01", None, "1995-03-01"], "x": [1.0, 2, 3], "y": [1.0, 2, 3]}).to_csv(q, index=False)
+    with pytest.raises(DataError, match=r"data\.time: column 'date' has 1 missing value"):
+        load_dataset(DataSpec(source=f"csv:{q}", target="y", time="date"))
+
+
+def test_target_listed_as_feature_is_rejected_before_loading() -> None:
+    raw = {"data": {"source": "csv:d.csv", "target": "y", "features": ["a", "y"]}}
+    with pytest.raises(SpecError, match=r"data\.features: got \['a', 'y'\]: lists the target column 'y'.*"
+                                        r"remove 'y' from data\.features, e\.g\. data\.features=\['a'\]"):
+        validate_experiment(raw)
+
+
+def test_features_without_the_target_and_lag_windows_stay_allowed(tmp_path: Path) -> None:
+    p = tmp_path / "d.csv"
+    pd.DataFrame({"a": np.arange(12.0), "b": np.ones(12), "y": np.arange(12.0) * 3}).to_csv(p, index=False)
+    ds = load_dataset(validate_experiment({"data": {"source": f"csv:{p}", "target": "y", "features": ["a"]}}).data)
+    assert ds.feature_names == ["a"]
+    lagged = load_dataset(validate_experiment({"data": {"source": "sunspots", "lags": 4}}).data)
+    assert lagged.feature_names == ["lag_4", "lag_3", "lag_2", "lag_1"]  # past copies of the target are fine

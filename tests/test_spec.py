@@ -51,6 +51,8 @@ def test_digest_changes_with_content() -> None:
         ({"cv": {"kind": "rolling", "window": "sliding"}}, r"needs cv\.max_train_size"),
         ({"model": {"hidden": [8, 0]}}, r"model\.hidden"),
         ({"train": {"early_stopping": {"patiense": 3}}}, r"train\.early_stopping\.patiense: unknown key\. Did you mean 'patience'"),
+        ({"data": {"source": "csv:d.csv", "target": "y", "features": ["y"]}},
+         r"data\.features: got \['y'\]: lists the target column 'y' .*leaks.*remove 'y' from data\.features"),
     ],
 )
 def test_bad_specs_name_field_value_and_fix(raw: dict, pattern: str) -> None:

@@ -3,8 +3,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gencv import splits
+from gencv.data import holdout_test, load_dataset
 from gencv.errors import SplitError
-from gencv.spec import CVSpec
+from gencv.spec import CVSpec, DataSpec
 from gencv.splits import make_folds
 
 
@@ -90,3 +92,85 @@ def test_scheme_errors(cv: CVSpec, kw: dict, pattern: str) -> None:
 def test_large_loo_allowed_with_flag() -> None:
     folds, _ = _folds(CVSpec(kind="loo", max_loo_samples=10), n=20, allow_large_loo=True)
     assert len(folds) == 20
+
+
+IRIS_CLASSES = ["setosa", "versicolor", "virginica"]
+
+
+def test_stratified_error_names_the_class_label_and_a_fix_that_works() -> None:
+    y = np.r_[np.zeros(28, dtype=int), np.ones(30, dtype=int), [2, 2]]  # 'virginica' has 2 rows
+    with pytest.raises(SplitError, match=r"cv\.n_splits: got 5, but class 'virginica' has only 2 sample\(s\) in the "
+                                         r"CV data; use cv\.n_splits <= 2, cv\.kind=kfold"):
+        _folds(CVSpec(kind="stratified", n_splits=5), y=y, classes=IRIS_CLASSES)
+    # one of its 2 rows went to the test set: no n_splits works, and the message must not suggest one
+    full_y = np.r_[np.zeros(28, dtype=int), np.ones(30, dtype=int), [2, 2]]
+    with pytest.raises(SplitError, match=r"class 'virginica' has only 1 sample\(s\) of its 2 in the CV data "
+                                         r"\(data\.test_size holds out 1 of the 60 rows\); stratified CV needs at least 2 "
+                                         r"per class: use cv\.kind=kfold") as info:
+        make_folds(CVSpec(kind="stratified", n_splits=3), y=full_y, task="classification", seed=0,
+                   indices=np.arange(59), classes=IRIS_CLASSES)
+    assert "n_splits <= 1" not in str(info.value)
+    with pytest.raises(SplitError, match=r"class 2 has only 2"):  # no labels given: the code
+        _folds(CVSpec(kind="stratified", n_splits=5), y=y)
+
+
+def test_too_large_test_size_is_blamed_not_n_splits() -> None:
+    iris = load_dataset(DataSpec(source="iris"))
+    cv_idx, _ = holdout_test(iris, 0.97, seed=0)
+    with pytest.raises(SplitError, match=r"^data\.test_size: got 0\.97: holds out 146 of the 150 rows, leaving 4 for "
+                                         r"5-fold CV .*use data\.test_size <= 0\.96 .*or cv\.n_splits <= 4"):
+        make_folds(CVSpec(kind="stratified", n_splits=5), y=iris.y, task=iris.task, seed=0, indices=cv_idx,
+                   classes=iris.classes, test_size=0.97)
+    # a caller that does not pass test_size still hears about data.test_size
+    with pytest.raises(SplitError, match=r"\(data\.test_size holds out 146 of the 150 rows\); use at most 4 or a "
+                                         r"smaller data\.test_size"):
+        make_folds(CVSpec(kind="kfold", n_splits=5), y=iris.y, task=iris.task, seed=0, indices=cv_idx)
+
+
+@pytest.mark.parametrize(
+    ("cv", "kw", "pattern"),
+    [
+        (CVSpec(kind="holdout", test_fraction=0.98), {},
+         (r"cv\.test_fraction: got 0\.98: validates on 59 of the 60 CV rows, leaving 1 for training, fewer than "
+          r"the 3 classes.*use cv\.test_fraction between 0\.05 and 0\.95")),
+        (CVSpec(kind="holdout", test_fraction=0.02), {},
+         r"cv\.test_fraction: got 0\.02: .*only 2 for validation, fewer than the 3 classes"),
+        (CVSpec(kind="holdout", test_fraction=0.99), {"task": "regression", "y": np.zeros(60)},
+         r"cv\.test_fraction: got 0\.99: .*leaving 0 for training, fewer than 1 row"),
+        (CVSpec(kind="rolling", n_splits=5, test_size=30), {"ts": True, "task": "regression"},
+         (r"cv\.n_splits=5, cv\.test_size=30: 5 rolling splits of 30 rows with gap=0 need at least 151 points, but "
+          r"the series has 60 .*; use cv\.test_size <= 11$")),
+    ],
+)
+def test_size_errors_name_the_size_field(cv: CVSpec, kw: dict, pattern: str) -> None:
+    with pytest.raises(SplitError, match=pattern):
+        _folds(cv, **kw)
+
+
+def test_scheme_warnings_on_rolling_cv_of_data_that_is_no_time_series() -> None:
+    iris = load_dataset(DataSpec(source="iris"))  # sorted by class, no time column
+    warnings = splits.scheme_warnings(CVSpec(kind="rolling"), iris)
+    assert len(warnings) == 2
+    assert "cv.kind=rolling on data.source='iris', which is not a time series" in warnings[0]
+    assert "set data.time" in warnings[0] and "cv.kind=stratified" in warnings[0]
+    assert "'virginica'" in warnings[1] and "training block lacks" in warnings[1]
+    nested = splits.scheme_warnings(CVSpec(kind="rolling"), iris, field="tune.inner_cv")
+    assert all("tune.inner_cv.kind" in w for w in nested)
+
+
+@pytest.mark.parametrize(("source", "cv"), [("sunspots", CVSpec(kind="rolling")), ("iris", CVSpec(kind="stratified")),
+                                            ("iris", CVSpec(kind="kfold", shuffle=True))])
+def test_no_scheme_warnings_where_the_order_is_time_or_rows_are_shuffled(source: str, cv: CVSpec) -> None:
+    assert splits.scheme_warnings(cv, load_dataset(DataSpec(source=source))) == []
+
+
+def test_scheme_warnings_on_unshuffled_kfold_of_sorted_rows() -> None:
+    from gencv.data import Dataset
+
+    sorted_cls = Dataset("sorted", np.zeros((40, 1), np.float32), np.repeat([0, 1], 20), "classification", ["x"],
+                         classes=["no", "yes"])
+    (w,) = splits.scheme_warnings(CVSpec(kind="kfold", n_splits=2, shuffle=False), sorted_cls)
+    assert "cv.kind=kfold with cv.shuffle=false" in w and "('no', 'yes')" in w and "use cv.shuffle=true" in w
+    sorted_reg = Dataset("ramp", np.zeros((40, 1), np.float32), np.arange(40, dtype=np.float32), "regression", ["x"])
+    (w,) = splits.scheme_warnings(CVSpec(kind="kfold", n_splits=4, shuffle=False), sorted_reg)
+    assert "sorted by the target" in w

@@ -30,7 +30,7 @@ from gencv.report import (
     summary_table,
 )
 from gencv.spec import Experiment
-from gencv.splits import Fold, make_folds
+from gencv.splits import Fold, make_folds, scheme_warnings
 from gencv.tracking import MlflowTracker, NullTracker, Tracker
 
 __all__ = ["Prepared", "RunOutcome", "make_estimator", "prepare", "run_experiment"]
@@ -48,6 +48,7 @@ class Prepared:
     test_idx: np.ndarray
     folds: list[Fold]
     estimator: GencvEstimator
+    warnings: list[str] = field(default_factory=list)  # about the CV scheme on this data (splits.scheme_warnings)
 
     @property
     def X_test(self) -> np.ndarray | None:
@@ -87,6 +88,9 @@ def make_estimator(exp: Experiment, ds: Dataset, seed: int | None = None) -> Gen
 def prepare(exp: Experiment, *, allow_large_loo: bool = False) -> Prepared:
     """Load data, hold out the test set, build and check the folds and the estimator; no training."""
     ds = load_dataset(exp.data, seed=derive_seed(exp.seed, "data"))
+    warnings = scheme_warnings(exp.cv, ds)  # before rows without a time column are taken as time-ordered
+    for w in warnings:
+        log.warning("%s", w)
     if exp.cv.kind == "rolling" and not ds.is_time_series:
         # Rolling CV says the rows are in time order: the test set, early stopping and folds must
         # treat them so (the latest block held out), or they would train on the future.
@@ -97,8 +101,8 @@ def prepare(exp: Experiment, *, allow_large_loo: bool = False) -> Prepared:
     cv_idx, test_idx = holdout_test(ds, exp.data.test_size, seed=derive_seed(exp.seed, "test"))
     folds = make_folds(exp.cv, y=ds.y, task=ds.task, seed=derive_seed(exp.seed, "cv"), indices=cv_idx,
                        groups=ds.groups, is_time_series=ds.is_time_series, min_gap=ds.min_gap,
-                       allow_large_loo=allow_large_loo)
-    return Prepared(exp, ds, cv_idx, test_idx, folds, make_estimator(exp, ds))
+                       allow_large_loo=allow_large_loo, classes=ds.classes, test_size=exp.data.test_size)
+    return Prepared(exp, ds, cv_idx, test_idx, folds, make_estimator(exp, ds), warnings)
 
 
 def _check_device(device: str) -> None:
@@ -214,6 +218,7 @@ def run_experiment(
         outcome = RunOutcome(exp, ds, result, summary_table(result), fold_table(result),
                              run_id=run_id if tracked else None)
         outcome_ref.append(outcome)
+        outcome.notes.extend(prep.warnings)
         if result.n_failed:
             outcome.notes.append(f"{result.n_failed} of {len(result.folds)} folds failed; summaries use the others")
         outcome.notes.extend(_measure_notes(result))

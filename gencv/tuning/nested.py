@@ -61,7 +61,7 @@ def tune_nested(exp: Experiment, prep: Prepared, dims: list[Dimension], store: A
             k = outer.index
             inner = make_folds(exp.tune.inner_cv, y=ds.y, task=ds.task, seed=derive_seed(exp.seed, "inner_cv", k),
                                indices=outer.train, groups=ds.groups, is_time_series=ds.is_time_series,
-                               min_gap=ds.min_gap, field="tune.inner_cv")
+                               min_gap=ds.min_gap, classes=ds.classes, field="tune.inner_cv")
             name = f"{study_name}-outer{k}"
             study = open_study(exp, dims, store, name, derive_seed(exp.seed, "sampler", "outer", k, worker_key),
                                 len(inner), cv_field="tune.inner_cv")

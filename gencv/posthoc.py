@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from gencv.seeds import derive_seed
 from gencv.errors import GencvError, did_you_mean
 from gencv.measures import MeasureConfig, MeasureResult, compute_measures, plot_density, validate_measure_names
 from gencv.runner import prepare
+from gencv.seeds import derive_seed
 from gencv.spec import Experiment, load_experiment
 from gencv.tracking import MlflowTracker
 

@@ -16,10 +16,9 @@ import pandas as pd
 
 from gencv import __version__
 from gencv.cv import CVResult, FoldResult, Progress, cross_validate
-from gencv.seeds import derive_seed
 from gencv.data import Dataset, holdout_test, load_dataset
-from gencv.errors import DivergenceError, GencvError, SpecError
 from gencv.engines import GencvEstimator
+from gencv.errors import DivergenceError, GencvError, SpecError
 from gencv.metrics import check_metric_for_task, score_all
 from gencv.report import (
     fold_table,
@@ -29,6 +28,7 @@ from gencv.report import (
     summary_metrics,
     summary_table,
 )
+from gencv.seeds import derive_seed
 from gencv.spec import Experiment
 from gencv.splits import Fold, make_folds, scheme_warnings
 from gencv.tracking import MlflowTracker, NullTracker, Tracker

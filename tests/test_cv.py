@@ -7,10 +7,10 @@ import pytest
 from sklearn.metrics import accuracy_score
 
 from gencv.cv import FoldResult, cross_validate, gaps
-from gencv.seeds import derive_seed
-from gencv.errors import DivergenceError
 from gencv.engines import GencvEstimator
+from gencv.errors import DivergenceError
 from gencv.runner import prepare
+from gencv.seeds import derive_seed
 
 from .conftest import tiny
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from gencv.data import load_dataset
-from gencv.errors import DivergenceError
 from gencv.engines import GencvEstimator
 from gencv.engines.skorch_net import InnerSplit
+from gencv.errors import DivergenceError
 from gencv.spec import DataSpec, EarlyStoppingSpec, ModelSpec, TrainSpec
 
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from gencv.seeds import derive_seed
 from gencv.errors import GencvError
 from gencv.measures import MeasureConfig, compute_measures
 from gencv.posthoc import measure_logged_run
 from gencv.runner import prepare, run_experiment
+from gencv.seeds import derive_seed
 from gencv.tracking import MlflowTracker
 
 from .conftest import tiny

@@ -18,6 +18,12 @@ import torch
 from torch import nn
 
 from gencv.errors import DataError
+from gencv.measures._density import _broadened_density, _slq_nodes
+from gencv.measures._gauss_newton import _fisher_trace, _ggn_quad
+from gencv.measures._hessian import _hutchinson, _lanczos_top, _power_top
+from gencv.measures._hvp import _Landscape
+from gencv.measures._norms import _norm_values
+from gencv.measures._sharpness import _adaptive_sharpness, _eps_sharpness, _pacbayes_flatness
 from gencv.measures.config import (  # noqa: F401  (re-exported)
     DEFAULT_TRACE_MIN_PROBES,
     EIG_METHODS,
@@ -25,12 +31,6 @@ from gencv.measures.config import (  # noqa: F401  (re-exported)
     MeasureConfig,
     validate_measure_names,
 )
-from gencv.measures._density import _broadened_density, _slq_nodes
-from gencv.measures._gauss_newton import _fisher_trace, _ggn_quad
-from gencv.measures._hessian import _hutchinson, _lanczos_top, _power_top
-from gencv.measures._hvp import _Landscape
-from gencv.measures._norms import _norm_values
-from gencv.measures._sharpness import _adaptive_sharpness, _eps_sharpness, _pacbayes_flatness
 
 logger = logging.getLogger(__name__)
 

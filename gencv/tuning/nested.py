@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 
 from gencv.cv import fit_and_score
-from gencv.seeds import derive_seed
 from gencv.metrics import METRICS
 from gencv.report import summarize
-from gencv.runner import Prepared, refit_model, make_estimator
+from gencv.runner import Prepared, make_estimator, refit_model
+from gencv.seeds import derive_seed
 from gencv.spec import Experiment
 from gencv.splits import Fold, make_folds
 from gencv.tracking import NullTracker, Tracker

@@ -10,9 +10,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gencv.seeds import derive_seed
 from gencv.metrics import METRICS
 from gencv.runner import refit_model
+from gencv.seeds import derive_seed
 from gencv.spec import Experiment
 from gencv.tracking import MlflowTracker, NullTracker, Tracker
 from gencv.tuning.pruners import make_pruner

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from gencv.cv import FoldResult, cross_validate
-from gencv.seeds import derive_seed
 from gencv.errors import Terminated
 from gencv.metrics import METRICS
 from gencv.runner import Prepared, make_estimator
+from gencv.seeds import derive_seed
 from gencv.spec import Experiment
 from gencv.splits import Fold
 from gencv.tracking import Tracker

@@ -6,9 +6,9 @@ import logging
 import os
 import time
 
-from gencv.seeds import derive_seed
 from gencv.errors import GencvError, SpecError
 from gencv.runner import Prepared, measure_config_for, prepare, run_tags
+from gencv.seeds import derive_seed
 from gencv.spec import Experiment
 from gencv.tracking import NullTracker, Tracker
 from gencv.tuning.nested import tune_nested

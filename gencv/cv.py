@@ -47,15 +47,18 @@ class FoldResult:
 
     index: int
     seed: int
-    n_train: int
+    n_train: int  # rows of the training fold (the fitted rows plus the early-stopping split)
     n_valid: int
+    n_fit: int = 0  # rows the network was fitted on (the training fold minus the early-stopping split)
     status: str = "ok"  # "ok" | "failed"
     reason: str = ""
-    train_scores: dict[str, float] = field(default_factory=dict)
+    train_scores: dict[str, float] = field(default_factory=dict)  # on the fitted rows only
+    es_scores: dict[str, float] = field(default_factory=dict)  # on the early-stopping split
     valid_scores: dict[str, float] = field(default_factory=dict)
     test_scores: dict[str, float] = field(default_factory=dict)
     gaps: dict[str, float] = field(default_factory=dict)
     train_loss: float = float("nan")
+    es_loss: float = float("nan")
     valid_loss: float = float("nan")
     test_loss: float = float("nan")
     epochs_run: int = 0
@@ -76,10 +79,12 @@ class FoldResult:
     def flat_metrics(self) -> dict[str, float]:
         """Metric name -> value as logged on the fold run."""
         out: dict[str, float] = {}
-        for prefix, scores in (("train", self.train_scores), ("valid", self.valid_scores), ("test", self.test_scores)):
+        for prefix, scores in (("train", self.train_scores), ("es", self.es_scores), ("valid", self.valid_scores),
+                               ("test", self.test_scores)):
             out.update({f"{prefix}_{k}": v for k, v in scores.items()})
         out.update({f"gap_{k}": v for k, v in self.gaps.items()})
-        out.update({"train_loss": self.train_loss, "valid_loss": self.valid_loss, "test_loss": self.test_loss,
+        out.update({"train_loss": self.train_loss, "es_loss": self.es_loss, "valid_loss": self.valid_loss,
+                    "test_loss": self.test_loss,
                     "epochs_run": self.epochs_run, "best_epoch": self.best_epoch, "fit_seconds": self.fit_seconds})
         out.update(self.measures)
         return {k: float(v) for k, v in out.items() if v is not None and np.isfinite(v)}
@@ -98,7 +103,7 @@ class FoldResult:
         iv = d.pop("inner_valid_idx", None)
         fr = cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
         fr.inner_valid_idx = None if iv is None else np.asarray(iv)
-        for name in ("train_loss", "valid_loss", "test_loss"):
+        for name in ("train_loss", "es_loss", "valid_loss", "test_loss"):
             if getattr(fr, name) is None:
                 setattr(fr, name, float("nan"))
         return fr
@@ -175,6 +180,7 @@ def fit_and_score(
     measure_config: Any = None,
     progress: Progress | None = None,
     engine: str = "skorch",
+    groups: np.ndarray | None = None,
 ) -> FoldResult:
     """Fit a copy of `estimator` on the fold's training part, score train / valid / test, compute measures.
 
@@ -182,7 +188,7 @@ def fit_and_score(
     FoldResult with the reason; KeyboardInterrupt propagates.
     """
     progress = progress or _NoProgress()
-    fits = get_engine(engine).fit_folds(estimator, X, y, [fold], [seed],
+    fits = get_engine(engine).fit_folds(estimator, X, y, [fold], [seed], groups=groups,
                                         on_epoch=lambda i, epoch, row: progress.epoch_end(i, epoch, row))
     return score_fold(next(fits), X, y, metric=metric, X_test=X_test, y_test=y_test, measures=measures,
                       measure_config=measure_config)
@@ -212,13 +218,17 @@ def score_fold(
             res.status, res.reason = "failed", f"{type(exc).__name__}: {exc}"
         return res
     est = fit.estimator
-    Xtr, ytr, Xva, yva = X[fold.train], y[fold.train], X[fold.valid], y[fold.valid]
+    # The train score, train loss and measures are computed on the rows the network was fitted on:
+    # the training fold minus its early-stopping split, which is scored on its own (es_*).
+    fit_rows = fold.train if est.fit_positions_ is None else fold.train[est.fit_positions_]
+    Xtr, ytr, Xva, yva = X[fit_rows], y[fit_rows], X[fold.valid], y[fold.valid]
+    res.n_fit = len(fit_rows)
     res.epochs_run, res.best_epoch = est.epochs_run_, est.best_epoch_
     res.history = est.epoch_history()
+    labels = list(range(est.n_classes)) if est.task == "classification" else []
     if est.inner_valid_positions_ is not None:
         res.inner_valid_idx = fold.train[est.inner_valid_positions_]
-
-    labels = list(range(est.n_classes)) if est.task == "classification" else []
+        res.es_scores, res.es_loss = _score(est, X[res.inner_valid_idx], y[res.inner_valid_idx], labels)
     res.train_scores, res.train_loss = _score(est, Xtr, ytr, labels)
     res.valid_scores, res.valid_loss = _score(est, Xva, yva, labels)
     if X_test is not None and len(X_test):
@@ -302,6 +312,7 @@ def cross_validate(
     done: Mapping[int, FoldResult] | None = None,
     keep_estimators: bool = False,
     engine: str = "skorch",
+    groups: np.ndarray | None = None,
 ) -> CVResult:
     """Fit and score one clone of `estimator` per fold; log each fold as a child run of `parent_run`.
 
@@ -310,6 +321,8 @@ def cross_validate(
     fold_order : order in which folds run (tuning shuffles it); results are returned by fold index.
     on_fold_end : called with (result, position) after each fold; may raise to stop (e.g. pruning).
     done : finished folds from an interrupted run, reused instead of refitted.
+    groups : one group label per row of X (`data.group`): early stopping inside each training fold
+        then holds out whole groups, as the folds themselves do.
     """
     eng = get_engine(engine)
     tracker = tracker or NullTracker()
@@ -326,7 +339,7 @@ def cross_validate(
                                          tags={"gencv.kind": "fold", "gencv.fold": str(i),
                                                "gencv.seed": str(seeds[i])})
 
-    fits = eng.fit_folds(estimator, X, y, [folds[i] for i in todo], [seeds[i] for i in todo],
+    fits = eng.fit_folds(estimator, X, y, [folds[i] for i in todo], [seeds[i] for i in todo], groups=groups,
                          on_fold_start=fold_start, on_epoch=progress.epoch_end)
     results: dict[int, FoldResult] = {}
     try:
@@ -382,6 +395,7 @@ def _log_fold(tracker: Tracker, run_id: str, res: FoldResult) -> None:
         tags["gencv.reason"] = res.reason[:5000]
     if res.measure_notes:
         tags["gencv.measure_notes"] = " | ".join(res.measure_notes)[:5000]
-    tracker.log_all(run_id, params={"fold": res.index, "seed": res.seed, "n_train": res.n_train, "n_valid": res.n_valid},
+    tracker.log_all(run_id, params={"fold": res.index, "seed": res.seed, "n_train": res.n_train, "n_fit": res.n_fit,
+                                    "n_valid": res.n_valid},
                     metrics=res.flat_metrics(), series=series, tags=tags)
     tracker.log_text(run_id, json.dumps(res.to_json()), "fold_result.json")

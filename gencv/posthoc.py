@@ -87,7 +87,7 @@ def measure_logged_run(
     overrides: Mapping[str, Any] | None = None,
     log_results: bool = True,
 ) -> PosthocResult:
-    """Compute measures of a run's refit model on the data it was trained on (all non-test rows).
+    """Compute measures of a run's refit model on the rows it was fitted on (non-test rows minus its early-stopping split).
 
     The weights are read with `torch.load(weights_only=True)` into a network rebuilt from the
     logged spec, so no pickled code from the artifact store is executed.
@@ -132,14 +132,19 @@ def measure_logged_run(
     except RuntimeError as exc:
         raise GencvError(f"run {run_id}: the logged weights do not fit the network of its spec: {exc}") from None
     module.eval()
-    # The refit's scaler, fit on these rows: (x - shift) / scale in float64, then float32 like the estimator.
-    X = torch.as_tensor(ds.X[prep.cv_idx], dtype=torch.float64)
+    # The rows the refit's network was fitted on: all non-test rows but its early-stopping split
+    # (recovered from the refit's seed, as the refit drew it).
+    refit_est = est.set_params(seed=derive_seed(exp.seed, "refit"))
+    groups = None if ds.groups is None else ds.groups[prep.cv_idx]
+    rows = prep.cv_idx[refit_est.fit_positions(ds.y[prep.cv_idx], groups)]
+    # The refit's scaler was fit on all non-test rows: (x - shift) / scale in float64, then float32 like the estimator.
+    X = torch.as_tensor(ds.X[rows], dtype=torch.float64)
     Xs = ((X - state["shift"].double()) / state["scale"].double()).float()
     if ds.task == "classification":
-        y = torch.as_tensor(ds.y[prep.cv_idx], dtype=torch.long)
+        y = torch.as_tensor(ds.y[rows], dtype=torch.long)
         loss = torch.nn.functional.cross_entropy
     else:
-        yv = torch.as_tensor(ds.y[prep.cv_idx], dtype=torch.float32).reshape(-1, 1)
+        yv = torch.as_tensor(ds.y[rows], dtype=torch.float32).reshape(-1, 1)
         y = (yv - state["y_mean"]) / state["y_std"]
         loss = torch.nn.functional.mse_loss
     result = compute_measures(module, Xs, y, loss, names, seed=derive_seed(exp.seed, "posthoc"), config=cfg,
@@ -166,4 +171,4 @@ def measure_logged_run(
                 plot_density(*result.density, png, result.eigenvalues)
                 tracker.log_artifact(run_id, png, "plots")
     tracker.flush()
-    return PosthocResult(run_id, exp, result, int(len(prep.cv_idx)), cfg)
+    return PosthocResult(run_id, exp, result, int(len(rows)), cfg)

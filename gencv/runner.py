@@ -212,7 +212,7 @@ def run_experiment(
             prep.estimator, ds.X, ds.y, prep.folds, metric=exp.metric, seed=exp.seed,
             X_test=prep.X_test, y_test=prep.y_test, measures=exp.measures, measure_config=measure_config,
             tracker=tracker, experiment=exp.name, parent_run=run_id, progress=progress, done=done,
-            keep_estimators=False,
+            keep_estimators=False, groups=ds.groups,
         )
         tracked = not isinstance(tracker, NullTracker)
         outcome = RunOutcome(exp, ds, result, summary_table(result), fold_table(result),
@@ -280,7 +280,7 @@ def refit_model(exp: Experiment, prep: Prepared, tracker: Tracker, run_id: str) 
     """Fit on every non-test sample (early stopping still validates inside it), score the test set, log the model."""
     ds = prep.dataset
     est = make_estimator(exp, ds, seed=derive_seed(exp.seed, "refit"))
-    est.fit(ds.X[prep.cv_idx], ds.y[prep.cv_idx])
+    est.fit(ds.X[prep.cv_idx], ds.y[prep.cv_idx], groups=None if ds.groups is None else ds.groups[prep.cv_idx])
     scores: dict[str, float] = {}
     if len(prep.test_idx):
         Xt, yt = ds.X[prep.test_idx], ds.y[prep.test_idx]

@@ -11,6 +11,7 @@ import numpy as np
 from sklearn.model_selection import (
     BaseCrossValidator,
     GroupKFold,
+    GroupShuffleSplit,
     KFold,
     LeaveOneGroupOut,
     LeaveOneOut,
@@ -47,12 +48,14 @@ def make_splitter(
     seed: int,
     is_time_series: bool = False,
     min_gap: int = 0,
+    grouped: bool = False,
     field: str = "cv",
 ) -> BaseCrossValidator | ShuffleSplit | TimeSeriesSplit | RepeatedKFold:
     """The scikit-learn splitter named by `cv.kind`, seeded with `seed` where it shuffles.
 
     `min_gap`: for time series, the fewest rows between a training block and the later held-out
     block (lag windows with horizon h need h - 1); `cv.gap` below it is raised to it.
+    `grouped`: the data has groups (`data.group`); a holdout then keeps whole groups on one side.
     """
     kind = cv.kind
     classif = task == "classification"
@@ -73,6 +76,8 @@ def make_splitter(
     if kind == "holdout":
         if is_time_series:
             return _TimeHoldout(cv.test_fraction, gap=min_gap)
+        if grouped:  # a group's rows are alike: validating on groups also trained on would flatter the score
+            return GroupShuffleSplit(n_splits=1, test_size=cv.test_fraction, random_state=seed)
         cls = StratifiedShuffleSplit if classif else ShuffleSplit
         return cls(n_splits=1, test_size=cv.test_fraction, random_state=seed)
     if kind == "rolling":
@@ -188,11 +193,17 @@ def make_folds(
         cv = cv.model_copy(update={"gap": min_gap})
     _check(cv, n=n, y=y_sub, task=task, groups=g_sub, allow_large_loo=allow_large_loo, field=field,
            y_all=y, classes=classes, test_size=test_size, is_time_series=is_time_series)
-    splitter = make_splitter(cv, task=task, seed=seed, is_time_series=is_time_series, min_gap=min_gap, field=field)
+    if cv.kind == "holdout" and g_sub is not None and not is_time_series and len(np.unique(g_sub)) < 2:
+        raise SplitError(f"{field}.kind: got 'holdout' on grouped data (data.group) with "
+                         f"{len(np.unique(g_sub))} group; whole groups are held out, so at least 2 are needed")
+    grouped = g_sub is not None
+    splitter = make_splitter(cv, task=task, seed=seed, is_time_series=is_time_series, min_gap=min_gap,
+                             grouped=grouped, field=field)
     local = np.arange(n)
     folds = []
+    uses_groups = cv.kind == "group" or (cv.kind == "holdout" and grouped and not is_time_series)
     try:
-        for i, (tr, va) in enumerate(splitter.split(local, y_sub, g_sub if cv.kind == "group" else None)):
+        for i, (tr, va) in enumerate(splitter.split(local, y_sub, g_sub if uses_groups else None)):
             folds.append(Fold(i, indices[tr], indices[va]))
     except ValueError as exc:
         raise SplitError(f"{field}: {cv.kind} CV cannot split these {n} samples: {exc}") from None
@@ -244,8 +255,10 @@ def _check(
         also = " or a smaller data.test_size" if field == "cv" and n < n_all else ""
         raise SplitError(f"{field}.n_splits: got {k}, more than the {n} samples available to CV"
                          f"{_held_out(field, n, n_all)}; use at most {n}{also}")
+    grouped_holdout = cv.kind == "holdout" and groups is not None and not is_time_series  # whole groups, not classes
     stratified = cv.kind == "stratified" or (
-        task == "classification" and (cv.kind == "repeated" or (cv.kind == "holdout" and not is_time_series))
+        task == "classification" and (cv.kind == "repeated" or (cv.kind == "holdout" and not is_time_series
+                                                                and not grouped_holdout))
     )
     if stratified:
         full = np.bincount(y.astype(int))

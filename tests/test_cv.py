@@ -36,16 +36,27 @@ def test_fold_scores_are_what_their_names_say() -> None:
     for f, fold in zip(res.folds, prep.folds):
         est = f.estimator
         assert est is not None
-        pred_tr = est.predict(ds.X[fold.train])
-        assert np.array_equal(pred_tr, est.predict(ds.X[fold.train]))  # eval mode: dropout off
-        assert f.train_scores["accuracy"] == pytest.approx(accuracy_score(ds.y[fold.train], pred_tr), abs=1e-12)
+        # the train score is on the rows the network was fitted on: the training fold minus its early-stopping split
+        assert f.inner_valid_idx is not None
+        fitted = np.setdiff1d(fold.train, f.inner_valid_idx)
+        assert f.n_fit == len(fitted) == f.n_train - len(f.inner_valid_idx) and f.n_fit < f.n_train
+        pred_tr = est.predict(ds.X[fitted])
+        assert np.array_equal(pred_tr, est.predict(ds.X[fitted]))  # eval mode: dropout off
+        assert f.train_scores["accuracy"] == pytest.approx(accuracy_score(ds.y[fitted], pred_tr), abs=1e-12)
+        # (losses are float32 means: row order changes the last bits)
+        assert f.train_loss == pytest.approx(est.loss(ds.X[fitted], ds.y[fitted]), rel=1e-6)
+        # ... and the early-stopping split is scored on its own, beside it
+        assert f.es_scores["accuracy"] == pytest.approx(
+            accuracy_score(ds.y[f.inner_valid_idx], est.predict(ds.X[f.inner_valid_idx])), abs=1e-12)
+        assert f.es_loss == pytest.approx(est.loss(ds.X[f.inner_valid_idx], ds.y[f.inner_valid_idx]), rel=1e-6)
+        assert {"es_accuracy", "es_loss"} <= set(f.flat_metrics())
         assert f.valid_scores["accuracy"] == pytest.approx(
             accuracy_score(ds.y[fold.valid], est.predict(ds.X[fold.valid])), abs=1e-12)
         assert f.test_scores["accuracy"] == pytest.approx(accuracy_score(prep.y_test, est.predict(prep.X_test)), abs=1e-12)
         assert f.gaps["accuracy"] == pytest.approx(f.train_scores["accuracy"] - f.valid_scores["accuracy"], abs=1e-12)
         assert f.gaps["loss"] == pytest.approx(f.valid_loss - f.train_loss, abs=1e-12)
         assert len(f.history) == f.epochs_run and 1 <= f.best_epoch <= f.epochs_run
-        assert f.inner_valid_idx is not None and set(f.inner_valid_idx) <= set(fold.train)
+        assert set(f.inner_valid_idx) <= set(fold.train)
         assert not set(f.inner_valid_idx) & set(fold.valid) and not set(f.inner_valid_idx) & set(prep.test_idx)
         assert {"curve_train_loss", "curve_es_loss", "curve_valid_loss", "curve_valid_accuracy"} <= set(f.history[0])
     assert res.mean_score() == pytest.approx(np.mean([f.valid_scores["accuracy"] for f in res.folds]))
@@ -180,3 +191,36 @@ def test_curve_in_each_metric_ends_at_the_reported_score(metric: str) -> None:
     res = cross_validate(prep.estimator, ds.X, ds.y, prep.folds, metric=metric, seed=0)
     for f in res.folds:
         assert f.history[-1][f"curve_valid_{metric}"] == pytest.approx(f.valid_scores[metric], rel=1e-5, abs=1e-6)
+
+
+def test_train_score_and_measures_leave_out_the_early_stopping_rows() -> None:
+    """The gap is train (fitted rows) minus held-out; measures see only the fitted rows (README: what each number means)."""
+    exp = tiny(**{"train.early_stopping.valid_fraction": 0.3}, measures=["norms"], measure_options={"sample_size": None})
+    prep = prepare(exp)
+    ds = prep.dataset
+    res = cross_validate(prep.estimator, ds.X, ds.y, prep.folds, metric="accuracy", seed=0, measures=exp.measures,
+                         measure_config=None, keep_estimators=True)
+    for f, fold in zip(res.folds, prep.folds):
+        fitted = np.setdiff1d(fold.train, f.inner_valid_idx)
+        assert f.measures["measure_sample_size"] == len(fitted) < len(fold.train)
+        everything = f.estimator.loss(ds.X[fold.train], ds.y[fold.train])
+        assert f.train_loss == pytest.approx(f.estimator.loss(ds.X[fitted], ds.y[fitted]), rel=1e-6)
+        assert f.train_loss != pytest.approx(everything, rel=1e-4)  # the old number (fold incl. early-stopping rows)
+
+
+def test_grouped_early_stopping_holds_out_whole_groups() -> None:
+    """Early stopping on grouped data must not validate on groups it trains on (nor may a grouped holdout)."""
+    exp = tiny(**{"data.source": "synthetic_grouped", "cv.kind": "group", "cv.n_splits": 3, "metric": "accuracy",
+                  "train.early_stopping.valid_fraction": 0.25})
+    prep = prepare(exp)
+    ds = prep.dataset
+    assert ds.groups is not None
+    res = cross_validate(prep.estimator, ds.X, ds.y, prep.folds, metric="accuracy", seed=0, groups=ds.groups)
+    for f, fold in zip(res.folds, prep.folds):
+        assert f.ok, f.reason
+        es_groups = set(ds.groups[f.inner_valid_idx])
+        fitted_groups = set(ds.groups[np.setdiff1d(fold.train, f.inner_valid_idx)])
+        assert es_groups and fitted_groups and not es_groups & fitted_groups
+    holdout = prepare(tiny(**{"data.source": "synthetic_grouped", "cv.kind": "holdout", "cv.test_fraction": 0.3}))
+    (fold,) = holdout.folds
+    assert not set(holdout.dataset.groups[fold.train]) & set(holdout.dataset.groups[fold.valid])

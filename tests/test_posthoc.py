@@ -37,10 +37,11 @@ def test_measures_are_logged_per_fold_summarised_and_plotted(tracking_uri: str) 
     assert again.cv.folds[1].measures["hessian_trace"] == out.cv.folds[1].measures["hessian_trace"]
 
     post = measure_logged_run(tracker, out.run_id, POSTHOC)
-    assert post.n_samples == len(out.dataset.y) - 30 and post.result.values["hessian_top_1"] > 0
+    # measured on the rows the refit was fitted on: 120 non-test rows minus its early-stopping split (20%)
+    assert post.n_samples == len(out.dataset.y) - 30 - 24 and post.result.values["hessian_top_1"] > 0
     assert client.get_run(out.run_id).data.metrics["refit_hessian_top_1"] == pytest.approx(post.result.values["hessian_top_1"])
     assert post.result.values["n_params"] == out.cv.folds[0].measures["n_params"]
-    # the run's measure_options are used (sample_size 60 of the 120 training rows)
+    # the run's measure_options are used (sample_size 60 of the 96 fitted rows)
     assert post.config == MeasureConfig(**exp.measure_options) and post.result.values["sample_size"] == 60
     # the refit's initial weights are logged, so the distance from them is measured too
     assert not any("dist_from_init" in n for n in post.result.notes)
@@ -77,7 +78,8 @@ def _direct_measures(out, names: list[str]) -> dict[str, float]:
     """compute_measures on the refit estimator's own module, preprocessing and targets (labels / scaled y)."""
     exp, est = out.experiment, out.refit_estimator
     assert est is not None
-    rows = prepare(exp).cv_idx
+    cv_idx = prepare(exp).cv_idx
+    rows = cv_idx[est.fit_positions(out.dataset.y[cv_idx])]  # the refit's fitted rows (no early-stopping split)
     loss = torch.nn.functional.cross_entropy if est.task == "classification" else torch.nn.functional.mse_loss
     return compute_measures(
         est.net_.module_, torch.as_tensor(est.preprocess_.transform(out.dataset.X[rows])),

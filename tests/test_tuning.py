@@ -19,7 +19,7 @@ import gencv.tuning.trials
 import gencv.tuning.tune
 from gencv.errors import GencvError, SpecError
 from gencv.spec import Experiment, validate_experiment
-from gencv.tracking import MlflowTracker, NullTracker
+from gencv.tracking import MlflowTracker
 from gencv.tuning import TuningError, build_space, tune_experiment
 
 MEM = ":memory:"

@@ -28,6 +28,7 @@ class FittedModel(Protocol):
     epochs_run_: int  # epochs trained
     best_epoch_: int  # the epoch early stopping judged best (= epochs_run_ without early stopping)
     inner_valid_positions_: np.ndarray | None  # positions in the training fold of the early-stopping split
+    fit_positions_: np.ndarray | None  # positions in the training fold the network was fitted on (None: all)
     init_state_: dict[str, Any] | None  # the network's weights before training
     preprocess_: Any  # the fitted feature preprocessing (a scikit-learn transformer)
 
@@ -71,13 +72,15 @@ class Engine(Protocol):
         folds: Sequence[Fold],
         seeds: Sequence[int],
         *,
+        groups: np.ndarray | None = None,
         eval_on_valid: bool = True,
         on_fold_start: FoldStartCallback | None = None,
         on_epoch: EpochCallback | None = None,
     ) -> Iterator[FoldFit]:
         """Fit a fresh copy of `estimator` per fold on `X[fold.train]`, seeded with `seeds[i]`.
 
-        Yields one FoldFit per fold, in the order given, as each is ready (lazily: a consumer
+        `groups` (one label per row of X, or None): early stopping inside a training fold then
+        holds out whole groups. Yields one FoldFit per fold, in the order given, as each is ready (lazily: a consumer
         that stops iterating stops the training of folds not yet started). With `eval_on_valid`
         the held-out rows feed the per-epoch learning curve only, never any training decision.
         KeyboardInterrupt (Ctrl-C, SIGTERM) propagates; any other error of a fold is returned in

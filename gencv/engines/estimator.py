@@ -94,7 +94,8 @@ class GencvEstimator(BaseEstimator):
         return MLP, dict(n_in=self.n_features, n_out=n_out, hidden=m.hidden, activation=m.activation,
                          dropout=m.dropout, batch_norm=m.batch_norm)
 
-    def _net(self, X_eval: Any, y_eval: Any, on_epoch: Callable[..., None] | None) -> Any:
+    def _net(self, X_eval: Any, y_eval: Any, on_epoch: Callable[..., None] | None,
+             groups: np.ndarray | None = None) -> Any:
         t = self.train
         module, margs = self._module()
         opt, oargs = make_optimizer(t)
@@ -109,10 +110,8 @@ class GencvEstimator(BaseEstimator):
         sched = make_schedule(t, "valid_loss" if es else "train_loss")
         if sched is not None:
             callbacks.append(("schedule", sched))
-        train_split = None
+        train_split = self._inner_split(groups)
         if es is not None:
-            train_split = InnerSplit(es.valid_fraction, stratified=self.task == "classification",
-                                     time_ordered=self.time_ordered, seed=self.seed, gap=self.time_gap)
             callbacks.append(("early_stopping", FoldEarlyStopping(
                 monitor="valid_loss", patience=es.patience, threshold=es.min_delta, threshold_mode="abs",
                 lower_is_better=True, load_best=es.restore_best)))
@@ -128,6 +127,24 @@ class GencvEstimator(BaseEstimator):
         if self.task == "classification":
             return SkorchClassifier(criterion=nn.CrossEntropyLoss, classes=list(range(self.n_classes)), **common)
         return SkorchRegressor(criterion=nn.MSELoss, **common)
+
+    def _inner_split(self, groups: np.ndarray | None) -> InnerSplit | None:
+        es = self.train.early_stopping
+        if es is None:
+            return None
+        return InnerSplit(es.valid_fraction, stratified=self.task == "classification",
+                          time_ordered=self.time_ordered, seed=self.seed, gap=self.time_gap, groups=groups)
+
+    def fit_positions(self, y: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+        """Positions of the rows `fit(X, y, groups=groups)` fits the network on (all but the early-stopping split).
+
+        Deterministic given the estimator's seed, so the rows of a logged fit can be recovered without its state.
+        """
+        split = self._inner_split(groups)
+        if split is None:
+            return np.arange(len(y))
+        y_codes = np.asarray(y).astype(int) if self.task == "classification" else None
+        return split.positions(len(y), y_codes)[0]
 
     @property
     def curve_metric_name(self) -> str:
@@ -166,8 +183,12 @@ class GencvEstimator(BaseEstimator):
         X_eval: np.ndarray | None = None,
         y_eval: np.ndarray | None = None,
         on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+        groups: np.ndarray | None = None,
     ) -> GencvEstimator:
-        """Fit preprocessing on X only, then the net; X_eval/y_eval only feed the learning curve."""
+        """Fit preprocessing on X only, then the net; X_eval/y_eval only feed the learning curve.
+
+        `groups` (one label per row of X): early stopping then holds out whole groups.
+        """
         if self.task == "regression":
             y64 = np.asarray(y, dtype=np.float64)
             self.y_mean_ = float(y64.mean())
@@ -178,7 +199,7 @@ class GencvEstimator(BaseEstimator):
         ye = self.encode_target(y_eval) if Xe is not None and y_eval is not None else None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            net = self._net(Xe, ye, on_epoch)
+            net = self._net(Xe, ye, on_epoch, groups)
             net.initialize()
             self.init_state_ = {k: v.detach().clone() for k, v in net.module_.state_dict().items()}
             yt = self.encode_target(y)
@@ -193,6 +214,7 @@ class GencvEstimator(BaseEstimator):
         self.net_ = net
         split = net.train_split
         self.inner_valid_positions_ = getattr(split, "last_valid_positions_", None)
+        self.fit_positions_ = getattr(split, "last_train_positions_", None)
         self._set_history_stats()
         return self
 

@@ -32,6 +32,7 @@ class SkorchEngine:
         folds: Sequence[Fold],
         seeds: Sequence[int],
         *,
+        groups: np.ndarray | None = None,
         eval_on_valid: bool = True,
         on_fold_start: FoldStartCallback | None = None,
         on_epoch: EpochCallback | None = None,
@@ -41,10 +42,11 @@ class SkorchEngine:
         for fold, seed in zip(folds, seeds):
             if on_fold_start is not None:
                 on_fold_start(fold.index)
-            yield self._fit_one(estimator, X, y, fold, seed, eval_on_valid, on_epoch)
+            yield self._fit_one(estimator, X, y, groups, fold, seed, eval_on_valid, on_epoch)
 
     @staticmethod
-    def _fit_one(estimator: Any, X: np.ndarray, y: np.ndarray, fold: Fold, seed: int, eval_on_valid: bool,
+    def _fit_one(estimator: Any, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None, fold: Fold, seed: int,
+                 eval_on_valid: bool,
                  on_epoch: EpochCallback | None) -> FoldFit:
         est = clone(estimator).set_params(seed=seed)
         index = fold.index
@@ -56,7 +58,8 @@ class SkorchEngine:
         X_eval, y_eval = (X[fold.valid], y[fold.valid]) if eval_on_valid else (None, None)
         t0 = time.perf_counter()
         try:
-            est.fit(X[fold.train], y[fold.train], X_eval=X_eval, y_eval=y_eval, on_epoch=epoch_end)
+            est.fit(X[fold.train], y[fold.train], X_eval=X_eval, y_eval=y_eval, on_epoch=epoch_end,
+                    groups=None if groups is None else groups[fold.train])
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # a fold's failure is reported, the other folds go on

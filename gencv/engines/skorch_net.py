@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
+from sklearn.model_selection import GroupShuffleSplit, ShuffleSplit, StratifiedShuffleSplit
 from skorch import NeuralNet as _NetBase
 from skorch import NeuralNetClassifier, NeuralNetRegressor
 from skorch.callbacks import Callback, EarlyStopping
@@ -28,17 +28,21 @@ log = logging.getLogger(__name__)
 class InnerSplit:
     """skorch train_split: hold out a validation part *inside* the training fold for early stopping.
 
-    i.i.d. data: a seeded (stratified) random fraction; time series: the last block, so
-    early stopping never validates on the past of what it trains on, with `gap` rows before it
-    left out (lag windows whose targets would reach into the validation block).
+    i.i.d. data: a seeded (stratified) random fraction; grouped data (`groups`, one label per row
+    of the training fold): whole groups, so early stopping never validates on groups it trains on;
+    time series: the last block, so early stopping never validates on the past of what it trains
+    on, with `gap` rows before it left out (lag windows whose targets would reach into the block).
     """
 
-    def __init__(self, fraction: float, *, stratified: bool, time_ordered: bool, seed: int, gap: int = 0) -> None:
+    def __init__(self, fraction: float, *, stratified: bool, time_ordered: bool, seed: int, gap: int = 0,
+                 groups: np.ndarray | None = None) -> None:
         self.fraction = fraction
         self.stratified = stratified
         self.time_ordered = time_ordered
         self.seed = seed
         self.gap = gap
+        self.groups = groups
+        self.last_train_positions_: np.ndarray | None = None
         self.last_valid_positions_: np.ndarray | None = None
 
     def positions(self, n: int, y: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -50,6 +54,17 @@ class InnerSplit:
         idx = np.arange(n)
         if self.time_ordered:
             return idx[: n - n_valid - gap], idx[n - n_valid :]
+        if self.groups is not None:
+            groups = np.asarray(self.groups)
+            if len(groups) != n:
+                raise ValueError(f"InnerSplit: got {len(groups)} group labels for a training fold of {n} rows")
+            n_groups = len(np.unique(groups))
+            if n_groups < 2:
+                raise ValueError(f"train.early_stopping: the training fold has {n_groups} group (data.group); "
+                                 "early stopping holds out whole groups and needs at least 2; use more groups "
+                                 "or drop train.early_stopping")
+            gss = GroupShuffleSplit(n_splits=1, test_size=self.fraction, random_state=self.seed)
+            return next(gss.split(idx, y, groups))
         if self.stratified and y is not None:
             counts = np.bincount(np.asarray(y).astype(int))
             if counts[counts > 0].min() >= 2 and n_valid >= (counts > 0).sum():
@@ -62,7 +77,7 @@ class InnerSplit:
         n = len(dataset)
         y_arr = None if y is None else np.asarray(y).reshape(n, -1)[:, 0]
         tr, va = self.positions(n, y_arr)
-        self.last_valid_positions_ = va
+        self.last_train_positions_, self.last_valid_positions_ = tr, va
         return torch.utils.data.Subset(dataset, tr), torch.utils.data.Subset(dataset, va)
 
 

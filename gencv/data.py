@@ -180,6 +180,9 @@ def _from_table(spec: DataSpec, kind: str, path: str) -> Dataset:
         frame = pd.read_csv(p) if kind == "csv" else pd.read_parquet(p)
     except Exception as exc:  # pandas raises many kinds; all mean "cannot read"
         raise DataError(f"data.source: cannot read {kind} file {path!r}: {exc}") from None
+    if len(frame) == 0:
+        raise DataError(f"data.source: {kind} file {path!r} has no rows (columns: "
+                        f"{', '.join(map(str, frame.columns)) or 'none'}); give a file with at least one data row")
     if spec.target is None:
         raise SpecError(
             f"data.target: required for {kind} sources; name the target column, one of: {', '.join(map(str, frame.columns))}"
@@ -207,6 +210,12 @@ def _from_table(spec: DataSpec, kind: str, path: str) -> Dataset:
         raise DataError(
             f"data: feature column(s) {non_numeric} are not numeric; encode them, or list numeric columns in data.features"
         )
+    na = feat.isna().sum()
+    if na.any():  # NaN, and pandas' NA of nullable dtypes (Int64, Float64, boolean) alike
+        cols = ", ".join(f"{c!r} ({int(k)})" for c, k in na.items() if k)
+        raise DataError(f"data.features: missing values in column(s) {cols} of {path}; drop or fill those rows, "
+                        "or list complete columns in data.features")
+    feat = feat.astype("float64")  # nullable dtypes (Int64, boolean) to plain numbers
     is_class = not pd.api.types.is_numeric_dtype(y_raw) or pd.api.types.is_bool_dtype(y_raw) or (
         pd.api.types.is_integer_dtype(y_raw) and y_raw.nunique() <= 50
     )

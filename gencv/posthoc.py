@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from gencv.checksums import sha256_file, tag_key
 from gencv.errors import GencvError, did_you_mean
 from gencv.measures import MeasureConfig, MeasureResult, compute_measures, plot_density, validate_measure_names
 from gencv.runner import prepare
@@ -44,6 +45,30 @@ def _download(tracker: MlflowTracker, run_id: str, path: str, tmp: str) -> Path:
             f"run {run_id}: cannot read artifact {path!r} ({exc}); `gencv measure` needs a run made by "
             "`gencv run` with tracking on (it logs spec.yaml and model_weights/state_dict.pt)"
         ) from None
+
+
+def _load_weights(tracker: MlflowTracker, run_id: str, path: str, tmp: str, tags: Mapping[str, str],
+                  notes: list[str]) -> dict[str, Any]:
+    """A logged state dict, its SHA-256 checked against the run's tag first; every failure one GencvError."""
+    local = _download(tracker, run_id, path, tmp)
+    expected = tags.get(tag_key(path))
+    if expected is None:
+        notes.append(f"{path}: no SHA-256 was logged with it (a run of an older gencv): not verified")
+    else:
+        got = sha256_file(local)
+        if got != expected:
+            raise GencvError(f"run {run_id}: {path} is corrupted or was replaced: its SHA-256 is {got[:16]}..., "
+                             f"the run logged {expected[:16]}...; re-run `gencv run` to log the model again")
+    try:
+        state = torch.load(local, weights_only=True)
+    except Exception as exc:  # truncated zip, pickle errors, unknown types: all mean "not a weights file"
+        raise GencvError(f"run {run_id}: {path} is not a readable weights file "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                         "re-run `gencv run` to log the model again") from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise GencvError(f"run {run_id}: {path} holds a {type(state).__name__}, not a state dict of tensors; "
+                         "`gencv measure` needs a run made by `gencv run`")
+    return dict(state)
 
 
 def _check_overrides(config: MeasureConfig | None, overrides: Mapping[str, Any] | None) -> None:
@@ -113,13 +138,13 @@ def measure_logged_run(
     with tempfile.TemporaryDirectory() as tmp:
         spec_path = _download(tracker, run_id, "spec.yaml", tmp)
         exp = load_experiment(spec_path)
-        state = torch.load(_download(tracker, run_id, "model_weights/state_dict.pt", tmp), weights_only=True)
+        tags = tracker.client.get_run(run_id).data.tags
+        notes: list[str] = []
+        state = _load_weights(tracker, run_id, "model_weights/state_dict.pt", tmp, tags, notes)
         logged = {a.path for a in tracker.client.list_artifacts(run_id, "model_weights")}
         init_state = None
         if "model_weights/init_state_dict.pt" in logged:  # runs of gencv before it was logged lack it
-            init_state = torch.load(_download(tracker, run_id, "model_weights/init_state_dict.pt", tmp),
-                                    weights_only=True)
-    notes: list[str] = []
+            init_state = _load_weights(tracker, run_id, "model_weights/init_state_dict.pt", tmp, tags, notes)
     cfg = _resolve_config(exp, config, overrides, notes)
     prep = prepare(exp, allow_large_loo=True)
     ds = prep.dataset

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from gencv import __version__
+from gencv.checksums import sha256_file, tag_key
 from gencv.cv import CVResult, FoldResult, Progress, cross_validate
 from gencv.data import Dataset, holdout_test, load_dataset
 from gencv.engines import GencvEstimator
@@ -298,6 +299,7 @@ def refit_model(exp: Experiment, prep: Prepared, tracker: Tracker, run_id: str) 
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "init_state_dict.pt"
             torch.save(est.init_state_, path)
+            tracker.set_tags(run_id, {tag_key("model_weights/init_state_dict.pt"): sha256_file(path)})
             tracker.log_artifact(run_id, path, "model_weights")  # copied now, uploaded in order
     return est, scores
 

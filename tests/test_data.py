@@ -144,3 +144,24 @@ def test_features_without_the_target_and_lag_windows_stay_allowed(tmp_path: Path
     assert ds.feature_names == ["a"]
     lagged = load_dataset(validate_experiment({"data": {"source": "sunspots", "lags": 4}}).data)
     assert lagged.feature_names == ["lag_4", "lag_3", "lag_2", "lag_1"]  # past copies of the target are fine
+
+
+def test_header_only_csv_says_no_rows(tmp_path: Path) -> None:
+    p = tmp_path / "empty.csv"
+    p.write_text("a,b,y\n")
+    with pytest.raises(DataError, match=r"has no rows \(columns: a, b, y\)"):
+        load_dataset(DataSpec(source=f"csv:{p}", target="y"))
+
+
+def test_nullable_integer_column_with_na_is_one_clear_error(tmp_path: Path) -> None:
+    p = tmp_path / "na.parquet"
+    frame = pd.DataFrame({"a": pd.array([1, None, 3, 4] * 5, dtype="Int64"), "b": np.arange(20.0),
+                          "y": [0, 1] * 10})
+    frame.to_parquet(p)
+    with pytest.raises(DataError, match=r"data.features: missing values in column\(s\) 'a' \(5\)"):
+        load_dataset(DataSpec(source=f"parquet:{p}", target="y"))
+    # without NA, nullable dtypes load as plain numbers
+    frame["a"] = pd.array(range(20), dtype="Int64")
+    frame.to_parquet(p)
+    ds = load_dataset(DataSpec(source=f"parquet:{p}", target="y"))
+    assert ds.X[:, 0].tolist() == list(map(float, range(20)))

@@ -423,6 +423,12 @@ def test_nested_cv_never_lets_the_outer_test_fold_into_tuning(monkeypatch: pytes
     est = out.nested.estimate
     assert est["n"] == 3 and est["ci_low"] <= est["mean"] <= est["ci_high"]
     assert np.isclose(out.nested.optimism, out.nested.inner_best["mean"] - est["mean"])
+    # where the interval is shown, it says the outer folds are treated as independent (so it is optimistic)
+    from gencv.tuning import summary_markdown
+
+    assert "treats the outer folds as independent" in summary_markdown(out)
+    assert any("treated as independent" in n for n in out.notes)
+    assert "optimism = mean best inner CV score" in summary_markdown(out)
     # The final model: an outer winner, refit on all non-test data, scored on the held-out test set.
     final = out.nested.final_outer_folds
     assert final and all(out.nested.folds[i].best_params == out.nested.final_params for i in final)

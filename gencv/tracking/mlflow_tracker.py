@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from gencv.checksums import sha256_file, tag_key
 from gencv.errors import TrackingError
 from gencv.tracking.base import NullTracker, Tracker, resolve_tracking_uri
 from gencv.tracking.writers import ProcessWriter, ThreadWriter
@@ -224,6 +225,8 @@ class MlflowTracker:
             sd = Path(tmp) / "state_dict.pt"
             torch.save(module.state_dict(), sd)
             self.client.log_artifact(self._real(run_id), str(sd), name + "_weights")
+            # checked by `gencv measure` and transfer before the weights are used
+            self.client.set_tag(self._real(run_id), tag_key(f"{name}_weights/state_dict.pt"), sha256_file(sd))
 
     # ---------------------------------------------------------------- queued writes
     def log_all(self, run_id: str, *, params: Mapping[str, Any] | None = None,

@@ -117,7 +117,8 @@ def tune_nested(exp: Experiment, prep: Prepared, dims: list[Dimension], store: A
                               run_id=None if isinstance(tracker, NullTracker) else root_run)
         outcome.notes.append(
             f"nested CV estimate of the tuning procedure: {metric} {est_summary['mean']:.4f} "
-            f"(95% interval {est_summary['ci_low']:.4f} to {est_summary['ci_high']:.4f}, {est_summary['n']} outer folds); "
+            f"(95% interval {est_summary['ci_low']:.4f} to {est_summary['ci_high']:.4f}, {est_summary['n']} outer folds, "
+            "treated as independent although they share training data: optimistic); "
             f"the inner best CV scores average {inner_summary['mean']:.4f}, an optimism of {optimism:+.4f}")
         outcome.notes.append(
             f"final model: the configuration chosen by outer folds {nested_est.final_outer_folds} "

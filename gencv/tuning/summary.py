@@ -21,9 +21,11 @@ def summary_markdown(outcome: TuneOutcome) -> str:
     if outcome.nested is not None:
         e, ib = outcome.nested.estimate, outcome.nested.inner_best
         lines += ["## Nested CV", "",
-                  f"- nested estimate: {e['mean']:.4f} ± {e['std']:.4f} (95% interval {e['ci_low']:.4f} – {e['ci_high']:.4f})",
+                  f"- nested estimate: {e['mean']:.4f} ± {e['std']:.4f} (95% interval {e['ci_low']:.4f} – {e['ci_high']:.4f}; "
+                  "the interval treats the outer folds as independent, but they share training data, so it is optimistic)",
                   f"- mean best inner CV score: {ib['mean']:.4f}",
-                  f"- optimism (inner best − nested, signed): {outcome.nested.optimism:+.4f}", ""]
+                  f"- optimism = mean best inner CV score − nested estimate (sign flipped for losses; positive: the "
+                  f"tuning's own best score flatters the procedure): {outcome.nested.optimism:+.4f}", ""]
     if outcome.nested is not None:
         n = outcome.nested
         lines += ["## Final model", "",

@@ -272,7 +272,9 @@ def _m_fisher_trace(ctx: _Context) -> None:
 def _m_eps_sharpness(ctx: _Context) -> None:
     ctx.result.values.update(
         _eps_sharpness(
-            ctx.land, ctx.loss0, eps=ctx.cfg.eps, steps=ctx.cfg.ascent_steps, gen=ctx.generator("eps_sharpness")
+            ctx.land, ctx.loss0, eps=ctx.cfg.eps, restarts=ctx.cfg.ascent_restarts,
+            max_iter=ctx.cfg.ascent_max_iter, tol=ctx.cfg.ascent_tol, gen=ctx.generator("eps_sharpness"),
+            notes=ctx.result.notes,
         )
     )
 

@@ -22,14 +22,23 @@ _SIGMA_MIN, _SIGMA_MAX, _SIGMA_START, _SIGMA_RTOL = 1e-8, 1e3, 1e-2, 1e-3
 
 
 def _eps_sharpness(
-    land: _Landscape, loss0: float, *, eps: float, steps: int, gen: torch.Generator
+    land: _Landscape,
+    loss0: float,
+    *,
+    eps: float,
+    restarts: int,
+    max_iter: int,
+    tol: float,
+    gen: torch.Generator,
+    notes: list[str],
 ) -> dict[str, float]:
     """Keskar et al. (2017): 100 * (max_{|z_i| <= eps(|w_i|+1)} L(w+z) - L(w)) / (1 + L(w)).
 
-    Maximised with scipy's L-BFGS-B in the box (`steps` iterations, at most 3*steps evaluations; the
-    gradient/function tolerances are 0 so tiny gradients do not end the search early),
-    starting from the box corner that maximises the linearised loss (sign of the gradient; random signs
-    where the gradient is exactly zero). The best loss seen at any evaluation is kept.
+    The loss is not concave in the box and has several local maxima once eps is not tiny, so the maximum
+    is searched by `restarts` runs of scipy's L-BFGS-B, each until converged (relative loss change <= `tol`,
+    or a zero projected gradient; at most `max_iter` iterations): the first from the box corner that
+    maximises the linearised loss (sign of the gradient; random signs where it is exactly zero), the others
+    from uniform random points of the box. The best loss seen at any evaluation is kept.
     """
     w0 = land.w0
     delta = eps * (w0.abs() + 1.0)
@@ -37,8 +46,8 @@ def _eps_sharpness(
     signs = torch.sign(g0)
     rand = (torch.randint(0, 2, signs.shape, generator=gen).to(signs.dtype) * 2 - 1).to(signs.device)
     signs = torch.where(signs == 0, rand, signs)
-    x0 = (delta * signs).double().cpu().numpy()
     bound = delta.double().cpu().numpy()
+    bounds = Bounds(-bound, bound)
     best = loss0
     evals = 0
 
@@ -49,12 +58,25 @@ def _eps_sharpness(
         evals += 1
         if math.isfinite(value):
             best = max(best, value)
-        return -value, -grad.double().cpu().numpy()
+            return -value, -grad.double().cpu().numpy()
+        return math.inf, np.zeros_like(zn)
 
-    minimize(
-        objective, x0, jac=True, method="L-BFGS-B", bounds=Bounds(-bound, bound),
-        options={"maxiter": steps, "maxfun": 3 * steps, "ftol": 0.0, "gtol": 0.0},
-    )
+    not_converged = 0
+    for run in range(restarts):
+        if run == 0:
+            start = delta * signs
+        else:
+            start = (torch.rand(land.n_params, generator=gen, dtype=torch.float64) * 2 - 1).to(delta) * delta
+        out = minimize(
+            objective, start.double().cpu().numpy(), jac=True, method="L-BFGS-B", bounds=bounds,
+            options={"maxiter": max_iter, "maxfun": 3 * max_iter, "ftol": tol, "gtol": 0.0},
+        )
+        not_converged += int(out.status == 1)  # iteration/evaluation budget used up
+    if not_converged:
+        notes.append(
+            f"eps_sharpness: {not_converged} of {restarts} L-BFGS-B runs stopped at ascent_max_iter {max_iter} "
+            f"before reaching ascent_tol {tol:g}; raise ascent_max_iter for a tighter maximum"
+        )
     increase = best - loss0
     return {
         "eps_sharpness": 100.0 * increase / (1.0 + loss0),

@@ -28,13 +28,13 @@ MEASURE_NAMES: tuple[str, ...] = (
 EIG_METHODS: tuple[str, ...] = ("lanczos", "power")
 
 _POSITIVE_INTS = (
-    "top_k", "max_iter", "trace_max_probes", "diag_probes", "ascent_steps",
+    "top_k", "max_iter", "trace_max_probes", "diag_probes", "ascent_steps", "ascent_restarts", "ascent_max_iter",
     "n_random_directions", "pacbayes_mc_samples", "density_probes", "density_steps",
 )
 #: Hutchinson's default minimum probe count: with 10, about 1 seed in 40 stopped on an underestimated
 #: standard error (heavy-tailed z^T A z) and missed the exact trace by 6-8 SE on the test nets; with 30, none.
 DEFAULT_TRACE_MIN_PROBES = 30
-_POSITIVE_FLOATS = ("eig_tol", "trace_rel_se", "eps", "adaptive_rho", "pacbayes_target")
+_POSITIVE_FLOATS = ("eig_tol", "trace_rel_se", "eps", "ascent_tol", "adaptive_rho", "pacbayes_target")
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,9 @@ class MeasureConfig:
     diag_probes: int = 100
     eps: float = 1e-3
     ascent_steps: int = 10
+    ascent_restarts: int = 8
+    ascent_max_iter: int = 500
+    ascent_tol: float = 1e-9
     adaptive_rho: float = 0.05
     n_random_directions: int = 10
     pacbayes_target: float = 0.1

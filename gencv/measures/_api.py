@@ -293,6 +293,7 @@ def _m_pacbayes(ctx: _Context) -> None:
     ctx.result.values.update(
         _pacbayes_flatness(
             ctx.land, ctx.loss0, target=ctx.cfg.pacbayes_target, mc=ctx.cfg.pacbayes_mc_samples,
+            max_mc=ctx.cfg.pacbayes_max_samples, rel_se=ctx.cfg.pacbayes_rel_se,
             seed=_sub_seed(ctx.seed, "pacbayes_flatness"), notes=ctx.result.notes,
         )
     )

@@ -272,7 +272,9 @@ def _m_fisher_trace(ctx: _Context) -> None:
 def _m_eps_sharpness(ctx: _Context) -> None:
     ctx.result.values.update(
         _eps_sharpness(
-            ctx.land, ctx.loss0, eps=ctx.cfg.eps, steps=ctx.cfg.ascent_steps, gen=ctx.generator("eps_sharpness")
+            ctx.land, ctx.loss0, eps=ctx.cfg.eps, restarts=ctx.cfg.ascent_restarts,
+            max_iter=ctx.cfg.ascent_max_iter, tol=ctx.cfg.ascent_tol, gen=ctx.generator("eps_sharpness"),
+            notes=ctx.result.notes,
         )
     )
 
@@ -291,6 +293,7 @@ def _m_pacbayes(ctx: _Context) -> None:
     ctx.result.values.update(
         _pacbayes_flatness(
             ctx.land, ctx.loss0, target=ctx.cfg.pacbayes_target, mc=ctx.cfg.pacbayes_mc_samples,
+            max_mc=ctx.cfg.pacbayes_max_samples, rel_se=ctx.cfg.pacbayes_rel_se,
             seed=_sub_seed(ctx.seed, "pacbayes_flatness"), notes=ctx.result.notes,
         )
     )

@@ -28,13 +28,15 @@ MEASURE_NAMES: tuple[str, ...] = (
 EIG_METHODS: tuple[str, ...] = ("lanczos", "power")
 
 _POSITIVE_INTS = (
-    "top_k", "max_iter", "trace_max_probes", "diag_probes", "ascent_steps",
-    "n_random_directions", "pacbayes_mc_samples", "density_probes", "density_steps",
+    "top_k", "max_iter", "trace_max_probes", "diag_probes", "ascent_steps", "ascent_restarts", "ascent_max_iter",
+    "n_random_directions", "pacbayes_mc_samples", "pacbayes_max_samples", "density_probes", "density_steps",
 )
 #: Hutchinson's default minimum probe count: with 10, about 1 seed in 40 stopped on an underestimated
 #: standard error (heavy-tailed z^T A z) and missed the exact trace by 6-8 SE on the test nets; with 30, none.
 DEFAULT_TRACE_MIN_PROBES = 30
-_POSITIVE_FLOATS = ("eig_tol", "trace_rel_se", "eps", "adaptive_rho", "pacbayes_target")
+_POSITIVE_FLOATS = (
+    "eig_tol", "trace_rel_se", "eps", "ascent_tol", "adaptive_rho", "pacbayes_target", "pacbayes_rel_se",
+)
 
 
 @dataclass(frozen=True)
@@ -52,10 +54,15 @@ class MeasureConfig:
     diag_probes: int = 100
     eps: float = 1e-3
     ascent_steps: int = 10
+    ascent_restarts: int = 8
+    ascent_max_iter: int = 500
+    ascent_tol: float = 1e-9
     adaptive_rho: float = 0.05
     n_random_directions: int = 10
     pacbayes_target: float = 0.1
-    pacbayes_mc_samples: int = 10
+    pacbayes_mc_samples: int = 32
+    pacbayes_rel_se: float = 0.03
+    pacbayes_max_samples: int = 1000
     density_probes: int = 3
     density_steps: int = 30
     batch_size: int | None = None
@@ -93,6 +100,11 @@ class MeasureConfig:
             raise ValueError(f"MeasureConfig.trace_max_probes must be >= 2, got {self.trace_max_probes}")
         if self.density_steps < 2:
             raise ValueError(f"MeasureConfig.density_steps must be >= 2, got {self.density_steps}")
+        if self.pacbayes_max_samples < self.pacbayes_mc_samples:
+            raise ValueError(
+                f"MeasureConfig.pacbayes_max_samples ({self.pacbayes_max_samples}) is below pacbayes_mc_samples "
+                f"({self.pacbayes_mc_samples}); raise pacbayes_max_samples"
+            )
         if self.eig_method not in EIG_METHODS:
             raise ValueError(
                 f"MeasureConfig.eig_method {self.eig_method!r} is unknown; use one of {EIG_METHODS}."

@@ -120,3 +120,44 @@ def test_unknown_measure_in_spec_is_a_spec_error() -> None:
         tiny(measures=["eps_sharpnes"])
     with pytest.raises(SpecError, match=r"measure_options: .*unknown measure option 'sample_sise'"):
         tiny(measure_options={"sample_sise": 3})
+
+
+def test_corrupted_or_truncated_weights_are_one_message_not_a_silent_load(tracking_uri: str) -> None:
+    """64 overwritten bytes once loaded silently (norm 1e33); the logged SHA-256 catches them before loading."""
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    from typer.testing import CliRunner
+
+    from gencv.checksums import sha256_file, tag_key
+    from gencv.cli import app
+
+    tracker = MlflowTracker(tracking_uri)
+    out = run_experiment(tiny(**{"cv.n_splits": 2, "train.max_epochs": 2}), tracker=tracker)
+    client = MlflowClient(tracking_uri)
+    weights = Path(urlparse(client.get_run(out.run_id).info.artifact_uri).path) / "model_weights" / "state_dict.pt"
+    tags = client.get_run(out.run_id).data.tags
+    assert tags[tag_key("model_weights/state_dict.pt")] == sha256_file(weights)
+    assert tag_key("model_weights/init_state_dict.pt") in tags
+    good = weights.read_bytes()
+
+    def measure() -> object:
+        return CliRunner().invoke(app, ["measure", out.run_id, "--measures", "norms", "--tracking-uri", tracking_uri,
+                                        "--no-log"])
+
+    assert measure().exit_code == 0
+    broken = bytearray(good)
+    broken[len(good) // 2 : len(good) // 2 + 64] = b"\x7f" * 64  # inside a tensor's bytes: torch.load would not notice
+    weights.write_bytes(bytes(broken))
+    res = measure()
+    assert res.exit_code == 2 and "corrupted or was replaced" in res.output and "Traceback" not in res.output
+    weights.write_bytes(good[: len(good) // 3])  # truncated
+    res = measure()
+    assert res.exit_code == 2 and "corrupted or was replaced" in res.output and "Traceback" not in res.output
+    # a run of an older gencv (no checksum tag): a truncated file is still one message, not a traceback
+    client.delete_tag(out.run_id, tag_key("model_weights/state_dict.pt"))
+    res = measure()
+    assert res.exit_code == 2 and "not a readable weights file" in res.output and "Traceback" not in res.output
+    weights.write_bytes(good)
+    res = measure()
+    assert res.exit_code == 0 and "no SHA-256 was logged" in res.output

@@ -136,12 +136,13 @@ def measure_logged_run(
         raise GencvError("no measures given; pass e.g. --measures hessian_top,hessian_trace")
     _check_overrides(config, overrides)
     with tempfile.TemporaryDirectory() as tmp:
-        spec_path = _download(tracker, run_id, "spec.yaml", tmp)
-        exp = load_experiment(spec_path)
+        logged = {a.path for a in tracker.client.list_artifacts(run_id, "model_weights")}
+        # the refit model's own spec (a study's best trial); runs of older versions have only spec.yaml
+        model_spec = "model_weights/model_spec.yaml"
+        exp = load_experiment(_download(tracker, run_id, model_spec if model_spec in logged else "spec.yaml", tmp))
         tags = tracker.client.get_run(run_id).data.tags
         notes: list[str] = []
         state = _load_weights(tracker, run_id, "model_weights/state_dict.pt", tmp, tags, notes)
-        logged = {a.path for a in tracker.client.list_artifacts(run_id, "model_weights")}
         init_state = None
         if "model_weights/init_state_dict.pt" in logged:  # runs of gencv before it was logged lack it
             init_state = _load_weights(tracker, run_id, "model_weights/init_state_dict.pt", tmp, tags, notes)

@@ -292,6 +292,9 @@ def refit_model(exp: Experiment, prep: Prepared, tracker: Tracker, run_id: str) 
         scores["loss"] = est.loss(Xt, yt)
     tracker.log_metrics(run_id, {f"refit_test_{k}": v for k, v in scores.items()} | {"refit_epochs_run": est.epochs_run_})
     tracker.log_model(run_id, est.to_torch(), ds.X[prep.cv_idx][:5])
+    # The spec this model was built from (a study's refit: the best trial's), so `gencv measure` and a
+    # transfer rebuild the same network.
+    tracker.log_text(run_id, exp.to_yaml(), "model_weights/model_spec.yaml")
     if est.init_state_ is not None and not isinstance(tracker, NullTracker):
         # The network's weights before training, for `gencv measure`'s dist_from_init.
         import torch

@@ -721,3 +721,16 @@ def test_cli_user_errors_exit_2(tmp_path: Path) -> None:
                                       "--set", "tune.space={train.lrr: {low: 0.1, high: 1.0}}"])
     assert res.exit_code == 2
     assert "tune.space.train.lrr" in res.output
+
+
+def test_measure_on_a_study_run_rebuilds_the_best_trials_network(tmp_path: Path) -> None:
+    """A study's refit has the best trial's width, not the spec's: `gencv measure` must rebuild that network."""
+    from gencv.posthoc import measure_logged_run
+
+    tracker = MlflowTracker(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = tune_exp({"model.hidden": {"choices": [[16]]}})
+    out = tune_experiment(exp, storage=MEM, n_trials=1, tracker=tracker)
+    assert out.refit_estimator is not None and out.refit_estimator.model.hidden == [16]
+    post = measure_logged_run(tracker, out.run_id, ["norms"], log_results=False)
+    assert post.experiment.model.hidden == [16]
+    assert post.result.values["n_params"] == sum(p.numel() for p in out.refit_estimator.module_.parameters())

@@ -22,10 +22,10 @@ def value_bounds(key: str) -> tuple[float, float]:
     """The values a flat metric key can take: `valid_accuracy` in [0, 1], `gap_accuracy` in [-1, 1],
     `train_loss` and `test_rmse` >= 0; unbounded (or unknown, such as measures) otherwise."""
     prefix, _, name = key.partition("_")
-    if name == "loss" and prefix in ("train", "valid", "test"):
+    if name == "loss" and prefix in ("train", "es", "valid", "test"):
         return (0.0, np.inf)
     metric = METRICS.get(name)
-    if metric is None or prefix not in ("train", "valid", "test", "gap"):
+    if metric is None or prefix not in ("train", "es", "valid", "test", "gap"):
         return (-np.inf, np.inf)
     lo, hi = metric.bounds
     return (lo - hi, hi - lo) if prefix == "gap" else (lo, hi)

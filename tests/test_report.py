@@ -32,7 +32,8 @@ def test_summarize_is_the_t_interval_of_the_mean() -> None:
 def test_intervals_stay_inside_what_the_metric_can_take() -> None:
     s = summarize([1.0, 1.0, 0.9, 1.0, 1.0], bounds=value_bounds("test_accuracy"))
     assert s["ci_high"] == 1.0 and s["ci_low"] < s["mean"] < 1.0
-    assert value_bounds("valid_accuracy") == (0.0, 1.0)
+    assert value_bounds("valid_accuracy") == value_bounds("es_accuracy") == (0.0, 1.0)
+    assert value_bounds("es_loss") == (0.0, np.inf)
     assert value_bounds("gap_accuracy") == (-1.0, 1.0)
     assert value_bounds("train_loss") == (0.0, np.inf)
     assert value_bounds("test_rmse") == (0.0, np.inf)

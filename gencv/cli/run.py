@@ -73,18 +73,20 @@ def _print_outcome(outcome: Any) -> None:
 
     table = outcome.table
     m = outcome.cv.metric
-    cols = {"fold": "fold", "status": "status", f"train_{m}": "train", f"valid_{m}": "valid", f"test_{m}": "test",
-            f"gap_{m}": "gap", "epochs_run": "epochs", "best_epoch": "best", "fit_seconds": "fit s"}
+    cols = {"fold": "fold", "status": "status", f"train_{m}": "train", f"es_{m}": "es", f"valid_{m}": "valid",
+            f"test_{m}": "test", f"gap_{m}": "gap", "epochs_run": "epochs", "best_epoch": "best", "fit_seconds": "fit s"}
     from gencv.metrics import METRICS
 
     gap = "train - valid" if METRICS[m].higher_is_better else "valid - train"
-    t = Table(title=f"{outcome.experiment.name}: per-fold {m} (valid = held-out fold, gap = {gap}: > 0 is worse held out)")
+    t = Table(title=f"{outcome.experiment.name}: per-fold {m} (train = rows fitted, es = early-stopping split, "
+                    f"valid = held-out fold, gap = {gap}: > 0 is worse held out)")
     for label in cols.values():
         t.add_column(label, justify="right")
     for _, row in table.iterrows():
         t.add_row(*[_fmt(row[c]) for c in cols])
     out.print(t)
-    keys = [f"train_{m}", f"valid_{m}", f"test_{m}", f"gap_{m}", "train_loss", "valid_loss", "gap_loss"]
+    keys = [f"train_{m}", f"es_{m}", f"valid_{m}", f"test_{m}", f"gap_{m}", "train_loss", "es_loss", "valid_loss",
+            "gap_loss"]
     keys += [k for k in outcome.summary["metric"] if k.startswith(("valid_", "gap_")) and k not in keys]
     st = Table(title="summary over folds (95% t-interval; folds overlap, so it is optimistic)")
     for c in ("metric", "mean", "std", "95% CI", "n"):

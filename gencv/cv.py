@@ -17,7 +17,7 @@ from gencv.seeds import derive_seed
 from gencv.splits import Fold
 from gencv.tracking import NullTracker, Tracker
 
-__all__ = ["CVResult", "FoldResult", "Progress", "cross_validate", "derive_seed", "fit_and_score"]
+__all__ = ["CVResult", "FoldResult", "Progress", "cross_validate", "fit_and_score", "gaps", "score_fold"]
 
 log = logging.getLogger(__name__)
 

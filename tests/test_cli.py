@@ -211,6 +211,6 @@ def test_sigterm_ends_the_run_reliably(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=60)
         took = time.monotonic() - start
         assert proc.returncode == 130, (attempt, err.decode()[-3000:])
-        assert took < 15, (attempt, f"{took:.1f} s")
+        assert took < 25, (attempt, f"{took:.1f} s")  # 17 s measured once with the 2 cores loaded 4x over
         exp = client.get_experiment_by_name("quickstart")
         assert {r.info.status for r in client.search_runs([exp.experiment_id])} == {"KILLED"}, attempt

@@ -19,7 +19,7 @@ from gencv.checksums import sha256_file, tag_key
 from gencv.cv import CVResult, FoldResult, Progress, cross_validate
 from gencv.data import Dataset, holdout_test, load_dataset
 from gencv.engines import GencvEstimator
-from gencv.errors import DivergenceError, GencvError, SpecError
+from gencv.errors import DivergenceError, GencvError, SpecError, TrackingError
 from gencv.metrics import check_metric_for_task, score_all
 from gencv.report import (
     fold_table,
@@ -208,6 +208,7 @@ def run_experiment(
     status = "FAILED"
     outcome_ref: list[RunOutcome] = []
     interrupted: list[BaseException] = []
+    failing = False
     try:
         result = cross_validate(
             prep.estimator, ds.X, ds.y, prep.folds, metric=exp.metric, seed=exp.seed,
@@ -223,9 +224,10 @@ def run_experiment(
         if result.n_failed:
             outcome.notes.append(f"{result.n_failed} of {len(result.folds)} folds failed; summaries use the others")
         outcome.notes.extend(_measure_notes(result))
+        tracking_errors: list[str] = []
         if refit and result.ok_folds:
             try:
-                outcome.refit_estimator, outcome.refit_test_scores = refit_model(exp, prep, tracker, run_id)
+                outcome.refit_estimator, outcome.refit_test_scores = fit_refit(exp, prep)
             except DivergenceError as exc:
                 outcome.notes.append(f"the refit on all non-test data diverged ({exc}); no model was logged")
                 tracker.set_tags(run_id, {"gencv.refit": "diverged"})
@@ -234,21 +236,62 @@ def run_experiment(
                 outcome.notes.append(f"the refit on all non-test data failed ({type(exc).__name__}: {exc}); "
                                      "no model was logged")
                 tracker.set_tags(run_id, {"gencv.refit": "failed"})
-        _log_parent(tracker, run_id, exp, outcome)
+            else:
+                try:
+                    log_refit(tracker, run_id, prep, outcome.refit_estimator, outcome.refit_test_scores)
+                except TrackingError as exc:  # the refit worked: only its record failed
+                    tracking_errors.append(str(exc))
+        try:
+            _log_parent(tracker, run_id, exp, outcome)
+            if isinstance(tracker, MlflowTracker):
+                tracker.flush()  # every write confirmed before the run may end FINISHED
+        except (TrackingError, OSError) as exc:  # OSError: a full disk while writing the report files
+            tracking_errors.append(str(exc) if isinstance(exc, TrackingError) else f"{type(exc).__name__}: {exc}")
+        if tracking_errors:
+            reason = tracking_errors[0]
+            tracker.set_tags(run_id, {"gencv.tracking": "failed", "gencv.tracking_error": reason[:5000]})
+            failure = TrackingError(reason + (f" (and {len(tracking_errors) - 1} more tracking error(s))"
+                                              if len(tracking_errors) > 1 else ""))
+            failure.outcome = outcome  # type: ignore[attr-defined]  # the CLI prints what was computed first
+            raise failure
         status = "FINISHED" if result.ok_folds else "FAILED"
         return outcome
     except KeyboardInterrupt as exc:
         status = "KILLED"
         interrupted.append(exc)
         raise
+    except BaseException:
+        failing = True
+        raise
     finally:
         tracker.end_run(run_id, status)
         if isinstance(tracker, MlflowTracker):
-            tracker.flush()  # queued writes land before we return (or propagate Ctrl-C)
+            _close_parent(tracker, run_id, outcome_ref, interrupted, failing)
+
+
+def _close_parent(tracker: MlflowTracker, run_id: str, outcome_ref: list[RunOutcome],
+                  interrupted: list[BaseException], failing: bool) -> None:
+    """Let the queued writes (the run's end included) land before returning or propagating.
+
+    After Ctrl-C/SIGTERM or another error, the wait is bounded and a failure to record is only logged,
+    so the error in flight is the one reported and the process ends within seconds.
+    """
+    try:
+        tracker.flush(timeout=10 if interrupted or failing else None)
+    except TrackingError as exc:
+        if not (interrupted or failing):
             if outcome_ref:
-                _resolve_ids(tracker, outcome_ref[0])
-            for exc in interrupted:
-                exc.gencv_run_id = tracker.resolve(run_id)  # type: ignore[attr-defined]  # for the resume hint
+                exc.outcome = outcome_ref[0]  # type: ignore[attr-defined]
+            raise
+        log.warning("%s", exc)
+        tracker.abort()
+        for e in interrupted:
+            e.gencv_run_id = tracker.resolve(run_id, flush=False)  # type: ignore[attr-defined]
+        return
+    if outcome_ref:
+        _resolve_ids(tracker, outcome_ref[0])
+    for e in interrupted:
+        e.gencv_run_id = tracker.resolve(run_id)  # type: ignore[attr-defined]  # for the resume hint
 
 
 def _measure_notes(result: CVResult) -> list[str]:
@@ -279,6 +322,13 @@ def measure_config_for(exp: Experiment) -> Any:
 
 def refit_model(exp: Experiment, prep: Prepared, tracker: Tracker, run_id: str) -> tuple[GencvEstimator, dict[str, float]]:
     """Fit on every non-test sample (early stopping still validates inside it), score the test set, log the model."""
+    est, scores = fit_refit(exp, prep)
+    log_refit(tracker, run_id, prep, est, scores)
+    return est, scores
+
+
+def fit_refit(exp: Experiment, prep: Prepared) -> tuple[GencvEstimator, dict[str, float]]:
+    """Fit on every non-test sample (early stopping still validates inside it) and score the test set."""
     ds = prep.dataset
     est = make_estimator(exp, ds, seed=derive_seed(exp.seed, "refit"))
     est.fit(ds.X[prep.cv_idx], ds.y[prep.cv_idx], groups=None if ds.groups is None else ds.groups[prep.cv_idx])
@@ -290,6 +340,12 @@ def refit_model(exp: Experiment, prep: Prepared, tracker: Tracker, run_id: str) 
         pred = proba.argmax(1) if proba is not None else est.predict(Xt)
         scores = score_all(ds.task, yt, pred, proba, labels)
         scores["loss"] = est.loss(Xt, yt)
+    return est, scores
+
+
+def log_refit(tracker: Tracker, run_id: str, prep: Prepared, est: GencvEstimator, scores: dict[str, float]) -> None:
+    """Log the refit's test scores, model and initial weights under the run."""
+    ds = prep.dataset
     tracker.log_metrics(run_id, {f"refit_test_{k}": v for k, v in scores.items()} | {"refit_epochs_run": est.epochs_run_})
     tracker.log_model(run_id, est.to_torch(), ds.X[prep.cv_idx][:5])
     # The spec this model was built from (a study's refit: the best trial's), so `gencv measure` and a
@@ -304,7 +360,6 @@ def refit_model(exp: Experiment, prep: Prepared, tracker: Tracker, run_id: str) 
             torch.save(est.init_state_, path)
             tracker.set_tags(run_id, {tag_key("model_weights/init_state_dict.pt"): sha256_file(path)})
             tracker.log_artifact(run_id, path, "model_weights")  # copied now, uploaded in order
-    return est, scores
 
 
 def _log_parent(tracker: Tracker, run_id: str, exp: Experiment, out: RunOutcome) -> None:

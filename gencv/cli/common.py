@@ -7,6 +7,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -15,6 +17,9 @@ import typer
 from rich.console import Console
 
 from gencv.errors import GencvError
+
+log = logging.getLogger(__name__)
+
 
 out = Console()  # data
 
@@ -48,13 +53,39 @@ def setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.ERROR)
 
 
+_INTERRUPT_SEEN = threading.Event()  # set once a Ctrl-C/SIGTERM is being handled: later SIGTERMs are ignored
+
+
 def sigterm_to_interrupt() -> None:
-    """SIGTERM (docker stop, a batch scheduler) ends the run like Ctrl-C: runs marked KILLED, exit 130."""
+    """SIGTERM (docker stop, a batch scheduler) ends the run like Ctrl-C: runs marked KILLED, exit 130.
+
+    A handler that raises while the main thread runs a finalizer or weakref callback (torch's
+    WeakIdKeyDictionary, say) has its exception printed as "Exception ignored" and dropped. So each
+    SIGTERM also starts a watchdog that delivers the signal again unless the main thread is seen
+    handling the interrupt within 2 s; once it is, SIGTERM is ignored so the clean-up is not cut short.
+    """
     from gencv.errors import Terminated
 
+    main_id = threading.main_thread().ident
+
+    def watchdog() -> None:
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            # the exception each thread is handling (in an except or finally block)
+            exc = sys._current_exceptions().get(main_id)
+            if isinstance(exc, tuple):  # Python < 3.12: (type, value, traceback)
+                exc = exc[1]
+            if isinstance(exc, KeyboardInterrupt):
+                _INTERRUPT_SEEN.set()
+            if _INTERRUPT_SEEN.wait(0.02):
+                return
+        log.debug("SIGTERM was swallowed (raised inside a finalizer?): delivering it again")
+        os.kill(os.getpid(), signal.SIGTERM)
+
     def handler(signum: int, frame: Any) -> None:
-        # One-shot: a second SIGTERM while we mark runs KILLED must not cut that clean-up short.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if _INTERRUPT_SEEN.is_set():  # the interrupt got through: a second SIGTERM must not cut the clean-up short
+            return
+        threading.Thread(target=watchdog, name="gencv-sigterm-watchdog", daemon=True).start()
         raise Terminated(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, handler)
@@ -68,6 +99,7 @@ def guard(fn: Callable[[], T], resume_hint: str = "gencv run SPEC --resume {run_
         err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt as exc:
+        _INTERRUPT_SEEN.set()
         run_id = getattr(exc, "gencv_run_id", None) or "RUN_ID"
         hint = resume_hint.format(run_id=run_id)
         err.print(f"[yellow]interrupted: runs were marked KILLED; finished work is kept. Resume with: {hint}[/]",

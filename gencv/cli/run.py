@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from gencv.cli.common import SetOpt, SpecArg, UriOpt, err, guard, load_spec, out, setup_logging, sigterm_to_interrupt
+from gencv.errors import TrackingError
 
 
 class RichProgress:
@@ -140,22 +141,33 @@ def run(
     def go() -> Any:
         from gencv.runner import outcome_json, prepare, run_experiment
         from gencv.tracking import make_tracker
+        from gencv.tracking.store import check_tracking_uri
 
         exp = load_spec(spec, set_)
+        if not no_track:
+            check_tracking_uri(tracking_uri)  # the quick checks, before data and torch are loaded
         prep = prepare(exp, allow_large_loo=allow_large_loo)
-        tracker = make_tracker(not no_track, tracking_uri)
+        tracker = make_tracker(not no_track, tracking_uri, experiment=exp.name)  # a bad store fails here
         err.print(f"[bold]{exp.name}[/]: {prep.dataset.name} ({prep.dataset.n_samples} samples, {prep.dataset.task}), "
                   f"{exp.cv.kind} CV with {len(prep.folds)} folds, test set {len(prep.test_idx)}, seed {exp.seed}",
                   highlight=False)
-        if quiet or json_out:
-            outcome = run_experiment(exp, tracker=tracker, prepared=prep, resume=resume)
-        else:
-            with RichProgress(err, exp.metric) as progress:
-                outcome = run_experiment(exp, tracker=tracker, prepared=prep, progress=progress, resume=resume)
-        if json_out:
-            print(json.dumps(outcome_json(outcome), default=str))
-        else:
-            _print_outcome(outcome)
+        def show(outcome: Any) -> None:
+            if json_out:
+                print(json.dumps(outcome_json(outcome), default=str))
+            else:
+                _print_outcome(outcome)
+
+        try:
+            if quiet or json_out:
+                outcome = run_experiment(exp, tracker=tracker, prepared=prep, resume=resume)
+            else:
+                with RichProgress(err, exp.metric) as progress:
+                    outcome = run_experiment(exp, tracker=tracker, prepared=prep, progress=progress, resume=resume)
+        except TrackingError as exc:  # computed, but not (fully) recorded: show the results, then the error
+            if getattr(exc, "outcome", None) is not None:
+                show(exc.outcome)  # type: ignore[attr-defined]
+            raise
+        show(outcome)
         return outcome
 
     outcome = guard(go)

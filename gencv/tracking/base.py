@@ -80,7 +80,11 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
-        db.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrackingError(f"tracking URI {uri!r}: cannot create the directory {str(db.parent)!r} "
+                                f"({exc.strerror or exc}); use a writable path, e.g. sqlite:///mlruns/mlflow.db") from None
     elif uri.startswith(("file:", "./", "/")) or "://" not in uri:
         raise TrackingError(
             f"tracking URI {uri!r}: MLflow's file store is no longer supported; "

@@ -18,6 +18,7 @@ import numpy as np
 from gencv.checksums import sha256_file, tag_key
 from gencv.errors import TrackingError
 from gencv.tracking.base import NullTracker, Tracker, resolve_tracking_uri
+from gencv.tracking.store import bound_http_retries, check_sqlite_file, explain, store_lock
 from gencv.tracking.writers import ProcessWriter, ThreadWriter
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,15 @@ class MlflowTracker:
         if artifact_root is None and self.tracking_uri.startswith("sqlite:///"):
             artifact_root = Path(self.tracking_uri.removeprefix("sqlite:///")).parent / "artifacts"
         self.artifact_root = Path(artifact_root).resolve() if artifact_root is not None else None
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        if self.tracking_uri.startswith(("http://", "https://")):
+            bound_http_retries()
+        check_sqlite_file(self.tracking_uri)
+        try:
+            with store_lock(self.tracking_uri):  # MLflow creates or migrates a new store on first use
+                self.client = MlflowClient(tracking_uri=self.tracking_uri)
+                self.client.search_experiments(max_results=1)
+        except Exception as exc:
+            raise explain(self.tracking_uri, exc) from None
         self._experiments: dict[str, str] = {}
         self._ids: dict[str, str] = {}
         self._writer: ThreadWriter | ProcessWriter | None = None
@@ -76,18 +85,35 @@ class MlflowTracker:
         else:
             self._writer.put(op, args, kwargs)
 
-    def flush(self) -> None:
-        """Wait for every queued write; raise the first error a write hit."""
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait for every queued write (at most `timeout` seconds); raise the first error a write hit."""
         if self._writer is None:
             return
-        ids, errors = self._writer.flush()
+        ids, errors = self._writer.flush(timeout)
         self._ids.update(ids)
         if errors:
-            raise TrackingError(f"MLflow write failed ({self.tracking_uri}): {errors[0]}")
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise TrackingError(f"tracking URI {self.tracking_uri!r}: MLflow write failed: {errors[0]}{more}; "
+                                "check the store, its artifact location and free disk space")
 
-    def resolve(self, run_id: str) -> str:
-        """MLflow's id for a (possibly provisional) run id, after every queued write landed."""
-        self.flush()
+    def abort(self) -> None:
+        """Stop the writer now, dropping writes it has not done (after Ctrl-C, or when it does not answer)."""
+        if self._writer is not None:
+            self._writer.stop(timeout=0)
+            self._writer = None
+
+    def check(self, experiment: str) -> None:
+        """Probe the store before any training: get or create `experiment` and read its runs."""
+        try:
+            exp_id = self.experiment_id(experiment)
+            self.client.search_runs([exp_id], max_results=1)
+        except Exception as exc:
+            raise explain(self.tracking_uri, exc) from None
+
+    def resolve(self, run_id: str, *, flush: bool = True) -> str:
+        """MLflow's id for a (possibly provisional) run id, after every queued write landed (unless `flush=False`)."""
+        if flush:
+            self.flush()
         return self._real(run_id)
 
     def close(self) -> None:
@@ -252,10 +278,15 @@ class MlflowTracker:
         src = Path(path)
         stage = Path(tempfile.mkdtemp(prefix="gencv-stage-"))
         dst = stage / src.name
-        if src.is_dir():
-            shutil.copytree(src, dst)
-        else:
-            shutil.copy2(src, dst)
+        try:
+            if src.is_dir():
+                shutil.copytree(src, dst)
+            else:
+                shutil.copy2(src, dst)
+        except (OSError, shutil.Error) as exc:  # a full disk, most often
+            shutil.rmtree(stage, ignore_errors=True)
+            raise TrackingError(f"artifact {src.name!r}: cannot stage it in {str(stage.parent)!r} for upload "
+                                f"({exc}); free disk space there or set TMPDIR") from None
         self._submit("_upload_staged_now", run_id, str(stage), str(dst), artifact_path)
 
     def _upload_staged_now(self, run_id: str, stage: str, path: str, artifact_path: str | None) -> None:
@@ -270,7 +301,12 @@ class MlflowTracker:
     def log_model(self, run_id: str, module: Any, input_example: np.ndarray, name: str = "model") -> None:
         """Written here, after the queued writes (the run must exist): torch modules stay in this process."""
         self.flush()
-        self._log_model_now(run_id, module, np.array(input_example), name)
+        try:
+            self._log_model_now(run_id, module, np.array(input_example), name)
+        except Exception as exc:  # the model was fitted: a write failure is tracking's, not the refit's
+            raise TrackingError(f"tracking URI {self.tracking_uri!r}: logging the model {name!r} failed "
+                                f"({type(exc).__name__}: {' '.join(str(exc).split())[:500]}); check the artifact "
+                                "location and free disk space") from None
 
 
 def load_logged_model(tracker: MlflowTracker, run_id: str, name: str = "model") -> Any:
@@ -283,9 +319,22 @@ def load_logged_model(tracker: MlflowTracker, run_id: str, name: str = "model") 
         return mlflow.pytorch.load_model(local)
 
 
-def make_tracker(enabled: bool, tracking_uri: str | None = None) -> Tracker:
-    """What the CLI records with: an MlflowTracker writing from its own process when enabled, else NullTracker."""
-    return MlflowTracker(tracking_uri, writer="process") if enabled else NullTracker()
+def make_tracker(enabled: bool, tracking_uri: str | None = None, experiment: str | None = None) -> Tracker:
+    """What the CLI records with: an MlflowTracker writing from its own process when enabled, else NullTracker.
+
+    With `experiment`, the store is probed (`MlflowTracker.check`) so a store that cannot be used fails
+    here, before any training.
+    """
+    if not enabled:
+        return NullTracker()
+    tracker = MlflowTracker(tracking_uri, writer="process")
+    if experiment is not None:
+        try:
+            tracker.check(experiment)
+        except TrackingError:
+            tracker.abort()
+            raise
+    return tracker
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:

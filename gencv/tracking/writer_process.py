@@ -14,6 +14,7 @@ import pickle
 import signal
 import sys
 
+from gencv.tracking.store import is_unreachable
 from gencv.tracking.writers import read_frame, write_frame
 
 
@@ -32,21 +33,32 @@ def main(argv: list[str]) -> int:
     tracker = MlflowTracker(uri, root, writer="inline")
     errors: list[str] = []
     reported: set[str] = set()
+    unreachable: str | None = None  # the error that showed the server gone: later writes are skipped, not retried
+    skipped = 0
     inbox = sys.stdin.buffer
     while (frame := read_frame(inbox)) is not None:
         kind, body = frame[:1], frame[1:]
         if kind == b"F":
             new = {k: v for k, v in tracker._ids.items() if k not in reported}
             reported.update(new)
+            if skipped:
+                errors.append(f"{skipped} later write(s) skipped: the tracking server stopped answering")
+                skipped = 0
             write_frame(answers, pickle.dumps((pickle.loads(body), new, errors)))
             errors = []
             continue
         op, args, kwargs = pickle.loads(body)
+        if unreachable is not None:  # each try would wait for MLflow's retries: fail the backlog fast
+            skipped += 1
+            continue
         try:
             getattr(tracker, op)(*args, **kwargs)
         except Exception as exc:  # reported at the next flush; later writes still go through
             logging.getLogger(__name__).debug("MLflow write %s failed", op, exc_info=True)
-            errors.append(f"{op.strip('_').removesuffix('_now')}: {type(exc).__name__}: {exc}")
+            text = " ".join(str(exc).split())
+            errors.append(f"{op.strip('_').removesuffix('_now')}: {type(exc).__name__}: {text[:500]}")
+            if tracker.tracking_uri.startswith(("http://", "https://")) and is_unreachable(exc):
+                unreachable = text
     return 0
 
 

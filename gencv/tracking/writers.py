@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import struct
+import subprocess
 import threading
 from pathlib import Path
 from typing import IO, Any
@@ -48,14 +49,28 @@ class ThreadWriter:
             self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
             self._pending.append(self._executor.submit(self._run, op, args, kwargs))
 
-    def flush(self) -> tuple[dict[str, str], list[str]]:
+    def flush(self, timeout: float | None = None) -> tuple[dict[str, str], list[str]]:
         """Wait for every queued write: (no new ids: they are the tracker's own), errors."""
+        from concurrent.futures import TimeoutError as FutureTimeout
+        from concurrent.futures import wait
+
         with self._lock:
             pending, self._pending = self._pending, []
-        return {}, [f"{type(e).__name__}: {e}" for f in pending if (e := f.exception()) is not None]
+        _, not_done = wait(pending, timeout=timeout)
+        if not_done:
+            with self._lock:
+                self._pending = list(not_done) + self._pending
+            raise TrackingError(f"the MLflow writer thread did not finish {len(not_done)} write(s) in {timeout:g} s")
+        try:
+            return {}, [f"{type(e).__name__}: {e}" for f in pending if (e := f.exception(timeout=0)) is not None]
+        except FutureTimeout:  # pragma: no cover - every future is done here
+            raise TrackingError("the MLflow writer thread did not answer") from None
 
-    def stop(self) -> None:
-        self.flush()
+    def stop(self, timeout: float | None = None) -> None:
+        if timeout == 0:  # drop what is queued; a write in progress ends on its own (the thread is a daemon's)
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            return
+        self.flush(timeout)
         self._executor.shutdown(wait=True)
 
 
@@ -69,7 +84,6 @@ class ProcessWriter:
     """
 
     def __init__(self, tracking_uri: str, artifact_root: Path | None) -> None:
-        import subprocess
         import sys
 
         env = {**os.environ, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
@@ -82,6 +96,7 @@ class ProcessWriter:
         self._broken: str | None = None
         self._lock = threading.Lock()  # one flush at a time: answers come in order
         self._seq = 0
+        self._inbuf = bytearray()  # answer bytes read but not yet taken as a frame
         self._feeder = threading.Thread(target=self._feed, name="gencv-mlflow-feeder", daemon=True)
         self._feeder.start()
 
@@ -108,32 +123,87 @@ class ProcessWriter:
 
         self._queue.put(b"W" + pickle.dumps((op, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL))
 
-    def flush(self) -> tuple[dict[str, str], list[str]]:
-        """Wait until every write queued so far is done: (provisional -> MLflow run ids, errors)."""
-        import pickle
+    def flush(self, timeout: float | None = None) -> tuple[dict[str, str], list[str]]:
+        """Wait until every write queued so far is done: (provisional -> MLflow run ids, errors).
 
-        with self._lock:
+        With `timeout`, raise TrackingError when the writer has not answered in that many seconds
+        (it may be stuck on a server that went away). Answers to earlier flushes that were cut short
+        (Ctrl-C) are read first and merged in, so the next flush stays in step.
+        """
+        import pickle
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+        def late() -> TrackingError:
+            return TrackingError(f"the MLflow writer process did not answer in {timeout:g} s (a write is stuck, "
+                                 "e.g. on a tracking server that went away); writes queued since the last flush "
+                                 "may be lost")
+
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise late()
+        try:
             self._seq += 1
             self._queue.put(b"F" + pickle.dumps(self._seq))
-            self._sent.acquire()
-            frame = None if self._broken else read_frame(self._proc.stdout)
-            if frame is None:
-                code = self._proc.poll()
-                raise TrackingError(f"the MLflow writer process is gone (exit code {code}"
-                                    f"{'; ' + self._broken if self._broken else ''}); writes queued since the "
-                                    "last flush are lost")
-            seq, ids, errors = pickle.loads(frame)
-            if seq != self._seq:  # pragma: no cover - protocol error
-                raise TrackingError(f"MLflow writer answered flush {seq}, expected {self._seq}")
-            return ids, errors
+            if not self._sent.acquire(timeout=left()):
+                raise late()
+            ids: dict[str, str] = {}
+            errors: list[str] = []
+            while True:
+                frame = None if self._broken else self._read_answer(deadline)
+                if frame is None:
+                    code = self._proc.poll()
+                    raise TrackingError(f"the MLflow writer process is gone (exit code {code}"
+                                        f"{'; ' + self._broken if self._broken else ''}); writes queued since the "
+                                        "last flush are lost")
+                seq, new_ids, new_errors = pickle.loads(frame)
+                ids.update(new_ids)  # answers to flushes cut short by Ctrl-C come first; their news count too
+                errors.extend(new_errors)
+                if seq == self._seq:
+                    return ids, errors
+        finally:
+            self._lock.release()
 
-    def stop(self) -> None:
-        """Let the queued writes finish, then end the process (at most a minute)."""
+    def _read_answer(self, deadline: float | None) -> bytes | None:
+        """The next answer frame from the writer's stdout, or None at end of file.
+
+        Read with select and os.read on the descriptor, keeping partial frames in `_inbuf`, so a
+        deadline can be kept and an interrupted read loses nothing.
+        """
+        import select
+        import time
+
+        fd = self._proc.stdout.fileno()  # type: ignore[union-attr]
+        while True:
+            if len(self._inbuf) >= _HEADER.size:
+                (size,) = _HEADER.unpack(self._inbuf[:_HEADER.size])
+                if len(self._inbuf) >= _HEADER.size + size:
+                    frame = bytes(self._inbuf[_HEADER.size:_HEADER.size + size])
+                    del self._inbuf[:_HEADER.size + size]
+                    return frame
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([fd], [], [], wait)[0]:
+                raise TrackingError("the MLflow writer process did not answer in time (a write is stuck, e.g. on "
+                                    "a tracking server that went away); writes queued since the last flush may "
+                                    "be lost")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return None
+            self._inbuf += chunk
+
+    def stop(self, timeout: float | None = 60) -> None:
+        """Let the queued writes finish, then end the process; kill it after `timeout` seconds (0: now)."""
+        if timeout == 0:
+            self._broken = self._broken or "stopped"
+            self._proc.kill()
         if self._feeder.is_alive():
             self._queue.put(None)
-            self._feeder.join(timeout=60)
+            self._feeder.join(timeout=timeout if timeout else 1)
         try:
-            self._proc.wait(timeout=60)
-        except Exception:  # pragma: no cover - a write hung for a minute
+            self._proc.wait(timeout=timeout if timeout else 5)
+        except subprocess.TimeoutExpired:  # a write hung for `timeout` seconds
             self._proc.kill()
 

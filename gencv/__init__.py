@@ -58,12 +58,12 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily
-    from gencv.cv import CVResult, FoldResult, cross_validate
-    from gencv.data import Dataset, load_dataset
-    from gencv.engines import ENGINES, GencvEstimator, get_engine
-    from gencv.errors import DataError, DivergenceError, GencvError, SpecError, SplitError, TrackingError
-    from gencv.runner import RunOutcome, prepare, run_experiment
-    from gencv.seeds import derive_seed
-    from gencv.spec import Experiment, load_experiment
-    from gencv.tracking import MlflowTracker, NullTracker, Tracker
-    from gencv.tuning import TuneOutcome, tune_experiment
+    from gencv.cv import CVResult, FoldResult, cross_validate  # noqa: F401
+    from gencv.data import Dataset, load_dataset  # noqa: F401
+    from gencv.engines import ENGINES, GencvEstimator, get_engine  # noqa: F401
+    from gencv.errors import DataError, DivergenceError, GencvError, SpecError, SplitError, TrackingError  # noqa: F401
+    from gencv.runner import RunOutcome, prepare, run_experiment  # noqa: F401
+    from gencv.seeds import derive_seed  # noqa: F401
+    from gencv.spec import Experiment, load_experiment  # noqa: F401
+    from gencv.tracking import MlflowTracker, NullTracker, Tracker  # noqa: F401
+    from gencv.tuning import TuneOutcome, tune_experiment  # noqa: F401

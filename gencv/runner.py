@@ -323,7 +323,7 @@ def measure_config_for(exp: Experiment) -> Any:
 def refit_model(exp: Experiment, prep: Prepared, tracker: Tracker, run_id: str) -> tuple[GencvEstimator, dict[str, float]]:
     """Fit on every non-test sample (early stopping still validates inside it), score the test set, log the model."""
     est, scores = fit_refit(exp, prep)
-    log_refit(tracker, run_id, prep, est, scores)
+    log_refit(tracker, run_id, prep, est, scores, exp)
     return est, scores
 
 
@@ -343,8 +343,10 @@ def fit_refit(exp: Experiment, prep: Prepared) -> tuple[GencvEstimator, dict[str
     return est, scores
 
 
-def log_refit(tracker: Tracker, run_id: str, prep: Prepared, est: GencvEstimator, scores: dict[str, float]) -> None:
-    """Log the refit's test scores, model and initial weights under the run."""
+def log_refit(tracker: Tracker, run_id: str, prep: Prepared, est: GencvEstimator, scores: dict[str, float],
+              exp: Experiment | None = None) -> None:
+    """Log the refit's test scores, model, its spec (`exp`, default the prepared one) and initial weights."""
+    exp = exp or prep.experiment
     ds = prep.dataset
     tracker.log_metrics(run_id, {f"refit_test_{k}": v for k, v in scores.items()} | {"refit_epochs_run": est.epochs_run_})
     tracker.log_model(run_id, est.to_torch(), ds.X[prep.cv_idx][:5])

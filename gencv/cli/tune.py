@@ -103,8 +103,8 @@ def _print_tune(outcome: Any, top: int = 10) -> None:
         e = n.estimate
         out.print(f"nested estimate ({m}): {e['mean']:.4f} ± {e['std']:.4f}, 95% interval "
                   f"[{e['ci_low']:.4f}, {e['ci_high']:.4f}] over {e['n']} outer folds  <- quote this", highlight=False)
-        out.print(f"  (the interval treats the outer folds as independent; they share training data, so it is "
-                  f"optimistic, as the fold summary's is)", highlight=False, soft_wrap=True)
+        out.print("  (the interval treats the outer folds as independent; they share training data, so it is "
+                  "optimistic, as the fold summary's is)", highlight=False, soft_wrap=True)
         out.print(f"mean best inner CV {m}: {n.inner_best['mean']:.4f}; optimism = mean best inner CV score - nested "
                   f"estimate (what tuning's own score claims beyond what the tuned procedure delivers on unseen outer "
                   f"folds; positive = flattering): {n.optimism:+.4f}", highlight=False, soft_wrap=True)

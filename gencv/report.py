@@ -122,7 +122,7 @@ def summary_markdown(result: CVResult, *, title: str, test_scores: dict[str, flo
     return "\n".join(lines)
 
 
-def _plt():  # type: ignore[no-untyped-def]
+def pyplot():  # type: ignore[no-untyped-def]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -133,7 +133,7 @@ def _plt():  # type: ignore[no-untyped-def]
 
 def plot_learning_curves(result: CVResult, path: str | Path) -> Path:
     """Train and held-out loss per epoch for every fold, one line per fold."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for f in result.ok_folds:
         if not f.history:
@@ -163,7 +163,7 @@ def plot_learning_curves(result: CVResult, path: str | Path) -> Path:
 
 def plot_fold_scores(result: CVResult, path: str | Path) -> Path:
     """Train vs held-out primary score per fold, with the gap drawn between them."""
-    plt = _plt()
+    plt = pyplot()
     m = result.metric
     folds = result.ok_folds
     x = np.arange(len(folds))
@@ -196,7 +196,7 @@ def plot_measures_vs_gap(result: CVResult, path: str | Path) -> Path | None:
     names = [k for k in names if not k.endswith(("_iterations", "_probes", "_se", "sample_size", "n_params"))][:12]
     if not names:
         return None
-    plt = _plt()
+    plt = pyplot()
     m = result.metric
     cols = min(4, len(names))
     rows = (len(names) + cols - 1) // cols

@@ -7,6 +7,7 @@ import json
 import logging
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from gencv.report import (
 )
 from gencv.seeds import derive_seed
 from gencv.spec import Experiment
-from gencv.splits import Fold, make_folds, scheme_warnings
+from gencv.splits import Fold, folds_digest, make_folds, scheme_warnings
 from gencv.tracking import MlflowTracker, NullTracker, Tracker
 
 __all__ = ["Prepared", "RunOutcome", "make_estimator", "prepare", "run_experiment"]
@@ -128,8 +129,8 @@ def _git_commit() -> str | None:
         return None
 
 
-def run_tags(exp: Experiment, ds: Dataset) -> dict[str, str]:
-    """Tags that make a run reproducible and searchable."""
+def run_tags(exp: Experiment, ds: Dataset, folds: Sequence[Fold] = (), engine: str = "skorch") -> dict[str, str]:
+    """Tags that make a run reproducible and searchable (and its folds comparable: `gencv.folds_digest`)."""
     tags = {
         "gencv.kind": "cv",
         "gencv.spec_digest": exp.digest(),
@@ -140,7 +141,10 @@ def run_tags(exp: Experiment, ds: Dataset) -> dict[str, str]:
         "gencv.version": __version__,
         "gencv.task": ds.task,
         "gencv.cv": exp.cv.kind,
+        "gencv.engine": engine,
     }
+    if folds:
+        tags["gencv.folds_digest"] = folds_digest(folds)
     commit = _git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
@@ -202,7 +206,7 @@ def run_experiment(
         tracker.client.update_run(run_id, status="RUNNING")  # type: ignore[attr-defined]
         log.info("resuming run %s: %d of %d folds already finished", run_id, len(done), len(prep.folds))
     else:
-        run_id = tracker.start_run(exp.name, f"{exp.name}-cv", tags=run_tags(exp, ds))
+        run_id = tracker.start_run(exp.name, f"{exp.name}-cv", tags=run_tags(exp, ds, prep.folds))
         tracker.log_params(run_id, {**exp.flat_params(), "n_samples": ds.n_samples, "n_test": len(prep.test_idx),
                                     "n_folds": len(prep.folds)})
     status = "FAILED"

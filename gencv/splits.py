@@ -29,7 +29,7 @@ from gencv.spec import CVSpec
 if TYPE_CHECKING:
     from gencv.data import Dataset
 
-__all__ = ["Fold", "make_folds", "make_splitter", "scheme_warnings"]
+__all__ = ["Fold", "folds_digest", "make_folds", "make_splitter", "scheme_warnings"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,19 @@ class Fold:
     index: int
     train: np.ndarray
     valid: np.ndarray
+
+
+def folds_digest(folds: Sequence[Fold]) -> str:
+    """A short digest of the folds' row indices: two runs with the same digest were scored on the same folds."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in folds:
+        for part in (f.train, f.valid):
+            h.update(np.asarray(part, dtype=np.int64).tobytes())
+            h.update(b"|")
+        h.update(b";")
+    return h.hexdigest()[:16]
 
 
 def make_splitter(

@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("gencv.stats", "gencv.report"),
     ("gencv.runner", "gencv.posthoc"),
     ("gencv.tuning",),
+    ("gencv.studies",),
     ("gencv.cli",),
 ]
 

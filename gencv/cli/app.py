@@ -10,6 +10,7 @@ import sys
 
 import typer
 
+from gencv.cli.compare import compare
 from gencv.cli.datasets import datasets
 from gencv.cli.measure import measure
 from gencv.cli.run import run
@@ -21,7 +22,7 @@ __all__ = ["app", "main"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Cross-validation and generalization experiments for PyTorch networks.")
-for command in (run, tune, measure, validate, datasets, ui):
+for command in (run, tune, compare, measure, validate, datasets, ui):
     app.command()(command)
 
 

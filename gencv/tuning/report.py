@@ -24,9 +24,9 @@ _SKIP_SUFFIXES = ("_iterations", "_probes", "_se", "sample_size", "n_params", "_
 
 def study_plots(study: Any, out_dir: Path) -> list[Path]:
     """Optimization history, parameter importances and slice plots (matplotlib PNG); skips what cannot be drawn."""
-    from gencv.report import _plt
+    from gencv.report import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     from optuna.visualization import matplotlib as ovm
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -115,9 +115,9 @@ def plot_measures_vs_gap_trials(records: Sequence[Any], report: pd.DataFrame, pa
     rows = [r for r in records if r.measures and r.gap is not None and np.isfinite(r.gap)]
     if not rows or report.empty:
         return None
-    from gencv.report import _plt
+    from gencv.report import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     names = list(report["measure"])[:12]
     cols = min(4, len(names))
     nrows = (len(names) + cols - 1) // cols

@@ -19,7 +19,7 @@ from gencv.metrics import METRICS
 from gencv.runner import Prepared, make_estimator
 from gencv.seeds import derive_seed
 from gencv.spec import Experiment
-from gencv.splits import Fold
+from gencv.splits import Fold, folds_digest
 from gencv.tracking import Tracker
 from gencv.tuning.records import TrialRecord, TuningError, study_counts
 from gencv.tuning.space import Dimension, suggest
@@ -126,7 +126,9 @@ def _run_trial_body(ctx: TrialContext, study: Any, trial: Any) -> TrialRecord:
     except Exception as exc:
         raise _sampler_failed(ctx, study, [trial._trial_id], exc) from exc
     ctx.progress.trial_start(number, overrides)
-    tags = {"gencv.kind": "trial", "gencv.trial": str(number), "gencv.study": ctx.study_name}
+    tags = {"gencv.kind": "trial", "gencv.trial": str(number), "gencv.study": ctx.study_name,
+            "gencv.folds_digest": folds_digest(ctx.folds), "gencv.engine": "skorch",
+            "gencv.data_digest": ctx.prep.dataset.digest, "gencv.seed": str(exp.seed)}
     retried = ctx.storage.get_trial(trial._trial_id).system_attrs.get("failed_trial")
     if retried is not None:
         tags["gencv.retry_of"] = str(retried)

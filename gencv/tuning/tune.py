@@ -80,7 +80,7 @@ def tune_experiment(
     worker_key = os.getpid() if kind not in ("sqlite", "memory") else 0
     ctx_args = dict(exp=exp, prep=prep, dims=dims, tracker=tracker, storage=store, progress=progress,
                     heartbeat_interval=heartbeat_interval, measure_config=measure_config_for(exp))
-    tags = {**run_tags(exp, prep.dataset), "gencv.kind": "study", "gencv.study": study_name,
+    tags = {**run_tags(exp, prep.dataset, prep.folds), "gencv.kind": "study", "gencv.study": study_name,
             "gencv.storage": redact_url(storage_url), "gencv.nested": str(bool(nested)).lower(),
             "gencv.sampler": tune.sampler, "gencv.pruner": tune.pruner}
     if nested:

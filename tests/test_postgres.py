@@ -38,6 +38,20 @@ def _spec(tmp: Path, **overrides: Any) -> Path:
     return p
 
 
+def test_a_bare_postgresql_url_opens_with_the_installed_psycopg2_driver(pg_url: str) -> None:  # noqa: F811
+    # SQLAlchemy 2.1 maps postgresql:// to psycopg (3), which gencv does not install; gencv depends on psycopg2.
+    from gencv._tuning_storage import make_storage
+
+    bare = pg_url.replace("postgresql+psycopg2://", "postgresql://")
+    assert bare.startswith("postgresql://")
+    store = make_storage(bare, heartbeat_interval=5)
+    try:
+        assert store.engine.dialect.driver == "psycopg2"
+        assert store.get_all_studies() is not None  # the connection really works
+    finally:
+        store.engine.dispose()
+
+
 def test_password_is_never_printed(tmp_path: Path, pg_url: str) -> None:  # noqa: F811
     spec = _spec(tmp_path)
     w = _worker(tmp_path, spec, pg_url, "pw", 1, "--no-track")

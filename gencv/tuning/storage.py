@@ -33,6 +33,11 @@ def redact_url(url: str) -> str:
         return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
+def _with_driver(url: str) -> str:
+    """A bare postgresql:// URL names psycopg2, the driver gencv depends on (SQLAlchemy 2.1 would pick psycopg 3)."""
+    return "postgresql+psycopg2://" + url[len("postgresql://"):] if url.lower().startswith("postgresql://") else url
+
+
 def storage_kind(url: str) -> str:
     """'sqlite', 'postgresql', 'mysql', 'memory' or the URL scheme."""
     if url in ("", ":memory:", "memory"):
@@ -52,7 +57,7 @@ def make_storage(url: str | None, *, heartbeat_interval: int, grace_period: int 
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-    url = url or DEFAULT_STORAGE
+    url = _with_driver(url or DEFAULT_STORAGE)
     kind = storage_kind(url)
     if kind == "memory":
         return optuna.storages.InMemoryStorage()

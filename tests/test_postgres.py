@@ -40,7 +40,7 @@ def _spec(tmp: Path, **overrides: Any) -> Path:
 
 def test_a_bare_postgresql_url_opens_with_the_installed_psycopg2_driver(pg_url: str) -> None:  # noqa: F811
     # SQLAlchemy 2.1 maps postgresql:// to psycopg (3), which gencv does not install; gencv depends on psycopg2.
-    from gencv._tuning_storage import make_storage
+    from gencv.tuning.storage import make_storage
 
     bare = pg_url.replace("postgresql+psycopg2://", "postgresql://")
     assert bare.startswith("postgresql://")

@@ -64,19 +64,20 @@ def _print(c: Any) -> None:
     labels = {r.run_id: r.label for r in c.runs}
     rt = Table(title=f"runs ({c.metric}, {'higher' if c.higher_is_better else 'lower'} is better; ranked by pairs "
                      "won with P(better) > 0.95, then mean)")
-    for col in ("rank", "run", "run id", "folds", f"mean {c.metric}", "wins"):
+    for col in ("rank", "run", "folds", f"mean {c.metric}", "wins"):
         rt.add_column(col, justify="right", no_wrap=True)
     by_id = {r.run_id: r for r in c.runs}
     for i, (rid, mean, wins) in enumerate(c.ranking, 1):
-        rt.add_row(str(i), labels[rid], rid, str(len(by_id[rid].scores)), f"{mean:.4f}", str(wins))
+        rt.add_row(str(i), labels[rid], str(len(by_id[rid].scores)), f"{mean:.4f}", str(wins))
     out.print(rt)
-    t = Table(title=f"pairs (differences a - b, > 0: a better; {c.rope_note}; p-values Holm-corrected over "
+    t = Table(title=f"pairs (difference a - b, > 0: a better; {c.rope_note}; p-values Holm-corrected over "
                     f"{len(c.pairs)} pair(s))")
     rows = comparison_table(c)
-    for col in rows[0]:
-        t.add_column(col, justify="right", no_wrap=True)
+    t.add_column("", justify="left", no_wrap=True)
     for row in rows:
-        t.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()])
+        t.add_column(f"{row['a']} vs {row['b']}", justify="right", no_wrap=True)
+    for key in list(rows[0])[2:]:
+        t.add_row(key, *[f"{r[key]:.4f}" if isinstance(r[key], float) else str(r[key]) for r in rows])
     out.print(t)
     out.print("The plain paired t-test is over-confident: CV training sets overlap, so fold scores are correlated "
               "and its variance is too small. Quote the corrected test or the Bayesian probabilities.",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +177,11 @@ def compare_runs(runs: Sequence[RunScores], *, rope: float | None = None) -> Com
     """Every pair of runs on their shared folds: corrected t-test, Bayesian correlated t-test, plain t-test."""
     if len(runs) < 2:
         raise ComparisonError("compare needs at least 2 runs")
+    if len({r.run_id for r in runs}) < len(runs):
+        raise ComparisonError("the same run is given twice; pass different runs")
+    names = [r.label for r in runs]
+    if len(set(names)) < len(names):  # runs of one spec share a name: tell them apart by id
+        runs = [replace(r, label=f"{r.label}@{r.run_id[:8]}") for r in runs]
     metric = runs[0].metric
     higher = METRICS[metric].higher_is_better
     sign = 1.0 if higher else -1.0

@@ -13,7 +13,7 @@ import typer
 
 from gencv.cli.common import UriOpt, err, guard, sigterm_to_interrupt
 
-STOP_TIMEOUT = 10.0  # seconds the UI's processes get to exit after SIGTERM before SIGKILL
+STOP_TIMEOUT = 5.0  # seconds the UI's processes get to exit after SIGTERM before SIGKILL
 
 
 def ui(

@@ -715,3 +715,49 @@ def test_cli_user_errors_exit_2(tmp_path: Path) -> None:
                                       "--set", "tune.space={train.lrr: {low: 0.1, high: 1.0}}"])
     assert res.exit_code == 2
     assert "tune.space.train.lrr" in res.output
+
+
+@pytest.mark.slow
+def test_workers_joining_one_sqlite_study_propose_distinct_configurations(tmp_path: Path) -> None:
+    """Three `gencv tune` workers open the empty study while the test holds its lock, so each has
+    joined before any trial exists; each worker's first trial must still be its own configuration."""
+    import fcntl
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    lock = Path(f"{tmp_path}/optuna.db.lock")
+    spec = str(Path(__file__).resolve().parents[1] / "experiments" / "tune_iris.yaml")
+    cmd = [sys.executable, "-m", "gencv.cli", "tune", spec, "-q", "--no-track", "--storage", storage, "--study", "shared",
+           "--trials", "3", "--set", "tune.sampler=random", "--set", "train.max_epochs=2", "--set", "cv.n_splits=2"]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    with open(lock, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        procs = [subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                 for _ in range(3)]
+        deadline = time.time() + 300
+        waiting: set[int] = set()
+        while len(waiting) < 3 and time.time() < deadline:  # each worker waits on the lock file
+            time.sleep(0.3)
+            for p in procs:
+                try:
+                    if any(str(lock) == os.readlink(f) for f in Path(f"/proc/{p.pid}/fd").iterdir()):
+                        waiting.add(p.pid)
+                except OSError:  # an fd closed while we looked
+                    continue
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err.decode()
+    assert len(waiting) == 3
+    trials = optuna.load_study(study_name="shared", storage=storage).trials
+    first: dict[str, tuple[Any, ...]] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        first.setdefault(t.user_attrs["gencv.worker"], tuple(t.params.values()))
+    assert len(first) >= 2 and len(set(first.values())) == len(first), first
+    seeds = {t.user_attrs["gencv.sampler_seed"] for t in trials}
+    assert len(seeds) == len({t.user_attrs["gencv.worker"] for t in trials})

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -61,6 +63,8 @@ def test_run_json_and_no_track(tmp_path: Path) -> None:
           "--set", "cv.n_splits=400", "--no-track"], "cv.n_splits: got 400 rolling splits"),
     ],
 )
+
+
 def test_bad_input_exits_2_with_message_and_no_traceback(args: list[str], message: str) -> None:
     res = runner.invoke(app, args)
     assert res.exit_code == 2, res.output
@@ -94,6 +98,8 @@ def test_diverging_folds_fail_cleanly_and_exit_1() -> None:
 
 
 @pytest.mark.slow
+
+
 def test_sigterm_marks_runs_killed(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
@@ -178,6 +184,8 @@ def _wait_for_fold_run(client: MlflowClient, proc: subprocess.Popen[bytes]) -> N
 
 
 @pytest.mark.slow
+
+
 def test_sigterm_after_the_tracking_server_went_away_exits_130_within_seconds(tmp_path: Path) -> None:
     server, url = _start_mlflow_server(tmp_path)
     try:
@@ -197,6 +205,8 @@ def test_sigterm_after_the_tracking_server_went_away_exits_130_within_seconds(tm
 
 
 @pytest.mark.slow
+
+
 def test_sigterm_ends_the_run_reliably(tmp_path: Path) -> None:
     for attempt in range(3):  # once, SIGTERM was lost 1 time in 4 (swallowed inside a weakref callback)
         d = tmp_path / str(attempt)
@@ -214,3 +224,192 @@ def test_sigterm_ends_the_run_reliably(tmp_path: Path) -> None:
         assert took < 25, (attempt, f"{took:.1f} s")  # 17 s measured once with the 2 cores loaded 4x over
         exp = client.get_experiment_by_name("quickstart")
         assert {r.info.status for r in client.search_runs([exp.experiment_id])} == {"KILLED"}, attempt
+
+
+def _gencv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gencv.cli", *args]
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """This environment without a terminal width or a default tracking store (the command names its own)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "MLFLOW_TRACKING_URI")}
+    return {**env, **extra}
+
+
+def _wait_for_fold_run(uri: str, db: Path, proc: subprocess.Popen, name: str = "quickstart") -> tuple[MlflowClient, str]:  # type: ignore[type-arg]
+    """Wait until the first fold run of experiment `name` exists; return the client and the parent run id."""
+    client = MlflowClient(uri)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        exp = client.get_experiment_by_name(name) if db.exists() else None
+        runs = client.search_runs([exp.experiment_id]) if exp else []
+        parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        if parents and len(runs) >= 2:
+            return client, parents[0].info.run_id
+        time.sleep(0.2)
+    raise AssertionError(f"no fold run appeared (exit {proc.poll()})")
+
+
+def test_tables_written_to_a_pipe_keep_every_number(tmp_path: Path) -> None:
+    res = subprocess.run(_gencv("run", QUICK, "--no-track", "-q", "--set", "data.source=diabetes", "--set", "metric=rmse",
+                                "--set", "cv.kind=kfold", "--set", "cv.n_splits=2", "--set", "train.max_epochs=2"),
+                         capture_output=True, text=True, env=_clean_env(), cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "…" not in res.stdout, res.stdout
+    rows = [line.strip("│ ").split("│") for line in res.stdout.splitlines() if line.startswith("│") and " ok " in line]
+    assert len(rows) == 2, res.stdout
+    for row in rows:  # train, valid, test, gap: 4 decimals each, in full (rmse on diabetes is about 60-150)
+        assert all(re.fullmatch(r"-?\d+\.\d{4}", c.strip()) for c in row[2:6]), row
+
+
+@pytest.mark.slow
+
+
+def test_sigterm_hint_is_the_command_that_resumes_the_run(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    sets = ["--set", "train.max_epochs=300", "--set", "train.early_stopping=null", "--set", "cv.n_splits=2",
+            "--set", "model.hidden=[8, 8]"]
+    proc = subprocess.Popen(_gencv("run", QUICK, "-q", *sets, "--tracking-uri", uri), env=_clean_env(), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client, parent = _wait_for_fold_run(uri, tmp_path / "store" / "mlflow.db", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    hint = re.search(r"Resume with: (.+)", err)
+    assert hint, err
+    words = shlex.split(hint.group(1))
+    assert words == ["gencv", "run", QUICK, *sets, "--tracking-uri", uri, "--resume", parent], words
+    res = subprocess.run(_gencv(*words[1:], "-q"), capture_output=True, text=True, env=_clean_env(), cwd=tmp_path,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr
+    run = client.get_run(parent)
+    assert run.info.status == "FINISHED" and run.data.params["model.hidden"] == "[8, 8]"
+
+
+@pytest.mark.slow
+
+
+def test_tune_sigterm_hint_names_the_defaulted_study_and_resumes_it(tmp_path: Path) -> None:
+    import optuna
+
+    tune_spec = str(ROOT / "experiments" / "tune_iris.yaml")
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    args = ["--set", "train.max_epochs=40", "--set", "cv.n_splits=2", "--set", "tune.sampler=random",
+            "--storage", storage, "--no-track", "--trials", "2"]
+    proc = subprocess.Popen(_gencv("tune", tune_spec, "-q", *args), env=_clean_env(), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    running: list = []
+    while not running and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.3)
+        try:
+            names = optuna.get_all_study_names(storage)
+            running = [t for n in names for t in optuna.load_study(study_name=n, storage=storage).trials]
+        except Exception:  # noqa: BLE001  (the storage is being created)
+            continue
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    words = shlex.split(re.search(r"Resume with: (.+)", err).group(1))  # type: ignore[union-attr]
+    (name,) = optuna.get_all_study_names(storage)
+    assert name.startswith("tune_iris-")
+    assert words[:3] == ["gencv", "tune", tune_spec] and words[words.index("--study") + 1] == name, words
+    assert words[words.index("--storage") + 1] == storage and "--no-track" in words and "--trials" in words
+    res = subprocess.run(_gencv(*words[1:], "-q"), capture_output=True, text=True, env=_clean_env(), cwd=tmp_path,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr
+    study = optuna.load_study(study_name=name, storage=storage)
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials) == 2
+
+
+def test_resume_command_quotes_every_word_and_hides_passwords() -> None:
+    from gencv.cli.common import command, redacted
+
+    cmd = command("tune", "my spec.yaml", ["model.hidden=[8, 8]", "name=it's"],
+                  ("--study", "s1"), ("--storage", redacted("postgresql://u:secret@db/optuna")), ("--no-track", True),
+                  ("--trials", None), ("--nested", False))
+    assert "secret" not in cmd
+    assert shlex.split(cmd) == ["gencv", "tune", "my spec.yaml", "--set", "model.hidden=[8, 8]", "--set", "name=it's",
+                                "--study", "s1", "--storage", "postgresql://u:***@db/optuna", "--no-track"]
+
+
+@pytest.mark.slow
+
+
+def test_resume_after_sigkill_closes_the_killed_fold_run_and_reruns_the_fold(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    sets = ["--set", "train.max_epochs=300", "--set", "train.early_stopping=null", "--set", "cv.n_splits=2"]
+    proc = subprocess.Popen(_gencv("run", QUICK, "-q", *sets, "--tracking-uri", uri), env=_clean_env(), cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client, parent = _wait_for_fold_run(uri, tmp_path / "mlflow.db", proc)
+    proc.kill()
+    proc.wait(timeout=60)
+    time.sleep(2.0)  # the orphaned MLflow writer process drains its queue
+    exp_id = client.get_run(parent).info.experiment_id
+    children = client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    killed = {r.info.run_id: r.data.tags["gencv.fold"] for r in children if r.info.status == "RUNNING"}
+    assert killed, [r.info.status for r in children]
+    res = subprocess.run(_gencv("run", QUICK, "-q", *sets, "--tracking-uri", uri, "--resume", parent),
+                         capture_output=True, text=True, env=_clean_env(), cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stderr
+    children = client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    assert not [r for r in children if r.info.status == "RUNNING"]
+    for run_id, fold in killed.items():
+        run = client.get_run(run_id)
+        assert run.info.status == "KILLED" and run.data.tags["gencv.reason"].startswith("orphaned: the process died")
+        assert any(r.data.tags["gencv.fold"] == fold and r.info.status == "FINISHED" for r in children)
+    assert client.get_run(parent).info.status == "FINISHED"
+
+
+def _procs_with(token: str) -> list[int]:
+    """Live processes whose environment holds `token` (the test gave it to gencv; children inherit it)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if token.encode() in (d / "environ").read_bytes() and "Z" not in (d / "stat").read_text().split(")")[-1][:3]:
+                pids.append(int(d.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.slow
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
+
+
+def test_stopping_ui_stops_every_server_process(tmp_path: Path) -> None:
+    import socket
+    import uuid
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = f"GENCV_UI_TEST={uuid.uuid4().hex}"
+    env = _clean_env(**dict([token.split("=")]))
+    proc = subprocess.Popen(_gencv("ui", "--port", str(port), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"),
+                            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300  # MLflow's server takes long to start on a busy machine
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.time() < deadline and proc.poll() is None, "the UI never answered"
+                time.sleep(0.5)
+        assert len(_procs_with(token)) >= 2  # gencv and the MLflow server
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+        deadline = time.time() + 5
+        while _procs_with(token) and time.time() < deadline:
+            time.sleep(0.2)
+        assert _procs_with(token) == []
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    finally:
+        for pid in _procs_with(token):  # what this test started and left behind
+            os.kill(pid, signal.SIGKILL)

@@ -5,6 +5,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from gencv.errors import GencvError
 from gencv.runner import run_experiment
 from gencv.tracking import MlflowTracker, load_logged_model, resolve_tracking_uri
 
@@ -102,6 +103,52 @@ def test_resume_refuses_another_spec(tracking_uri: str) -> None:
     out = run_experiment(tiny(), tracker=tracker, refit=False)
     with pytest.raises(GencvError, match="used another spec"):
         run_experiment(tiny(**{"train.lr": 0.5}), tracker=tracker, resume=out.run_id)
+
+
+def test_resume_with_another_override_names_each_differing_field(tracking_uri: str) -> None:
+    from gencv.errors import GencvError
+
+    tracker = MlflowTracker(tracking_uri)
+    out = run_experiment(tiny(), tracker=tracker, refit=False)
+    with pytest.raises(GencvError, match=r"train\.lr: the run has 0\.02, this spec 0\.5; "
+                                         r"train\.max_epochs: the run has 4, this spec 9\. .*drop the --set"):
+        run_experiment(tiny(**{"train.lr": 0.5, "train.max_epochs": 9}), tracker=tracker, resume=out.run_id)
+
+
+@pytest.mark.parametrize("logged", ["spec.yaml", "params only"])
+def test_resume_of_a_run_made_before_a_spec_key_existed(tracking_uri: str, logged: str) -> None:
+    """An older gencv knew no cv.max_loo_samples: its run logged neither the key nor a digest covering it."""
+    import hashlib
+    import json
+    import sqlite3
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    import yaml
+
+    tracker = MlflowTracker(tracking_uri)
+    exp = tiny()
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(exp, tracker=tracker, progress=_Interrupt(fold=1), refit=False)
+    client = MlflowClient(tracking_uri)
+    (parent,) = client.search_runs([tracker.experiment_id("tiny")], filter_string="tags.`gencv.kind` = 'cv'")
+    old = exp.model_dump(mode="json")
+    del old["cv"]["max_loo_samples"]
+    client.set_tag(parent.info.run_id, "gencv.spec_digest",
+                   hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16])
+    with sqlite3.connect(tracking_uri.removeprefix("sqlite:///")) as db:
+        db.execute("DELETE FROM params WHERE run_uuid = ? AND key = 'cv.max_loo_samples'", (parent.info.run_id,))
+    spec_file = Path(urlparse(parent.info.artifact_uri).path) / "spec.yaml"
+    assert spec_file.exists()
+    if logged == "spec.yaml":
+        spec_file.write_text(yaml.safe_dump(old, sort_keys=False))
+    else:  # interrupted before it logged spec.yaml (gencv logged it only at the end)
+        spec_file.unlink()
+    resumed = run_experiment(exp, tracker=tracker, resume=parent.info.run_id, refit=False)
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED" and len(resumed.cv.ok_folds) == 3
+    assert sorted(r.data.tags["gencv.fold"] for r in _children(client, parent)) == ["0", "1", "1", "2"]
+    with pytest.raises(GencvError, match=r"cv\.n_splits: the run has 3, this spec 4"):
+        run_experiment(tiny(**{"cv.n_splits": 4}), tracker=tracker, resume=parent.info.run_id)
 
 
 def test_failure_marks_run_failed(tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:

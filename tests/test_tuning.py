@@ -81,6 +81,8 @@ def test_space_kinds_are_inferred_and_decoded() -> None:
     ({"train.lr": {"low": 1e-3, "high": 1.0, "log": True, "step": 0.1}}, r"log=true and step"),
     ({"train.batch_size": {"low": 8.5, "high": 64, "type": "int"}}, r"whole-number bounds"),
 ])
+
+
 def test_space_errors_name_the_field_before_training(space: dict[str, Any], match: str,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     def no_data(*a: Any, **k: Any) -> None:
@@ -116,6 +118,8 @@ def _states(outcome: Any) -> list[tuple[int, str, Any, list[int]]]:
 
 
 @pytest.mark.parametrize("pruner", ["median", "wilcoxon"])
+
+
 def test_pruning_stops_trials_before_all_folds_and_is_deterministic(pruner: str) -> None:
     # 5 folds; low learning rates are hopeless after 5 epochs of SGD, so they get pruned.
     exp = tune_exp({"train.lr": {"low": 1e-4, "high": 1.0, "log": True}},
@@ -174,6 +178,8 @@ def test_pruner_options_reach_the_pruner(monkeypatch: pytest.MonkeyPatch) -> Non
     ("hyperband", {"reduction_factor": 101}, r"reduction_factor: got 101\.0; use a value from 2 to 100"),
     ("hyperband", {"reduction_factor": 1}, r"reduction_factor: got 1\.0; use a value from 2 to 100"),
 ])
+
+
 def test_bad_pruner_options_are_spec_errors(pruner: str, options: dict[str, Any], match: str) -> None:
     with pytest.raises(SpecError, match=match):
         tune_exp(**{"tune.pruner": pruner, "tune.pruner_options": options})
@@ -241,6 +247,8 @@ TWO_GRID_DIMS = {"train.lr": {"low": 0.05, "high": 0.45, "step": 0.2}, "model.dr
 @pytest.mark.parametrize(("sampler", "pruner"), [
     ("tpe", "hyperband"), ("random", "median"), ("gp", "wilcoxon"), ("cmaes", "none"), ("grid", "wilcoxon"),
 ])
+
+
 def test_every_sampler_and_pruner_runs_a_small_study(sampler: str, pruner: str) -> None:
     # Each sampler and each pruner at least once; cmaes and gp only use their model from the 2nd trial on.
     space = TWO_GRID_DIMS if sampler == "grid" else TWO_DIMS
@@ -325,6 +333,8 @@ def test_penalty_for_unbounded_metrics_is_finite_and_bad() -> None:
 
 
 @pytest.mark.slow
+
+
 def test_sampler_learns_to_avoid_the_diverging_region() -> None:
     # SGD on iris diverges (NaN) for lr above ~30; the space spans 1e-4 .. 1e3 on a log scale.
     exp = tune_exp({"train.lr": {"low": 1e-4, "high": 1e3, "log": True}},
@@ -519,6 +529,8 @@ def test_nested_penalty_sees_only_the_inner_training_labels(monkeypatch: pytest.
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the fake worker asks outside optimize()
+
+
 def test_nested_refuses_a_second_worker(tmp_path: Path) -> None:
     import optuna
 
@@ -540,6 +552,8 @@ def test_nested_refuses_a_second_worker(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+
+
 def test_mlflow_run_tree(tmp_path: Path) -> None:
     tracker = MlflowTracker(f"sqlite:///{tmp_path}/mlflow.db")
     exp = tune_exp({"train.lr": {"low": 1e-4, "high": 1.0, "log": True}},
@@ -593,6 +607,8 @@ def test_resume_by_study_name_reaches_the_total(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("sampler", ["random", "tpe"])
+
+
 def test_a_resumed_study_does_not_repeat_the_first_sessions_configurations(tmp_path: Path, sampler: str) -> None:
     storage = f"sqlite:///{tmp_path}/optuna.db"
     exp = tune_exp(TWO_DIMS, **{"tune.sampler": sampler, "train.max_epochs": 2, "cv.n_splits": 2})
@@ -604,6 +620,8 @@ def test_a_resumed_study_does_not_repeat_the_first_sessions_configurations(tmp_p
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the fake worker asks outside optimize()
+
+
 def test_sqlite_warns_when_a_second_worker_shows_up(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     import logging
 
@@ -734,3 +752,51 @@ def test_measure_on_a_study_run_rebuilds_the_best_trials_network(tmp_path: Path)
     post = measure_logged_run(tracker, out.run_id, ["norms"], log_results=False)
     assert post.experiment.model.hidden == [16]
     assert post.result.values["n_params"] == sum(p.numel() for p in out.refit_estimator.module_.parameters())
+
+
+@pytest.mark.slow
+
+
+def test_workers_joining_one_sqlite_study_propose_distinct_configurations(tmp_path: Path) -> None:
+    """Three `gencv tune` workers open the empty study while the test holds its lock, so each has
+    joined before any trial exists; each worker's first trial must still be its own configuration."""
+    import fcntl
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    lock = Path(f"{tmp_path}/optuna.db.lock")
+    spec = str(Path(__file__).resolve().parents[1] / "experiments" / "tune_iris.yaml")
+    cmd = [sys.executable, "-m", "gencv.cli", "tune", spec, "-q", "--no-track", "--storage", storage, "--study", "shared",
+           "--trials", "3", "--set", "tune.sampler=random", "--set", "train.max_epochs=2", "--set", "cv.n_splits=2"]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    with open(lock, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        procs = [subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                 for _ in range(3)]
+        deadline = time.time() + 300
+        waiting: set[int] = set()
+        while len(waiting) < 3 and time.time() < deadline:  # each worker waits on the lock file
+            time.sleep(0.3)
+            for p in procs:
+                try:
+                    if any(str(lock) == os.readlink(f) for f in Path(f"/proc/{p.pid}/fd").iterdir()):
+                        waiting.add(p.pid)
+                except OSError:  # an fd closed while we looked
+                    continue
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err.decode()
+    assert len(waiting) == 3
+    trials = optuna.load_study(study_name="shared", storage=storage).trials
+    first: dict[str, tuple[Any, ...]] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        first.setdefault(t.user_attrs["gencv.worker"], tuple(t.params.values()))
+    assert len(first) >= 2 and len(set(first.values())) == len(first), first
+    seeds = {t.user_attrs["gencv.sampler_seed"] for t in trials}
+    assert len(seeds) == len({t.user_attrs["gencv.worker"] for t in trials})

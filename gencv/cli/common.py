@@ -5,23 +5,43 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 
 from gencv.errors import GencvError
 
 log = logging.getLogger(__name__)
 
 
-out = Console()  # data
+PIPE_WIDTH = 1000  # columns of stdout when it is not a terminal: a table is never cut to fit
+
+
+class DataConsole(Console):
+    """stdout: the terminal's width at a terminal; piped or redirected, wide enough that no table
+    cell is cut to "113.48…" (rich assumes 80 columns when it finds no terminal)."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = Console.size.fget(self)  # type: ignore[attr-defined]
+        if self._width is None and not self.is_terminal:
+            return ConsoleDimensions(max(size.width, PIPE_WIDTH), size.height)
+        return size
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+
+out = DataConsole()  # data
 
 
 err = Console(stderr=True)  # progress, logs, errors
@@ -91,8 +111,13 @@ def sigterm_to_interrupt() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def guard(fn: Callable[[], T], resume_hint: str = "gencv run SPEC --resume {run_id}") -> T:
-    """Run fn; user errors exit 2 with the message only, Ctrl-C/SIGTERM exit 130 with how to resume."""
+def guard(fn: Callable[[], T],
+          resume_hint: str | Callable[[BaseException], str] = "gencv run SPEC --resume {run_id}") -> T:
+    """Run fn; user errors exit 2 with the message only, Ctrl-C/SIGTERM exit 130 with how to resume.
+
+    `resume_hint` is a format string with {run_id}, or a function of the interrupt that returns the
+    command to paste.
+    """
     try:
         return fn()
     except GencvError as exc:
@@ -100,21 +125,51 @@ def guard(fn: Callable[[], T], resume_hint: str = "gencv run SPEC --resume {run_
         raise typer.Exit(2) from None
     except KeyboardInterrupt as exc:
         _INTERRUPT_SEEN.set()
-        run_id = getattr(exc, "gencv_run_id", None) or "RUN_ID"
-        hint = resume_hint.format(run_id=run_id)
-        err.print(f"[yellow]interrupted: runs were marked KILLED; finished work is kept. Resume with: {hint}[/]",
-                  highlight=False)
+        if callable(resume_hint):
+            hint = resume_hint(exc)
+        else:
+            hint = resume_hint.format(run_id=getattr(exc, "gencv_run_id", None) or "RUN_ID")
+        # markup off: a pasted command may hold [brackets] (--set model.hidden=[64])
+        err.print(f"interrupted: runs were marked KILLED; finished work is kept. Resume with: {hint}",
+                  style="yellow", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(130) from None
+
+
+def command(name: str, spec: str, sets: Sequence[str] | None, *options: tuple[str, Any]) -> str:
+    """A `gencv` command line to paste: spec, every --set, then each (option, value) whose value is
+    not None or False (True: a flag), every word shell-quoted."""
+    words = ["gencv", name, spec]
+    for item in sets or []:
+        words += ["--set", item]
+    for opt, value in options:
+        if value is None or value is False:
+            continue
+        words += [opt] if value is True else [opt, str(value)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def redacted(url: str | None) -> str | None:
+    """A URL to show: any password replaced by ***."""
+    if url is None or "@" not in url:
+        return url
+    from gencv.tuning.storage import redact_url
+
+    return redact_url(url)
+
+
+def spec_path(spec: str | None) -> str:
+    """The spec file a command reads: `spec`, else experiments/quickstart.yaml here, else the built-in one."""
+    if spec is not None:
+        return spec
+    from importlib import resources
+
+    local = Path(DEFAULT_SPEC)
+    embedded = resources.files("gencv.experiments").joinpath("quickstart.yaml")
+    return str(local) if local.exists() else str(embedded)
 
 
 def load_spec(spec: str | None, sets: list[str] | None) -> Any:
     from gencv.spec import load_experiment
 
-    if spec is None:
-        from importlib import resources
-
-        local = Path(DEFAULT_SPEC)
-        embedded = resources.files("gencv.experiments").joinpath("quickstart.yaml")
-        spec = str(local) if local.exists() else str(embedded)
-    return load_experiment(spec, sets or [])
+    return load_experiment(spec_path(spec), sets or [])
 

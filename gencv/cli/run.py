@@ -11,7 +11,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from gencv.cli.common import SetOpt, SpecArg, UriOpt, err, guard, load_spec, out, setup_logging, sigterm_to_interrupt
+from gencv.cli.common import (
+    SetOpt,
+    SpecArg,
+    UriOpt,
+    command,
+    err,
+    guard,
+    load_spec,
+    out,
+    redacted,
+    setup_logging,
+    sigterm_to_interrupt,
+    spec_path,
+)
 from gencv.errors import TrackingError
 
 
@@ -170,7 +183,13 @@ def run(
         show(outcome)
         return outcome
 
-    outcome = guard(go)
+    def resume_hint(exc: BaseException) -> str:
+        run_id = getattr(exc, "gencv_run_id", None) or resume
+        cmd = command("run", spec_path(spec), set_, ("--tracking-uri", redacted(tracking_uri)), ("--no-track", no_track),
+                      ("--allow-large-loo", allow_large_loo), ("--resume", run_id))
+        return cmd if run_id else f"{cmd}  (no run was recorded yet: this starts afresh)"
+
+    outcome = guard(go, resume_hint)
     if not outcome.cv.ok_folds:
         raise typer.Exit(1)
 

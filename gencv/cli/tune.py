@@ -13,7 +13,20 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from gencv.cli.common import SetOpt, SpecArg, UriOpt, err, guard, load_spec, out, setup_logging, sigterm_to_interrupt
+from gencv.cli.common import (
+    SetOpt,
+    SpecArg,
+    UriOpt,
+    command,
+    err,
+    guard,
+    load_spec,
+    out,
+    redacted,
+    setup_logging,
+    sigterm_to_interrupt,
+    spec_path,
+)
 from gencv.errors import GencvError
 
 __all__ = ["tune"]
@@ -163,12 +176,14 @@ def tune(
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
+    used: dict[str, str] = {}  # the study name, once known (for the resume hint)
 
     def go() -> Any:
         from gencv.runner import prepare
         from gencv.tracking import make_tracker
         from gencv.tuning import build_space, outcome_json, tune_experiment
         from gencv.tuning.storage import DEFAULT_STORAGE, redact_url
+        from gencv.tuning.tune import default_study_name
 
         hb_raw = os.environ.get(HEARTBEAT_ENV, "60")
         try:
@@ -177,16 +192,17 @@ def tune(
             raise GencvError(f"{HEARTBEAT_ENV}: got {hb_raw!r}; use a whole number of seconds such as 60") from None
         exp = load_spec(spec, set_)
         build_space(exp)  # space errors before data or storage are touched
+        is_nested = exp.tune.nested if nested is None else nested
+        used["study"] = study or default_study_name(exp, is_nested)
         prep = prepare(exp)
         tracker = make_tracker(not no_track, tracking_uri)
         url = storage or DEFAULT_STORAGE
-        is_nested = exp.tune.nested if nested is None else nested
         err.print(f"[bold]{exp.name}[/]: tuning {len(exp.tune.space)} hyperparameters "
                   f"({exp.tune.sampler} sampler, {exp.tune.pruner} pruner) on {prep.dataset.name}, "
                   f"{len(prep.folds)} {'outer ' if is_nested else ''}folds, storage {redact_url(url)}"
                   + (" (one worker; use postgresql:// to share)" if url.startswith("sqlite") else ""),
                   highlight=False, soft_wrap=True)
-        kwargs = dict(tracker=tracker, storage=url, study_name=study, n_trials=trials, timeout=timeout,
+        kwargs = dict(tracker=tracker, storage=url, study_name=used["study"], n_trials=trials, timeout=timeout,
                       nested=nested, heartbeat_interval=heartbeat, prepared=prep)
         if quiet or json_out:
             outcome = tune_experiment(exp, **kwargs)
@@ -199,6 +215,13 @@ def tune(
             _print_tune(outcome)
         return outcome
 
-    outcome = guard(go, resume_hint="gencv tune SPEC --study NAME (the same study name)")
+    def resume_hint(exc: BaseException) -> str:
+        return command("tune", spec_path(spec), set_, ("--study", used.get("study", "NAME")),
+                       ("--storage", redacted(storage)),
+                       ("--tracking-uri", redacted(tracking_uri)),
+                       ("--no-track", no_track), ("--trials", trials), ("--timeout", timeout),
+                       ("--nested" if nested else "--no-nested", nested is not None))
+
+    outcome = guard(go, resume_hint)
     if outcome.nested is None and outcome.best is None and outcome.finalized:
         raise typer.Exit(1)

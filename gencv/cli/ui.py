@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,9 @@ from typing import Annotated
 
 import typer
 
-from gencv.cli.common import UriOpt, err, guard
+from gencv.cli.common import UriOpt, err, guard, sigterm_to_interrupt
+
+STOP_TIMEOUT = 5.0  # seconds the UI's processes get to exit after SIGTERM before SIGKILL
 
 
 def ui(
@@ -29,8 +32,38 @@ def ui(
     if uri.startswith("sqlite:///"):
         cmd += ["--default-artifact-root", str(Path(uri.removeprefix("sqlite:///")).parent.resolve() / "artifacts")]
     err.print(f"MLflow UI on http://{host}:{port} for {uri} (Ctrl-C to stop)", highlight=False)
+    sigterm_to_interrupt()
+    # Its own session: `mlflow ui` starts a server with worker processes; stopping only the first
+    # would leave the others listening on the port.
+    proc = subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True)
     try:
-        raise typer.Exit(subprocess.call(cmd, env=os.environ.copy()))
+        code = proc.wait()
     except KeyboardInterrupt:
+        _stop_group(proc)
         raise typer.Exit(0) from None
+    _stop_group(proc)  # the server exited by itself: its workers must not outlive it
+    raise typer.Exit(code)
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group `proc` leads, then SIGKILL what is left after STOP_TIMEOUT seconds."""
+    import time
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while time.monotonic() < deadline:
+        proc.poll()  # reap the leader, so the group empties
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    proc.wait()
 

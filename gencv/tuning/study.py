@@ -25,7 +25,7 @@ from gencv.tuning.storage import (
     study_lock,
 )
 from gencv.tuning.summary import summary_markdown
-from gencv.tuning.trials import TrialContext, flush_tracker, real_run_id
+from gencv.tuning.trials import TrialContext, flush_tracker, real_run_id, worker_id
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,9 @@ def open_study(exp: Experiment, dims: list[Dimension], storage: Any, name: str, 
                 n_folds: int, *, must_exist: bool = False, cv_field: str = "cv") -> Any:
     """Create or load study `name`; check it belongs to this spec; seed its sampler.
 
-    The sampler's seed also depends on how many trials the study already holds: a resumed study
-    re-created with the first session's seed would propose the first session's configurations again.
+    The sampler's seed also depends on the worker's place among the study's workers (`_join_seed`): a
+    resumed study re-created with the first session's seed, or a second worker joining an empty
+    study, would propose the first worker's configurations again.
     """
     import optuna
 
@@ -63,9 +64,9 @@ def open_study(exp: Experiment, dims: list[Dimension], storage: Any, name: str, 
         warnings.simplefilter("ignore")
         study = optuna.create_study(storage=storage, study_name=name, direction=direction, sampler=sampler,
                                     pruner=pruner, load_if_exists=True)
-    n_before = len(study.get_trials(deepcopy=False))
-    if n_before:
-        study.sampler = make_sampler(exp, dims, derive_seed(sampler_seed, "resume", n_before))
+    seed = _join_seed(study, storage, sampler_seed)
+    if seed != sampler_seed:
+        study.sampler = make_sampler(exp, dims, seed)
     if study.direction.name.lower() != direction:
         raise TuningError(f"--study {name}: the stored study {study.direction.name.lower()}s, but metric "
                           f"{exp.metric!r} needs {direction}; use another study name")
@@ -80,6 +81,20 @@ def open_study(exp: Experiment, dims: list[Dimension], storage: Any, name: str, 
                           f"(digest {stored}, this spec {digest}); its trials are not comparable. "
                           "Use the same spec and --set values, or another --study name")
     return study
+
+
+def _join_seed(study: Any, storage: Any, sampler_seed: int) -> int:
+    """This worker's sampler seed: `sampler_seed` for the first worker of an empty study (one worker's
+    study is reproducible from the spec's seed); for every later worker or session, one derived from
+    its join number and the trials the study then held. Recorded as study attributes
+    `gencv.sampler_seed.HOST:PID` and, on each of its trials, `gencv.sampler_seed`."""
+    with study_lock(storage, study.study_name):
+        joined = int(study.user_attrs.get("gencv.workers_joined", 0))
+        n_before = len(study.get_trials(deepcopy=False))
+        study.set_user_attr("gencv.workers_joined", joined + 1)
+        seed = sampler_seed if joined == 0 and n_before == 0 else derive_seed(sampler_seed, "worker", joined, n_before)
+        study.set_user_attr(f"gencv.sampler_seed.{worker_id()}", seed)
+    return seed
 
 
 def start_study_run(tracker: Tracker, exp: Experiment, study: Any, store: Any, storage_url: str, label: str,

@@ -102,6 +102,11 @@ def flush_tracker(tracker: Tracker) -> None:
         flush()
 
 
+def worker_id() -> str:
+    """host:pid: the worker a trial ran in (`gencv.worker`)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def fold_order(exp: Experiment, number: int, n: int) -> list[int]:
     rng = np.random.default_rng(derive_seed(exp.seed, "trial", number, "fold_order"))
     return [int(i) for i in rng.permutation(n)]
@@ -134,7 +139,11 @@ def _run_trial_body(ctx: TrialContext, study: Any, trial: Any) -> TrialRecord:
         tags["gencv.retry_of"] = str(retried)
     run_id = real_run_id(ctx.tracker, ctx.tracker.start_run(exp.name, f"trial-{number}", parent=ctx.study_run, tags=tags))
     trial.set_user_attr("gencv.run_id", run_id)
-    trial.set_user_attr("gencv.worker", f"{socket.gethostname()}:{os.getpid()}")
+    worker = worker_id()
+    trial.set_user_attr("gencv.worker", worker)
+    seed = study.user_attrs.get(f"gencv.sampler_seed.{worker}")  # set when this worker joined (open_study)
+    if seed is not None:
+        trial.set_user_attr("gencv.sampler_seed", seed)
     ctx.tracker.log_params(run_id, {**overrides, "trial": number})
     order = fold_order(exp, number, len(ctx.folds))
     wilcoxon = exp.tune is not None and exp.tune.pruner == "wilcoxon"

@@ -18,12 +18,16 @@ from gencv.tuning.storage import (
     DEFAULT_STORAGE,
     make_storage,
     redact_url,
-    storage_kind,
 )
 from gencv.tuning.study import finalize_flat, open_study, start_study_run
 from gencv.tuning.trials import TrialContext, flush_tracker, optimize
 
 log = logging.getLogger(__name__)
+
+
+def default_study_name(exp: Experiment, nested: bool) -> str:
+    """A new study's name when none is given: the spec name, the time and this process id."""
+    return f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}" + ("-nested" if nested else "")
 
 
 def tune_experiment(
@@ -72,12 +76,11 @@ def tune_experiment(
     prep = prepared or prepare(exp)
     storage_url = storage or DEFAULT_STORAGE
     store = make_storage(storage_url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
-    kind = storage_kind(storage_url)
     if study_name is None:
-        study_name = f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}" + ("-nested" if nested else "")
-    # One seed per study, from the spec; workers sharing a study (non-SQLite storage) each get
-    # their own stream, or they would propose the same configurations.
-    worker_key = os.getpid() if kind not in ("sqlite", "memory") else 0
+        study_name = default_study_name(exp, nested)
+    # One seed per study, from the spec; each worker that joins a study gets its own stream from
+    # its join number (open_study), or workers would propose the same configurations.
+    worker_key = 0
     ctx_args = dict(exp=exp, prep=prep, dims=dims, tracker=tracker, storage=store, progress=progress,
                     heartbeat_interval=heartbeat_interval, measure_config=measure_config_for(exp))
     tags = {**run_tags(exp, prep.dataset, prep.folds), "gencv.kind": "study", "gencv.study": study_name,

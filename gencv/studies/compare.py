@@ -239,7 +239,7 @@ def plot_posteriors(comparison: Comparison, directory: str | Path) -> list[Path]
     paths = []
     for p in comparison.pairs:
         df, loc, scale = p.posterior
-        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        fig, ax = plt.subplots(figsize=(7.2, 4.0))
         width = max(scale * 5, comparison.rope * 2, 1e-9)
         x = np.linspace(loc - width, loc + width, 400)
         dens = sps.t.pdf(x, df, loc=loc, scale=scale) if scale > 0 else np.zeros_like(x)
@@ -247,11 +247,11 @@ def plot_posteriors(comparison: Comparison, directory: str | Path) -> list[Path]
         ax.fill_between(x, dens, where=np.abs(x) <= comparison.rope, color="0.8", label=f"ROPE ±{comparison.rope:.3g}")
         ax.axvline(0, color="0.4", lw=0.8)
         direction = "higher" if comparison.higher_is_better else "lower"
-        ax.set_xlabel(f"mean difference in {comparison.metric} ({labels[p.a]} − {labels[p.b]}; "
-                      f"> 0: {labels[p.a]} better, {direction} is better)")
+        ax.set_xlabel(f"mean difference in {comparison.metric}, A − B (> 0: A better; {direction} {comparison.metric} "
+                      "is better)", fontsize=9)
         ax.set_ylabel("posterior density")
-        ax.set_title(f"P({labels[p.a]} better) {p.p_a_better:.3f} · P(equivalent) {p.p_equivalent:.3f} · "
-                     f"P({labels[p.b]} better) {p.p_b_better:.3f}", fontsize=9)
+        ax.set_title(f"A = {labels[p.a]}   B = {labels[p.b]}\nP(A better) {p.p_a_better:.3f}   "
+                     f"P(equivalent) {p.p_equivalent:.3f}   P(B better) {p.p_b_better:.3f}", fontsize=9)
         ax.legend(loc="upper right", fontsize=8)
         fig.tight_layout()
         path = out_dir / f"posterior_{p.a[:8]}_vs_{p.b[:8]}.png"

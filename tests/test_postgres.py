@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.race import release_together
 from tests.test_tuning import tune_exp
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -170,12 +171,4 @@ def test_workers_starting_together_on_an_empty_database_all_open_the_study(tmp_p
         conn.execute(text("CREATE DATABASE fresh_race"))
     admin.dispose()
     url = make_url(pg_url).set(database="fresh_race").render_as_string(hide_password=False)
-    go = tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_STORAGE, url, str(go), str(i)], stderr=subprocess.PIPE,
-                              text=True) for i in range(4)]
-    deadline = time.monotonic() + 120
-    while len(list(tmp_path.glob("ready-*"))) < 4 and time.monotonic() < deadline and all(p.poll() is None for p in procs):
-        time.sleep(0.05)
-    go.touch()
-    errors = [p.communicate(timeout=120)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0, 0], "\n".join(e[-1500:] for e in errors)
+    release_together(_OPEN_STORAGE, url, 4, tmp_path)

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from gencv.cli import app
 
 from .conftest import ROOT
+from .race import release_together
 
 runner = CliRunner()
 QUICK = str(ROOT / "experiments" / "quickstart.yaml")
@@ -107,15 +108,7 @@ tracker.check("race")
 @pytest.mark.slow
 def test_processes_creating_a_new_sqlite_store_together_all_succeed(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"
-    go = tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_NEW_STORE, uri, str(go), str(i)], stderr=subprocess.PIPE,
-                              text=True) for i in range(3)]
-    deadline = time.monotonic() + 120
-    while len(list(tmp_path.glob("ready-*"))) < 3 and time.monotonic() < deadline and all(p.poll() is None for p in procs):
-        time.sleep(0.05)
-    go.touch()
-    errors = [p.communicate(timeout=120)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0], "\n".join(e[-1500:] for e in errors)
+    release_together(_OPEN_NEW_STORE, uri, 3, tmp_path)
     from mlflow import MlflowClient
 
     assert [e.name for e in MlflowClient(uri).search_experiments(filter_string="name = 'race'")] == ["race"]

@@ -7,7 +7,7 @@ import json
 import logging
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -276,10 +276,14 @@ def run_experiment(
     refit: bool = True,
     resume: str | None = None,
     prepared: Prepared | None = None,
+    parent_run: str | None = None,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> RunOutcome:
     """Cross-validate the experiment, refit on all non-test data, score the test set, log everything.
 
     `resume` is the run id of an interrupted run with the same spec: its finished folds are reused.
+    `parent_run`, `run_name`, `tags`: where the run goes in MLflow (a sweep nests its levels under it).
     """
     tracker = tracker or NullTracker()
     prep = prepared or prepare(exp, allow_large_loo=allow_large_loo)
@@ -292,7 +296,8 @@ def run_experiment(
         tracker.client.update_run(run_id, status="RUNNING")  # type: ignore[attr-defined]
         log.info("resuming run %s: %d of %d folds already finished", run_id, len(done), len(prep.folds))
     else:
-        run_id = tracker.start_run(exp.name, f"{exp.name}-cv", tags=run_tags(exp, ds, prep.folds))
+        run_id = tracker.start_run(exp.name, run_name or f"{exp.name}-cv", parent=parent_run,
+                                   tags={**run_tags(exp, ds, prep.folds), **dict(tags or {})})
         tracker.log_params(run_id, {**exp.flat_params(), "n_samples": ds.n_samples, "n_test": len(prep.test_idx),
                                     "n_folds": len(prep.folds)})
         tracker.log_text(run_id, exp.to_yaml(), "spec.yaml")  # now: --resume compares with it

@@ -250,6 +250,23 @@ class TuneSpec(_Strict):
         return {k: kind(self.pruner_options.get(k, default)) for k, (kind, _, _, default) in options.items()}
 
 
+class SweepSpec(_Strict):
+    """`gencv sweep`: a grid of levels, each one full cross-validation on the same folds."""
+
+    grid: dict[str, list[Any]] = Field(default_factory=dict)  # dotted path -> its levels
+    baseline: dict[str, Any] | None = None  # the level the others are compared with (default: the first)
+
+    @field_validator("grid")
+    @classmethod
+    def _levels(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for path, levels in v.items():
+            if not isinstance(levels, list) or not levels:
+                raise ValueError(f"grid.{path}: got {levels!r}; give a list of levels, e.g. [0.0, 0.2, 0.5]")
+            if len({json.dumps(x, sort_keys=True, default=str) for x in levels}) < len(levels):
+                raise ValueError(f"grid.{path}: got {levels!r}, which repeats a level; list each level once")
+        return v
+
+
 class Experiment(_Strict):
     """A validated experiment spec."""
 
@@ -263,6 +280,7 @@ class Experiment(_Strict):
     measures: list[str] = Field(default_factory=list)
     measure_options: dict[str, Any] = Field(default_factory=dict)
     tune: TuneSpec | None = None
+    sweep: SweepSpec | None = None
 
     @field_validator("metric")
     @classmethod
@@ -312,8 +330,11 @@ class Experiment(_Strict):
         return v
 
     def digest(self) -> str:
-        """Short SHA-256 of the resolved spec (stable key order)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        """Short SHA-256 of the resolved spec (stable key order); an absent `sweep` section leaves it as it was."""
+        raw = self.model_dump(mode="json")
+        if raw.get("sweep") is None:
+            raw.pop("sweep", None)
+        blob = json.dumps(raw, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def to_yaml(self) -> str:

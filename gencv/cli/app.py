@@ -14,6 +14,7 @@ from gencv.cli.compare import compare
 from gencv.cli.datasets import datasets
 from gencv.cli.measure import measure
 from gencv.cli.run import run
+from gencv.cli.sweep import sweep
 from gencv.cli.tune import tune
 from gencv.cli.ui import ui
 from gencv.cli.validate import validate
@@ -22,7 +23,7 @@ __all__ = ["app", "main"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Cross-validation and generalization experiments for PyTorch networks.")
-for command in (run, tune, compare, measure, validate, datasets, ui):
+for command in (run, tune, sweep, compare, measure, validate, datasets, ui):
     app.command()(command)
 
 

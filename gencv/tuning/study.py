@@ -40,6 +40,7 @@ def study_digest(exp: Experiment) -> str:
     import hashlib
 
     raw = exp.model_dump(mode="json")
+    raw.pop("sweep", None)  # a sweep's levels are not what a trial's value means
     for k in ("trials", "timeout", "max_consecutive_failures", "nested", "pruner_options"):
         (raw.get("tune") or {}).pop(k, None)
     raw.pop("name", None)

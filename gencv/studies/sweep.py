@@ -1,0 +1,396 @@
+"""`gencv sweep`: a factor studied level by level, every level one cross-validation on the same folds.
+
+Same folds make every comparison paired: each level is compared with the baseline level by the
+corrected resampled t-test and the Bayesian correlated t-test (`gencv.studies.compare`), p-values
+Holm-corrected across levels; each measure is rank-correlated with the gap across levels and folds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from gencv.errors import GencvError, SpecError
+from gencv.metrics import METRICS
+from gencv.report import summarize, value_bounds
+from gencv.runner import RunOutcome, prepare, run_experiment, run_tags
+from gencv.spec import Experiment, parse_overrides
+from gencv.splits import folds_digest
+from gencv.stats import granulated_kendall, holm, kendall_tau
+from gencv.studies.compare import RunScores, compare_runs
+from gencv.tracking import MlflowTracker, NullTracker, Tracker
+
+__all__ = ["Level", "SweepOutcome", "SweepProgress", "levels_of", "parse_grid", "run_sweep"]
+
+log = logging.getLogger(__name__)
+
+#: spec sections a level may not change: they decide the folds, so levels would not be paired.
+_FIXED = ("seed", "name", "cv", "data.source", "data.target", "data.features", "data.group", "data.time",
+          "data.test_size", "data.lags", "data.horizon", "data.n_samples", "tune", "sweep", "metric")
+
+
+@dataclass(frozen=True)
+class Level:
+    """One combination of the grid's values."""
+
+    index: int
+    values: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{p}={_short(v)}" for p, v in self.values.items())
+
+
+class SweepProgress(Protocol):
+    """Progress events of a sweep (the CLI renders them)."""
+
+    def level_start(self, level: Level, n_levels: int) -> Any: ...  # returns a fold Progress, or None
+    def level_end(self, level: Level, outcome: RunOutcome, reused: bool) -> None: ...
+
+
+class _NoProgress:
+    def level_start(self, level: Level, n_levels: int) -> Any:
+        return None
+
+    def level_end(self, level: Level, outcome: RunOutcome, reused: bool) -> None:
+        pass
+
+
+@dataclass
+class SweepOutcome:
+    """Per-level CV results, the comparisons with the baseline, and the measure-gap correlations."""
+
+    experiment: Experiment
+    levels: list[Level]
+    baseline: int
+    outcomes: list[RunOutcome]
+    table: pd.DataFrame  # one row per level: mean, CI of the held-out score, gap, measures; tests vs baseline
+    correlations: pd.DataFrame  # per measure: Kendall tau with the gap over levels x folds (+ granulated)
+    run_id: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _short(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
+    """`--grid PATH=V1,V2,...` (values parsed as YAML, e.g. `model.hidden=[32],[64,64]`) -> {path: levels}."""
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        if "=" not in item:
+            raise SpecError(f"--grid: got {item!r}; use PATH=V1,V2,... e.g. --grid model.dropout=0,0.2,0.5")
+        path, _, values = item.partition("=")
+        parts = _split_levels(values)
+        if not parts:
+            raise SpecError(f"--grid {path}: no levels given; use e.g. --grid {path}=0,0.2")
+        grid[path.strip()] = [parse_overrides([f"x={p}"])["x"] for p in parts]
+    return grid
+
+
+def _split_levels(values: str) -> list[str]:
+    """Split on commas outside brackets: `[32],[64,64]` -> ['[32]', '[64,64]']."""
+    parts, depth, cur = [], 0, ""
+    for ch in values:
+        depth += ch in "[{"
+        depth -= ch in "]}"
+        if ch == "," and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    if cur.strip():
+        parts.append(cur.strip())
+    return parts
+
+
+def levels_of(exp: Experiment, grid: Mapping[str, Sequence[Any]],
+              baseline: Mapping[str, Any] | None = None) -> tuple[list[Level], int, list[Experiment]]:
+    """Every combination of the grid as a level, the baseline's position, and each level's experiment.
+
+    Levels may not change what decides the folds (seed, cv, the data and its test split): those
+    would make the comparison unpaired. Every level's spec is validated before anything trains.
+    """
+    if not grid:
+        raise SpecError("sweep.grid: empty; give levels with --grid PATH=V1,V2 or a `sweep: {grid: ...}` section")
+    for path in grid:
+        if any(path == f or path.startswith(f + ".") for f in _FIXED):
+            raise SpecError(f"sweep.grid.{path}: a level may not change {path}: it decides the folds (or the "
+                            "study itself), so levels would not be compared on the same folds; sweep training "
+                            "choices (model.*, train.*, data.scale, measures) instead")
+    paths = list(grid)
+    levels = [Level(i, dict(zip(paths, combo))) for i, combo in enumerate(itertools.product(*grid.values()))]
+    exps = []
+    for level in levels:
+        try:
+            exps.append(exp.with_overrides(level.values))
+        except SpecError as exc:
+            raise SpecError(f"sweep level {level.label}: {exc}") from None
+    base = 0
+    if baseline is not None:
+        wanted = {k: baseline[k] for k in baseline}
+        matches = [lv.index for lv in levels if all(lv.values.get(k) == v for k, v in wanted.items())]
+        if len(matches) != 1:
+            raise SpecError(f"sweep.baseline: got {dict(baseline)}, which matches {len(matches)} levels; name one "
+                            f"level, e.g. {levels[0].values}")
+        base = matches[0]
+    return levels, base, exps
+
+
+def _scores(outcome: RunOutcome, metric: str, label: str, digest: str) -> RunScores:
+    folds = [f for f in outcome.cv.ok_folds if np.isfinite(f.valid_scores.get(metric, np.nan))]
+    return RunScores(outcome.run_id or label, label, metric, {f.index: f.valid_scores[metric] for f in folds},
+                     float(np.mean([f.n_train for f in folds])) if folds else 1.0,
+                     float(np.mean([f.n_valid for f in folds])) if folds else 1.0,
+                     tags={"gencv.folds_digest": digest})
+
+
+def _finished_levels(tracker: Tracker, sweep_run: str) -> dict[str, tuple[str, str]]:
+    """Level label -> (run id, status) of the level runs already under a sweep run."""
+    if not isinstance(tracker, MlflowTracker):
+        raise GencvError("--resume needs tracking on (it reads the finished levels from MLflow)")
+    client = tracker.client
+    try:
+        run = client.get_run(sweep_run)
+    except Exception as exc:
+        raise GencvError(f"--resume: run {sweep_run!r} not found ({str(exc).splitlines()[0]}); pass the sweep "
+                         "run id printed by `gencv sweep`") from None
+    if run.data.tags.get("gencv.kind") != "sweep":
+        raise GencvError(f"--resume: run {sweep_run} is not a sweep run; pass the id `gencv sweep` printed")
+    children = client.search_runs([run.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{sweep_run}' and tags.`gencv.kind` = 'cv'",
+                                  max_results=10000)
+    out: dict[str, tuple[str, str]] = {}
+    for c in children:
+        label = c.data.tags.get("gencv.sweep_level")
+        if label is not None and (label not in out or c.info.status == "FINISHED"):
+            out[label] = (c.info.run_id, c.info.status)
+    return out
+
+
+def run_sweep(
+    exp: Experiment,
+    grid: Mapping[str, Sequence[Any]],
+    *,
+    baseline: Mapping[str, Any] | None = None,
+    tracker: Tracker | None = None,
+    progress: SweepProgress | None = None,
+    resume: str | None = None,
+    refit: bool = False,
+) -> SweepOutcome:
+    """Cross-validate every level of the grid on the same folds; compare each with the baseline level.
+
+    Parameters
+    ----------
+    grid : dotted spec path -> its levels; every combination is a level.
+    baseline : the level the others are compared with (default: the first combination).
+    resume : a sweep run id: levels that finished are read back, interrupted ones resume their folds.
+    refit : also refit every level on all non-test data (off: a sweep compares cross-validations).
+    """
+    tracker = tracker or NullTracker()
+    progress = progress or _NoProgress()
+    levels, base, exps = levels_of(exp, grid, baseline)
+    prep = prepare(exp)  # the folds every level shares (levels may not change what decides them)
+    digest = folds_digest(prep.folds)
+    done = _finished_levels(tracker, resume) if resume else {}
+    if resume:
+        sweep_run = resume
+        tracker.client.update_run(sweep_run, status="RUNNING")  # type: ignore[attr-defined]
+    else:
+        sweep_run = tracker.start_run(exp.name, f"{exp.name}-sweep", tags={
+            **run_tags(exp, prep.dataset, prep.folds), "gencv.kind": "sweep",
+            "gencv.sweep_paths": ",".join(grid)[:5000]})
+        tracker.log_params(sweep_run, {**exp.flat_params(), **{f"grid.{p}": json.dumps(v) for p, v in grid.items()},
+                                       "n_levels": len(levels), "baseline": levels[base].label})
+        tracker.log_text(sweep_run, exp.to_yaml(), "spec.yaml")
+    outcomes: list[RunOutcome] = []
+    status = "FAILED"
+    try:
+        for level, level_exp in zip(levels, exps):
+            fold_progress = progress.level_start(level, len(levels))
+            prior = done.get(level.label)
+            level_prep = prepare(level_exp)
+            reused = prior is not None and prior[1] == "FINISHED"
+            outcome = run_experiment(
+                level_exp, tracker=tracker, progress=fold_progress, refit=refit, prepared=level_prep,
+                resume=prior[0] if prior is not None else None, parent_run=sweep_run, run_name=level.label,
+                tags={"gencv.sweep_level": level.label, "gencv.sweep_index": str(level.index)},
+            )
+            outcomes.append(outcome)
+            progress.level_end(level, outcome, reused)
+        result = _summarize(exp, levels, base, outcomes, digest)
+        result.run_id = None if isinstance(tracker, NullTracker) else sweep_run
+        _log_sweep(tracker, sweep_run, result)
+        status = "FINISHED"
+        return result
+    except KeyboardInterrupt as exc:
+        status = "KILLED"
+        if not isinstance(tracker, NullTracker):
+            exc.gencv_run_id = sweep_run  # type: ignore[attr-defined]
+        raise
+    finally:
+        tracker.end_run(sweep_run, status)
+        flush = getattr(tracker, "flush", None)
+        if callable(flush):
+            flush()
+
+
+def _summarize(exp: Experiment, levels: list[Level], base: int, outcomes: list[RunOutcome],
+               digest: str) -> SweepOutcome:
+    metric = exp.metric
+    notes: list[str] = []
+    scores = [_scores(o, metric, lv.label, digest) for lv, o in zip(levels, outcomes)]
+    tests: dict[int, Any] = {}
+    for lv in levels:
+        if lv.index == base:
+            continue
+        try:
+            (pair,) = compare_runs([scores[lv.index], scores[base]]).pairs
+            tests[lv.index] = pair
+        except GencvError as exc:
+            notes.append(f"level {lv.label}: not compared with the baseline: {exc}")
+    adjusted = dict(zip(tests, holm([p.corrected_p for p in tests.values()])))
+    rows = []
+    measure_keys = sorted({k for o in outcomes for f in o.cv.ok_folds for k in f.measures
+                           if np.isfinite(f.measures[k])})
+    for lv, o in zip(levels, outcomes):
+        row: dict[str, Any] = {"level": lv.label, **{p: _short(v) for p, v in lv.values.items()},
+                               "baseline": lv.index == base, "folds_ok": len(o.cv.ok_folds)}
+        for key in (f"valid_{metric}", f"train_{metric}", f"gap_{metric}", "gap_loss", f"test_{metric}"):
+            s = summarize(o.cv.values(key), bounds=value_bounds(key))
+            row |= {f"{key}_mean": s["mean"], f"{key}_ci_low": s["ci_low"], f"{key}_ci_high": s["ci_high"]}
+        for k in measure_keys:
+            row[f"{k}_mean"] = float(np.nanmean(o.cv.values(k))) if len(o.cv.values(k)) else float("nan")
+        p = tests.get(lv.index)
+        if p is not None:
+            row |= {"diff_vs_baseline": p.mean_diff, "p_corrected": p.corrected_p, "p_holm": adjusted[lv.index],
+                    "P_better": p.p_a_better, "P_equivalent": p.p_equivalent, "P_worse": p.p_b_better}
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    correlations = _correlations(levels, outcomes, metric, measure_keys)
+    if len(levels) > 1 and all(len(o.cv.ok_folds) < 2 for o in outcomes):
+        notes.append("fewer than 2 successful folds per level: no paired test possible")
+    return SweepOutcome(exp, levels, base, outcomes, table, correlations, notes=notes)
+
+
+def _correlations(levels: list[Level], outcomes: list[RunOutcome], metric: str, measure_keys: list[str]) -> pd.DataFrame:
+    """Kendall tau of each measure with the gap over all (level, fold) points; granulated when >= 2 factors."""
+    rows = []
+    gap_key = f"gap_{metric}"
+    for key in measure_keys:
+        m, g, params = [], [], {p: [] for p in levels[0].values}
+        for lv, o in zip(levels, outcomes):
+            for f in o.cv.ok_folds:
+                m.append(f.measures.get(key, np.nan))
+                g.append(f.gaps.get(metric, np.nan))
+                for p, v in lv.values.items():
+                    params[p].append(v)
+        tau, pval, n = kendall_tau(m, g)
+        row = {"measure": key, "vs": gap_key, "tau": tau, "p_value": pval, "n_points": n}
+        if len(params) >= 2:
+            row["granulated_tau"] = granulated_kendall(m, g, params).overall
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _log_sweep(tracker: Tracker, run_id: str, result: SweepOutcome) -> None:
+    if isinstance(tracker, NullTracker):
+        return
+    metric = result.experiment.metric
+    metrics: dict[str, float] = {}
+    for _, row in result.table.iterrows():
+        i = result.levels[[lv.label for lv in result.levels].index(row["level"])].index
+        for key in (f"valid_{metric}_mean", f"gap_{metric}_mean", "p_holm", "P_better"):
+            v = row.get(key)
+            if v is not None and np.isfinite(v):
+                metrics[f"level{i}_{key}"] = float(v)
+    tracker.log_metrics(run_id, metrics)
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        result.table.to_csv(d / "levels.csv", index=False)
+        tracker.log_artifact(run_id, d / "levels.csv")
+        if not result.correlations.empty:
+            result.correlations.to_csv(d / "measures_vs_gap.csv", index=False)
+            tracker.log_artifact(run_id, d / "measures_vs_gap.csv")
+        for path in plot_levels(result, d / "plots"):
+            tracker.log_artifact(run_id, path, "plots")
+        (d / "summary.md").write_text(summary_markdown(result))
+        tracker.log_artifact(run_id, d / "summary.md")
+
+
+def plot_levels(result: SweepOutcome, directory: Path) -> list[Path]:
+    """Held-out score, gap and each measure against the level: fold points, mean and 95% interval."""
+    from gencv.report import pyplot
+
+    plt = pyplot()
+    directory.mkdir(parents=True, exist_ok=True)
+    metric = result.experiment.metric
+    keys = [f"valid_{metric}", f"gap_{metric}"]
+    keys += sorted({k for o in result.outcomes for f in o.cv.ok_folds for k in f.measures
+                    if np.isfinite(f.measures[k]) and not k.endswith(("_converged", "sample_size", "n_params"))})
+    keys = [k for k in keys if np.nanstd(np.concatenate([o.cv.values(k) for o in result.outcomes]) if result.outcomes
+                                         else [0]) > 0 or k in (f"valid_{metric}", f"gap_{metric}")]
+    paths = []
+    labels = [lv.label for lv in result.levels]
+    per_page = 6
+    for page, start in enumerate(range(0, len(keys), per_page)):
+        chunk = keys[start:start + per_page]
+        cols = min(3, len(chunk))
+        rows = int(np.ceil(len(chunk) / cols))
+        fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
+        for ax, key in zip(axes.ravel(), chunk):
+            x = np.arange(len(labels))
+            for i, o in enumerate(result.outcomes):
+                vals = o.cv.values(key)
+                ax.scatter(np.full(len(vals), i) + np.linspace(-0.08, 0.08, len(vals)), vals, s=12, color="0.55",
+                           zorder=2)
+            summaries = [summarize(o.cv.values(key), bounds=value_bounds(key)) for o in result.outcomes]
+            means = np.array([s["mean"] for s in summaries])
+            lo = means - np.array([s["ci_low"] for s in summaries])
+            hi = np.array([s["ci_high"] for s in summaries]) - means
+            ax.errorbar(x, means, yerr=[np.nan_to_num(lo), np.nan_to_num(hi)], color="C0", marker="o", capsize=4,
+                        zorder=3)
+            ax.axvline(result.baseline, color="C1", lw=0.8, ls="--")
+            ax.set_xticks(x)
+            ax.set_xticklabels(labels, rotation=30 if len(labels) > 3 else 0, ha="right" if len(labels) > 3 else "center",
+                               fontsize=8)
+            ax.set_title(key, fontsize=10)
+        for ax in axes.ravel()[len(chunk):]:
+            ax.set_visible(False)
+        fig.suptitle(f"{result.experiment.name}: per level (grey: folds; blue: mean and 95% interval; "
+                     f"dashed: baseline)", fontsize=10)
+        fig.tight_layout()
+        path = directory / f"levels_{page + 1}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def summary_markdown(result: SweepOutcome) -> str:
+    """The sweep's table and notes as markdown (MLflow artifact)."""
+    metric = result.experiment.metric
+    direction = "higher" if METRICS[metric].higher_is_better else "lower"
+    lines = [f"# Sweep {result.experiment.name}", "",
+             f"Levels: {len(result.levels)}; baseline: {result.levels[result.baseline].label}; metric {metric} "
+             f"({direction} is better). Every level is cross-validated on the same folds; each is compared with the "
+             "baseline by the corrected resampled t-test (p Holm-corrected across levels) and the Bayesian "
+             "correlated t-test (P better / equivalent / worse, ROPE 0.01 or 1% of the baseline).", ""]
+    cols = ["level", f"valid_{metric}_mean", f"gap_{metric}_mean", "diff_vs_baseline", "p_holm", "P_better",
+            "P_equivalent", "P_worse"]
+    table = result.table[[c for c in cols if c in result.table]]
+    lines.append(table.to_markdown(index=False, floatfmt=".4f"))
+    if not result.correlations.empty:
+        lines += ["", "## Measures vs gap (Kendall tau over levels x folds)", "",
+                  result.correlations.to_markdown(index=False, floatfmt=".3f")]
+    lines += [""] + [f"- note: {n}" for n in result.notes]
+    return "\n".join(lines) + "\n"

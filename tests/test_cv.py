@@ -224,3 +224,13 @@ def test_grouped_early_stopping_holds_out_whole_groups() -> None:
     holdout = prepare(tiny(**{"data.source": "synthetic_grouped", "cv.kind": "holdout", "cv.test_fraction": 0.3}))
     (fold,) = holdout.folds
     assert not set(holdout.dataset.groups[fold.train]) & set(holdout.dataset.groups[fold.valid])
+
+
+@pytest.mark.parametrize("case", ["quickstart", "regression", "time_series"])
+def test_fold_numbers_are_unchanged_for_the_same_seed(case: str) -> None:
+    """Every fold's scores, losses and curve, exactly as recorded on the code before `NetClassifier`/`NetRegressor`."""
+    import json
+
+    from .cv_reference import CASES, REFERENCE, fold_numbers
+
+    assert fold_numbers(CASES[case]) == json.loads(REFERENCE.read_text())[case]

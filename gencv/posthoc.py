@@ -150,8 +150,7 @@ def measure_logged_run(
     prep = prepare(exp, allow_large_loo=True)
     ds = prep.dataset
     est = prep.estimator
-    module_cls, margs = est._module()
-    module = module_cls(**margs)
+    module = est.build_module(ds.X.shape[1])
     net_state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
     try:
         module.load_state_dict(net_state)

@@ -258,8 +258,13 @@ class NetEstimator(BaseEstimator):
     def _n_out(self) -> int:
         return 1
 
-    def _module(self, model: ModelSpec) -> tuple[type[nn.Module], dict[str, Any]]:
-        n_in, n_out = self.n_features_in_, self._n_out()
+    def build_module(self, n_features: int) -> nn.Module:
+        """The untrained network for `n_features` inputs (a classifier needs `classes=` or a fit for its outputs)."""
+        module, args = self._module(self._specs()[0], n_features)
+        return module(**args)
+
+    def _module(self, model: ModelSpec, n_in: int) -> tuple[type[nn.Module], dict[str, Any]]:
+        n_out = self._n_out()
         extra = self._module_kwargs()
         if not isinstance(self.module, str):
             if not (isinstance(self.module, type) and issubclass(self.module, nn.Module)):
@@ -285,7 +290,7 @@ class NetEstimator(BaseEstimator):
     def _net(self, model: ModelSpec, train: TrainSpec, X_eval: Any, y_eval: Any,
              on_epoch: Callable[..., None] | None, groups: np.ndarray | None) -> Any:
         t = train
-        module, margs = self._module(model)
+        module, margs = self._module(model, self.n_features_in_)
         opt, oargs = make_optimizer(t)
         es = t.early_stopping
         # The held-out curve comes first among the epoch-end callbacks: early stopping ends training by
@@ -490,7 +495,11 @@ class NetClassifier(ClassifierMixin, NetEstimator):
                              f"({self.classes_.tolist()}); pass classes= with the full label set")
 
     def _n_out(self) -> int:
-        return len(self.classes_)
+        if hasattr(self, "classes_"):
+            return len(self.classes_)
+        if self.classes is None:
+            raise ValueError("the number of outputs is set by fit, or by classes= before it")
+        return len(np.unique(np.asarray(self.classes)))
 
     @property
     def n_classes(self) -> int:

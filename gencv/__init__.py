@@ -28,6 +28,9 @@ _EXPORTS: dict[str, str] = {
     "TrackingError": "gencv.errors",
     "ENGINES": "gencv.engines",
     "GencvEstimator": "gencv.engines",
+    "NetClassifier": "gencv.engines",
+    "NetRegressor": "gencv.engines",
+    "SKLEARN_EXPECTED_FAILED_CHECKS": "gencv.engines",
     "get_engine": "gencv.engines",
     "RunOutcome": "gencv.runner",
     "prepare": "gencv.runner",
@@ -60,7 +63,14 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily
     from gencv.cv import CVResult, FoldResult, cross_validate  # noqa: F401
     from gencv.data import Dataset, load_dataset  # noqa: F401
-    from gencv.engines import ENGINES, GencvEstimator, get_engine  # noqa: F401
+    from gencv.engines import (  # noqa: F401
+        ENGINES,
+        SKLEARN_EXPECTED_FAILED_CHECKS,
+        GencvEstimator,
+        NetClassifier,
+        NetRegressor,
+        get_engine,
+    )
     from gencv.errors import DataError, DivergenceError, GencvError, SpecError, SplitError, TrackingError  # noqa: F401
     from gencv.runner import RunOutcome, prepare, run_experiment  # noqa: F401
     from gencv.seeds import derive_seed  # noqa: F401

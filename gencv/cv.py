@@ -334,7 +334,7 @@ def cross_validate(
     open_runs: dict[int, str] = {}
 
     def fold_start(i: int) -> None:
-        progress.fold_start(i, len(folds), estimator.train.max_epochs)
+        progress.fold_start(i, len(folds), estimator.max_epochs)
         open_runs[i] = tracker.start_run(experiment, f"fold-{i}", parent=parent_run,
                                          tags={"gencv.kind": "fold", "gencv.fold": str(i),
                                                "gencv.seed": str(seeds[i])})

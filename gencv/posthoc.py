@@ -150,8 +150,7 @@ def measure_logged_run(
     prep = prepare(exp, allow_large_loo=True)
     ds = prep.dataset
     est = prep.estimator
-    module_cls, margs = est._module()
-    module = module_cls(**margs)
+    module = est.build_module(ds.X.shape[1])
     net_state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
     try:
         module.load_state_dict(net_state)
@@ -160,7 +159,7 @@ def measure_logged_run(
     module.eval()
     # The rows the refit's network was fitted on: all non-test rows but its early-stopping split
     # (recovered from the refit's seed, as the refit drew it).
-    refit_est = est.set_params(seed=derive_seed(exp.seed, "refit"))
+    refit_est = est.set_params(random_state=derive_seed(exp.seed, "refit"))
     groups = None if ds.groups is None else ds.groups[prep.cv_idx]
     rows = prep.cv_idx[refit_est.fit_positions(ds.y[prep.cv_idx], groups)]
     # The refit's scaler was fit on all non-test rows: (x - shift) / scale in float64, then float32 like the estimator.

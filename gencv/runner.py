@@ -19,7 +19,7 @@ from gencv import __version__
 from gencv.checksums import sha256_file, tag_key
 from gencv.cv import CVResult, FoldResult, Progress, cross_validate
 from gencv.data import Dataset, holdout_test, load_dataset
-from gencv.engines import GencvEstimator
+from gencv.engines import NetEstimator, estimator_from_spec
 from gencv.errors import DivergenceError, GencvError, SpecError, TrackingError
 from gencv.metrics import check_metric_for_task, score_all
 from gencv.report import (
@@ -49,7 +49,7 @@ class Prepared:
     cv_idx: np.ndarray
     test_idx: np.ndarray
     folds: list[Fold]
-    estimator: GencvEstimator
+    estimator: NetEstimator
     warnings: list[str] = field(default_factory=list)  # about the CV scheme on this data (splits.scheme_warnings)
 
     @property
@@ -73,17 +73,17 @@ class RunOutcome:
     refit_test_scores: dict[str, float] = field(default_factory=dict)
     run_id: str | None = None
     notes: list[str] = field(default_factory=list)
-    refit_estimator: GencvEstimator | None = None
+    refit_estimator: NetEstimator | None = None
 
 
-def make_estimator(exp: Experiment, ds: Dataset, seed: int | None = None) -> GencvEstimator:
+def make_estimator(exp: Experiment, ds: Dataset, seed: int | None = None) -> NetEstimator:
     """The estimator template for this experiment and data."""
     if exp.model.kind == "cnn" and ds.image_shape is None:
         raise SpecError(f"model.kind: got 'cnn' but data.source={ds.name!r} is not image data; use model.kind=mlp or data.source=digits")
-    return GencvEstimator(
-        exp.model, exp.train, task=ds.task, n_features=ds.X.shape[1], n_classes=max(len(ds.classes), 2),
+    return estimator_from_spec(
+        exp.model, exp.train, task=ds.task, n_classes=max(len(ds.classes), 2),
         image_shape=ds.image_shape, scale=exp.data.scale, time_ordered=ds.is_time_series, time_gap=ds.min_gap,
-        metric=exp.metric, seed=exp.seed if seed is None else seed,
+        metric=exp.metric, random_state=exp.seed if seed is None else seed,
     )
 
 
@@ -416,14 +416,14 @@ def measure_config_for(exp: Experiment) -> Any:
     return MeasureConfig(**exp.measure_options)
 
 
-def refit_model(exp: Experiment, prep: Prepared, tracker: Tracker, run_id: str) -> tuple[GencvEstimator, dict[str, float]]:
+def refit_model(exp: Experiment, prep: Prepared, tracker: Tracker, run_id: str) -> tuple[NetEstimator, dict[str, float]]:
     """Fit on every non-test sample (early stopping still validates inside it), score the test set, log the model."""
     est, scores = fit_refit(exp, prep)
     log_refit(tracker, run_id, prep, est, scores, exp)
     return est, scores
 
 
-def fit_refit(exp: Experiment, prep: Prepared) -> tuple[GencvEstimator, dict[str, float]]:
+def fit_refit(exp: Experiment, prep: Prepared) -> tuple[NetEstimator, dict[str, float]]:
     """Fit on every non-test sample (early stopping still validates inside it) and score the test set."""
     ds = prep.dataset
     est = make_estimator(exp, ds, seed=derive_seed(exp.seed, "refit"))
@@ -439,7 +439,7 @@ def fit_refit(exp: Experiment, prep: Prepared) -> tuple[GencvEstimator, dict[str
     return est, scores
 
 
-def log_refit(tracker: Tracker, run_id: str, prep: Prepared, est: GencvEstimator, scores: dict[str, float],
+def log_refit(tracker: Tracker, run_id: str, prep: Prepared, est: NetEstimator, scores: dict[str, float],
               exp: Experiment | None = None) -> None:
     """Log the refit's test scores, model, its spec (`exp`, default the prepared one) and initial weights."""
     exp = exp or prep.experiment

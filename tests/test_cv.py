@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import accuracy_score
 
 from gencv.cv import FoldResult, cross_validate, gaps
-from gencv.engines import GencvEstimator
+from gencv.engines import NetClassifier
 from gencv.errors import DivergenceError
 from gencv.runner import prepare
 from gencv.seeds import derive_seed
@@ -73,11 +73,11 @@ def test_time_series_early_stopping_validates_on_the_end_of_the_training_window(
         assert np.array_equal(f.inner_valid_idx, fold.train[-n_es:])
 
 
-class _FailingEstimator(GencvEstimator):
+class _FailingEstimator(NetClassifier):
     """Diverges on one chosen fold seed."""
 
     def fit(self, X: Any, y: Any, **kw: Any) -> _FailingEstimator:
-        if self.seed == derive_seed(0, "fold", 1):
+        if self.random_state == derive_seed(0, "fold", 1):
             raise DivergenceError("training loss became nan at epoch 2, batch 1", epoch=2, batch=1)
         return super().fit(X, y, **kw)
 
@@ -224,3 +224,13 @@ def test_grouped_early_stopping_holds_out_whole_groups() -> None:
     holdout = prepare(tiny(**{"data.source": "synthetic_grouped", "cv.kind": "holdout", "cv.test_fraction": 0.3}))
     (fold,) = holdout.folds
     assert not set(holdout.dataset.groups[fold.train]) & set(holdout.dataset.groups[fold.valid])
+
+
+@pytest.mark.parametrize("case", ["quickstart", "regression", "time_series"])
+def test_fold_numbers_are_unchanged_for_the_same_seed(case: str) -> None:
+    """Every fold's scores, losses and curve, exactly as recorded on the code before `NetClassifier`/`NetRegressor`."""
+    import json
+
+    from .cv_reference import CASES, REFERENCE, fold_numbers
+
+    assert fold_numbers(CASES[case]) == json.loads(REFERENCE.read_text())[case]

@@ -5,16 +5,15 @@ import pytest
 import torch
 
 from gencv.data import load_dataset
-from gencv.engines import GencvEstimator
+from gencv.engines import NetEstimator, estimator_from_spec
 from gencv.engines.skorch_net import InnerSplit
 from gencv.errors import DivergenceError
 from gencv.spec import DataSpec, EarlyStoppingSpec, ModelSpec, TrainSpec
 
 
-def _est(task: str = "classification", n_features: int = 4, n_classes: int = 3, **train: object) -> GencvEstimator:
+def _est(task: str = "classification", n_features: int = 4, n_classes: int = 3, **train: object) -> NetEstimator:
     t = TrainSpec(max_epochs=int(train.pop("max_epochs", 5)), lr=float(train.pop("lr", 0.02)), **train)  # type: ignore[arg-type]
-    return GencvEstimator(ModelSpec(hidden=[8], dropout=0.0), t, task=task, n_features=n_features,
-                          n_classes=n_classes, seed=3)
+    return estimator_from_spec(ModelSpec(hidden=[8], dropout=0.0), t, task=task, n_classes=n_classes, random_state=3)
 
 
 def test_inner_split_lies_inside_training_fold_and_at_its_end_for_time_series() -> None:
@@ -67,7 +66,7 @@ def test_same_seed_same_weights_different_seed_different() -> None:
     a = _est().fit(ds.X, ds.y).predict_proba(ds.X)
     b = _est().fit(ds.X, ds.y).predict_proba(ds.X)
     np.testing.assert_array_equal(a, b)
-    c = _est().set_params(seed=4).fit(ds.X, ds.y).predict_proba(ds.X)
+    c = _est().set_params(random_state=4).fit(ds.X, ds.y).predict_proba(ds.X)
     assert not np.allclose(a, c)
 
 
@@ -126,3 +125,23 @@ def test_cnn_and_rnn_modules() -> None:
     exp = Experiment().with_overrides({"model.kind": "rnn", "model.cell": "gru", "train.max_epochs": 2, "metric": "rmse"})
     est = make_estimator(exp, ts).fit(ts.X[:200], ts.y[:200])
     assert est.time_ordered and est.predict(ts.X[200:210]).shape == (10,)
+
+
+def test_gencv_estimator_is_a_deprecated_alias_of_the_spec_built_estimator() -> None:
+    from gencv.engines import GencvEstimator, NetClassifier
+
+    ds = load_dataset(DataSpec(source="iris"))
+    t = TrainSpec(max_epochs=3, lr=0.02)
+    with pytest.warns(DeprecationWarning, match="NetClassifier"):
+        old = GencvEstimator(ModelSpec(hidden=[8], dropout=0.0), t, n_features=4, n_classes=3, seed=3)
+    assert isinstance(old, NetClassifier) and old.random_state == 3
+    new = estimator_from_spec(ModelSpec(hidden=[8], dropout=0.0), t, task="classification", n_classes=3, random_state=3)
+    np.testing.assert_array_equal(old.fit(ds.X, ds.y).predict_proba(ds.X), new.fit(ds.X, ds.y).predict_proba(ds.X))
+
+
+def test_gencv_own_estimators_do_not_warn(recwarn: pytest.WarningsRecorder) -> None:
+    from gencv.runner import make_estimator
+    from gencv.spec import Experiment
+
+    make_estimator(Experiment(), load_dataset(DataSpec(source="iris")))
+    assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning) and "GencvEstimator" in str(w.message)]

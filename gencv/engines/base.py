@@ -24,7 +24,7 @@ class FittedModel(Protocol):
     """A network fitted on one fold, with its preprocessing; the same interface from every engine."""
 
     task: str  # "classification" | "regression"
-    n_classes: int
+    n_classes: int  # the network's outputs for classification (labels 0..n_classes-1 in gencv's runs)
     epochs_run_: int  # epochs trained
     best_epoch_: int  # the epoch early stopping judged best (= epochs_run_ without early stopping)
     inner_valid_positions_: np.ndarray | None  # positions in the training fold of the early-stopping split

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 class SkorchEngine:
-    """scikit-learn semantics: `clone(estimator).set_params(seed=...)`, then `fit` on the fold's training rows."""
+    """scikit-learn semantics: `clone(estimator).set_params(random_state=...)`, then `fit` on the fold's training rows."""
 
     name = "skorch"
 
@@ -48,7 +48,7 @@ class SkorchEngine:
     def _fit_one(estimator: Any, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None, fold: Fold, seed: int,
                  eval_on_valid: bool,
                  on_epoch: EpochCallback | None) -> FoldFit:
-        est = clone(estimator).set_params(seed=seed)
+        est = clone(estimator).set_params(random_state=seed)
         index = fold.index
 
         def epoch_end(epoch: int, row: dict[str, Any]) -> None:

@@ -1,0 +1,561 @@
+"""`NetClassifier` and `NetRegressor`: gencv's networks as plain scikit-learn estimators.
+
+Flat keyword settings (the spec's `model.*` and `train.*` fields), shapes and classes inferred in
+`fit`, per-fit scaling inside, early stopping validated inside the data given to `fit`. The
+reference engine trains these same estimators (`estimator_from_spec` builds one from a spec).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+from skorch.callbacks import Callback, GradientNormClipping
+from torch import nn
+
+from gencv.engines.estimator import ExportedModel, make_preprocessor
+from gencv.engines.optim import make_optimizer, make_schedule
+from gencv.engines.skorch_net import (
+    FoldEarlyStopping,
+    HeldOutCurve,
+    InnerSplit,
+    SkorchClassifier,
+    SkorchRegressor,
+    StopTraining,
+    TensorBatches,
+)
+from gencv.models import CNN, MLP, RNN
+from gencv.spec import EarlyStoppingSpec, ModelSpec, ScheduleSpec, TrainSpec
+
+__all__ = ["SKLEARN_EXPECTED_FAILED_CHECKS", "NetClassifier", "NetEstimator", "NetRegressor", "estimator_from_spec"]
+
+log = logging.getLogger(__name__)
+
+#: scikit-learn estimator checks a network cannot pass: check name -> reason. Pass it to
+#: `parametrize_with_checks(..., expected_failed_checks=lambda est: SKLEARN_EXPECTED_FAILED_CHECKS)`.
+SKLEARN_EXPECTED_FAILED_CHECKS: dict[str, str] = {
+    "check_methods_subset_invariance": (
+        "the network computes in float32, and a float32 matrix product's rounding depends on how many rows it is "
+        "given (BLAS blocking): predictions on a subset agree with those on the whole set to about 1e-7 relative, "
+        "not to the check's atol=1e-7 on values of order 1"),
+}
+
+_BUILTIN = {"mlp": MLP, "cnn": CNN, "rnn": RNN}
+_DTYPES = (np.float64, np.float32)  # float32 data stays float32 (the network's dtype); anything else -> float64
+
+
+def _early_stopping(value: Any) -> EarlyStoppingSpec | None:
+    """`early_stopping` as given (True/False/None, a dict of EarlyStoppingSpec fields, or one) -> spec or None."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return EarlyStoppingSpec()
+    if isinstance(value, EarlyStoppingSpec):
+        return value
+    if isinstance(value, dict):
+        return EarlyStoppingSpec(**value)
+    raise ValueError(f"early_stopping: got {value!r}; use True, False, or a dict such as "
+                     "{'patience': 10, 'valid_fraction': 0.2, 'min_delta': 0.0, 'restore_best': True}")
+
+
+def _schedule(value: Any) -> ScheduleSpec:
+    """`schedule` as given (None, a kind name, a dict of ScheduleSpec fields, or one) -> spec."""
+    if value is None:
+        return ScheduleSpec(kind="none")
+    if isinstance(value, ScheduleSpec):
+        return value
+    if isinstance(value, str):
+        return ScheduleSpec(kind=value)  # type: ignore[arg-type]
+    if isinstance(value, dict):
+        return ScheduleSpec(**value)
+    raise ValueError(f"schedule: got {value!r}; use None, a kind ('step', 'exponential', 'cosine', 'plateau') "
+                     "or a dict such as {'kind': 'step', 'step_size': 10, 'gamma': 0.1}")
+
+
+class _CurveMetric:
+    """The primary metric on (network outputs, fitted targets), in the units `predict` reports (picklable)."""
+
+    def __init__(self, name: str, task: str, n_classes: int, y_mean: float = 0.0, y_std: float = 1.0) -> None:
+        self.name, self.task, self.n_classes, self.y_mean, self.y_std = name, task, n_classes, y_mean, y_std
+
+    def __call__(self, out: np.ndarray, y: np.ndarray) -> float:
+        from gencv.metrics import METRICS
+
+        m = METRICS[self.name]
+        func = m.fast or m.func  # per epoch: the numpy version, held to sklearn's number by the tests
+        if self.task == "regression":  # back from standardised units
+            return float(func(np.ravel(y) * self.y_std + self.y_mean,
+                              np.ravel(out).astype(np.float64) * self.y_std + self.y_mean))
+        if m.needs_proba:
+            proba = torch.softmax(torch.as_tensor(out, dtype=torch.float64), dim=1).numpy()
+            return float(func(y, proba, list(range(self.n_classes))))
+        return float(func(y, out.argmax(1)))
+
+
+class NetEstimator(BaseEstimator):
+    """Preprocessing + a skorch-trained torch network; the shared base of NetClassifier and NetRegressor.
+
+    Parameters
+    ----------
+    module : "mlp", "cnn", "rnn" or a torch ``nn.Module`` subclass
+        The network. A class of your own is built with ``n_in``/``n_out`` (when its constructor takes
+        them) and its ``module__*`` settings; the built-in ones also take hidden, activation, ... below.
+    hidden, activation, dropout, batch_norm, init, channels, kernel_size, cell, rnn_layers
+        The spec's ``model.*`` fields (``init`` also applies to a module of your own).
+    optimizer, lr, momentum, weight_decay, l1, batch_size, max_epochs, clip_grad_norm, device
+        The spec's ``train.*`` fields.
+    schedule : None, a kind name, a dict of ``train.schedule`` fields, or a ScheduleSpec
+    early_stopping : bool, a dict of ``train.early_stopping`` fields, or an EarlyStoppingSpec
+        Validated on a split *inside* the data given to ``fit`` (the last block when ``time_ordered``,
+        whole groups when ``fit`` gets ``groups``).
+    scale : "standard", "minmax" or "none"
+        Feature scaling, fitted on the data given to ``fit`` only.
+    time_ordered, time_gap
+        Rows are in time order: early stopping holds out the last block, ``time_gap`` rows before it left out.
+    image_shape : (C, H, W) for ``module="cnn"``
+    classes : the label set (a training fold may lack a class); None: the labels seen by ``fit``
+    metric : the metric of the per-epoch held-out curve (default accuracy / rmse)
+    random_state : int, RandomState or None
+        Seeds weight init, shuffling, dropout and the early-stopping split.
+    **kwargs : ``module__<name>=value``, passed to the module's constructor (as in skorch).
+    """
+
+    task = "classification"
+    _module_prefix = "module__"
+
+    def __init__(
+        self,
+        module: str | type[nn.Module] = "mlp",
+        *,
+        hidden: Sequence[int] = (64, 64),
+        activation: str = "relu",
+        dropout: float = 0.1,
+        batch_norm: bool = False,
+        init: str = "he",
+        channels: Sequence[int] = (16, 32),
+        kernel_size: int = 3,
+        cell: str = "lstm",
+        rnn_layers: int = 1,
+        optimizer: str = "adam",
+        lr: float = 1e-3,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        l1: float = 0.0,
+        batch_size: int = 32,
+        max_epochs: int = 50,
+        schedule: Any = "cosine",
+        clip_grad_norm: float | None = None,
+        early_stopping: Any = True,
+        device: str = "cpu",
+        scale: str = "standard",
+        time_ordered: bool = False,
+        time_gap: int = 0,
+        image_shape: tuple[int, ...] | None = None,
+        classes: Any = None,
+        metric: str | None = None,
+        random_state: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        self.module = module
+        self.hidden = hidden
+        self.activation = activation
+        self.dropout = dropout
+        self.batch_norm = batch_norm
+        self.init = init
+        self.channels = channels
+        self.kernel_size = kernel_size
+        self.cell = cell
+        self.rnn_layers = rnn_layers
+        self.optimizer = optimizer
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.l1 = l1
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.schedule = schedule
+        self.clip_grad_norm = clip_grad_norm
+        self.early_stopping = early_stopping
+        self.device = device
+        self.scale = scale
+        self.time_ordered = time_ordered
+        self.time_gap = time_gap
+        self.image_shape = image_shape
+        self.classes = classes
+        self.metric = metric
+        self.random_state = random_state
+        self._unexpected_kwargs: dict[str, Any] = {}
+        self._store_kwargs(kwargs)
+
+    # ------------------------------------------------------------------ parameters
+    def _store_kwargs(self, kwargs: dict[str, Any]) -> None:
+        """`module__<name>` settings become attributes (as in skorch); anything else is kept and refused by `fit`."""
+        for key, value in kwargs.items():
+            if key.startswith(self._module_prefix) and len(key) > len(self._module_prefix):
+                setattr(self, key, value)
+            else:
+                self._unexpected_kwargs[key] = value
+
+    def _check_kwargs(self) -> None:
+        from gencv.errors import did_you_mean
+
+        if self._unexpected_kwargs:
+            names = sorted(self._get_param_names())
+            bad = ", ".join(repr(k) + did_you_mean(k, names) for k in self._unexpected_kwargs)
+            raise TypeError(f"{type(self).__name__}: got unexpected setting(s) {bad}; settings for the module's "
+                            f"constructor are passed as {self._module_prefix}<name>=value")
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        params = super().get_params(deep=deep)
+        params.update({k: v for k, v in vars(self).items() if k.startswith(self._module_prefix)})
+        params.update(self._unexpected_kwargs)  # so that a clone keeps them, and its fit refuses them too
+        return params
+
+    def set_params(self, **params: Any) -> NetEstimator:
+        names = set(self._get_param_names())
+        self._store_kwargs({k: params.pop(k) for k in list(params) if k not in names and "__" not in k
+                            or k.startswith(self._module_prefix)})
+        super().set_params(**params)
+        return self
+
+    def _module_kwargs(self) -> dict[str, Any]:
+        n = len(self._module_prefix)
+        return {k[n:]: v for k, v in vars(self).items() if k.startswith(self._module_prefix)}
+
+    def _specs(self) -> tuple[ModelSpec, TrainSpec]:
+        """The settings, validated by the spec's own models (errors name the setting)."""
+        kind = self.module if isinstance(self.module, str) else "mlp"
+        try:
+            model = ModelSpec(kind=kind, hidden=list(self.hidden), activation=self.activation, dropout=self.dropout,
+                              batch_norm=self.batch_norm, init=self.init, channels=list(self.channels),
+                              kernel_size=self.kernel_size, cell=self.cell, rnn_layers=self.rnn_layers)
+            train = TrainSpec(optimizer=self.optimizer, lr=self.lr, momentum=self.momentum,
+                              weight_decay=self.weight_decay, l1=self.l1, batch_size=self.batch_size,
+                              max_epochs=self.max_epochs, schedule=_schedule(self.schedule),
+                              clip_grad_norm=self.clip_grad_norm, early_stopping=_early_stopping(self.early_stopping),
+                              device=self.device)
+        except ValidationError as exc:
+            raise ValueError(f"{type(self).__name__}: invalid setting(s):\n{exc}") from None
+        if self.scale not in ("standard", "minmax", "none"):
+            raise ValueError(f"scale: got {self.scale!r}; use 'standard', 'minmax' or 'none'")
+        return model, train
+
+    def _seed(self) -> int:
+        if isinstance(self.random_state, (int, np.integer)):
+            return int(self.random_state)
+        return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+
+    # ------------------------------------------------------------------ building
+    def _n_out(self) -> int:
+        return 1
+
+    def build_module(self, n_features: int) -> nn.Module:
+        """The untrained network for `n_features` inputs (a classifier needs `classes=` or a fit for its outputs)."""
+        module, args = self._module(self._specs()[0], n_features)
+        return module(**args)
+
+    def _module(self, model: ModelSpec, n_in: int) -> tuple[type[nn.Module], dict[str, Any]]:
+        n_out = self._n_out()
+        extra = self._module_kwargs()
+        if not isinstance(self.module, str):
+            if not (isinstance(self.module, type) and issubclass(self.module, nn.Module)):
+                raise ValueError(f"module: got {self.module!r}; use 'mlp', 'cnn', 'rnn' or a torch nn.Module subclass")
+            accepted = inspect.signature(self.module).parameters
+            sizes = {k: v for k, v in (("n_in", n_in), ("n_out", n_out)) if k in accepted}
+            return self.module, sizes | extra
+        m = model
+        if self.module == "cnn":
+            if self.image_shape is None:
+                raise ValueError("module='cnn' needs image_shape=(channels, height, width) (model.kind=cnn needs "
+                                 "image input, data.source=digits); use module='mlp'")
+            args: dict[str, Any] = dict(image_shape=self.image_shape, n_out=n_out, channels=m.channels,
+                                        kernel_size=m.kernel_size, hidden=m.hidden, activation=m.activation,
+                                        dropout=m.dropout, batch_norm=m.batch_norm)
+        elif self.module == "rnn":
+            args = dict(n_in=n_in, n_out=n_out, hidden=m.hidden, cell=m.cell, layers=m.rnn_layers, dropout=m.dropout)
+        else:
+            args = dict(n_in=n_in, n_out=n_out, hidden=m.hidden, activation=m.activation, dropout=m.dropout,
+                        batch_norm=m.batch_norm)
+        return _BUILTIN[self.module], args | extra
+
+    def _net(self, model: ModelSpec, train: TrainSpec, X_eval: Any, y_eval: Any,
+             on_epoch: Callable[..., None] | None, groups: np.ndarray | None) -> Any:
+        t = train
+        module, margs = self._module(model, self.n_features_in_)
+        opt, oargs = make_optimizer(t)
+        es = t.early_stopping
+        # The held-out curve comes first among the epoch-end callbacks: early stopping ends training by
+        # raising in its on_epoch_end, and the stopping epoch must still get its curve point.
+        callbacks: list[tuple[str, Callback]] = [("curve", HeldOutCurve(X_eval, y_eval, self._curve_metric(), on_epoch))]
+        if t.clip_grad_norm is not None:
+            callbacks.append(("clip", GradientNormClipping(gradient_clip_value=t.clip_grad_norm)))
+        sched = make_schedule(t, "valid_loss" if es else "train_loss")
+        if sched is not None:
+            callbacks.append(("schedule", sched))
+        if es is not None:
+            callbacks.append(("early_stopping", FoldEarlyStopping(
+                monitor="valid_loss", patience=es.patience, threshold=es.min_delta, threshold_mode="abs",
+                lower_is_better=True, load_best=es.restore_best)))
+        common: dict[str, Any] = dict(
+            module=module, optimizer=opt, lr=t.lr, max_epochs=t.max_epochs,
+            batch_size=t.batch_size, train_split=self._inner_split(es, groups), callbacks=callbacks, verbose=0,
+            iterator_train=TensorBatches, iterator_valid=TensorBatches, iterator_train__shuffle=True,
+            device=t.device, l1=t.l1, l2_explicit=t.weight_decay if t.optimizer == "lbfgs" else 0.0,
+            init_scheme=model.init, init_activation=model.activation,
+            **{f"module__{k}": v for k, v in margs.items()},
+            **{f"optimizer__{k}": v for k, v in oargs.items()},
+        )
+        if self.task == "classification":
+            return SkorchClassifier(criterion=nn.CrossEntropyLoss, classes=list(range(self._n_out())), **common)
+        return SkorchRegressor(criterion=nn.MSELoss, **common)
+
+    def _inner_split(self, es: EarlyStoppingSpec | None, groups: np.ndarray | None) -> InnerSplit | None:
+        if es is None:
+            return None
+        return InnerSplit(es.valid_fraction, stratified=self.task == "classification",
+                          time_ordered=self.time_ordered, seed=self._seed_, gap=self.time_gap, groups=groups)
+
+    @property
+    def curve_metric_name(self) -> str:
+        """The metric of the held-out learning curve: `metric` (accuracy / rmse when unset)."""
+        return self.metric or ("accuracy" if self.task == "classification" else "rmse")
+
+    def _curve_metric(self) -> _CurveMetric:
+        return _CurveMetric(self.curve_metric_name, self.task, self._n_out(), getattr(self, "y_mean_", 0.0),
+                            getattr(self, "y_std_", 1.0))
+
+    # ------------------------------------------------------------------ targets
+    def _set_target_(self, y: np.ndarray) -> None:
+        """Fit the target encoding on `y` (classes, or the standardisation of a regression target)."""
+        raise NotImplementedError
+
+    def encode_target(self, y: np.ndarray) -> np.ndarray:
+        """Targets as the network is trained on them."""
+        raise NotImplementedError
+
+    def fit_positions(self, y: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+        """Positions of the rows `fit(X, y, groups=groups)` fits the network on (all but the early-stopping split).
+
+        Deterministic given an int `random_state`, so the rows of a logged fit can be recovered without its state.
+        """
+        es = self._specs()[1].early_stopping
+        if es is None:
+            return np.arange(len(y))
+        split = InnerSplit(es.valid_fraction, stratified=self.task == "classification",
+                           time_ordered=self.time_ordered, seed=self._seed(), gap=self.time_gap, groups=groups)
+        codes = self._codes(np.asarray(y), self._class_set(np.asarray(y))) if self.task == "classification" else None
+        return split.positions(len(y), codes)[0]
+
+    # ------------------------------------------------------------------ fitting
+    def fit(
+        self,
+        X: Any,
+        y: Any,
+        *,
+        X_eval: Any = None,
+        y_eval: Any = None,
+        on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+        groups: Any = None,
+    ) -> NetEstimator:
+        """Fit the scaling on X only, then the network; X_eval/y_eval only feed the per-epoch held-out curve.
+
+        `groups` (one label per row of X): early stopping then holds out whole groups. `on_epoch(epoch, row)`
+        is called after every epoch.
+        """
+        self._check_kwargs()
+        model, train = self._specs()
+        X, y = validate_data(self, X, y, dtype=_DTYPES, ensure_min_samples=2, y_numeric=self.task == "regression")
+        self._seed_ = self._seed()
+        self._set_target_(y)
+        self.preprocess_ = make_preprocessor(self.scale).fit(X)
+        Xt = self.preprocess_.transform(X)
+        Xe = ye = None
+        if X_eval is not None and len(X_eval):
+            Xe = self.preprocess_.transform(validate_data(self, X_eval, reset=False, dtype=_DTYPES))
+            ye = None if y_eval is None else self.encode_target(np.asarray(y_eval))
+            if ye is None:
+                Xe = None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._seed_)
+            net = self._net(model, train, Xe, ye, on_epoch, None if groups is None else np.asarray(groups))
+            net.initialize()
+            self.init_state_ = {k: v.detach().clone() for k, v in net.module_.state_dict().items()}
+            yt = self.encode_target(y)
+            # skorch's partial_fit swallows KeyboardInterrupt (it just stops training); we let
+            # Ctrl-C and SIGTERM propagate so the run is marked KILLED instead of half-trained.
+            net.notify("on_train_begin", X=Xt, y=yt)
+            try:
+                net.fit_loop(Xt, yt)
+            except StopTraining:
+                pass
+            net.notify("on_train_end", X=Xt, y=yt)
+        for _, cb in net.callbacks_:  # the held-out data and the caller's callback are not part of the model
+            if isinstance(cb, HeldOutCurve):
+                cb.X_eval = cb.y_eval = cb.on_epoch = None
+        self.net_ = net
+        split = net.train_split
+        self.inner_valid_positions_ = getattr(split, "last_valid_positions_", None)
+        self.fit_positions_ = getattr(split, "last_train_positions_", None)
+        h = net.history
+        self.epochs_run_ = len(h)
+        stopper = dict(net.callbacks_).get("early_stopping")
+        # The epoch early stopping judged best (min_delta applied): the weights restored when restore_best.
+        best = int(getattr(stopper, "best_epoch_", 0) or 0)
+        self.best_epoch_ = best if best > 0 else self.epochs_run_
+        return self
+
+    # ------------------------------------------------------------------ predicting
+    def _outputs(self, X: Any) -> torch.Tensor:
+        check_is_fitted(self, "net_")
+        X = validate_data(self, X, reset=False, dtype=_DTYPES)
+        Xt = torch.as_tensor(self.preprocess_.transform(X))
+        module = self.net_.module_
+        was = module.training
+        module.eval()
+        try:
+            with torch.no_grad():
+                chunks = [module(Xt[i : i + 4096].to(self.net_.device)).cpu() for i in range(0, len(Xt), 4096)]
+        finally:
+            module.train(was)
+        return torch.cat(chunks) if chunks else torch.empty(0)
+
+    def loss(self, X: Any, y: Any) -> float:
+        """Mean criterion (cross-entropy, or MSE in standardised units) with dropout off, no penalty."""
+        out = self._outputs(X)
+        yt = torch.as_tensor(self.encode_target(np.asarray(y)))
+        return float(self.net_.criterion_(out, yt))
+
+    @property
+    def module_(self) -> nn.Module:
+        """The fitted torch network (logits or standardised values out; scaling not included)."""
+        check_is_fitted(self, "net_")
+        return self.net_.module_
+
+    def epoch_history(self) -> list[dict[str, float]]:
+        """One row per epoch: train loss, early-stopping loss, held-out curve points, seconds."""
+        rows = []
+        score_name = f"curve_valid_{self.curve_metric_name}"
+        for h in self.net_.history:
+            row = {"epoch": float(h["epoch"]), "curve_train_loss": float(h.get("train_loss", np.nan)),
+                   "seconds": float(h.get("dur", np.nan))}
+            if "valid_loss" in h:
+                row["curve_es_loss"] = float(h["valid_loss"])
+            if "curve_valid_loss" in h:
+                row["curve_valid_loss"] = float(h["curve_valid_loss"])
+            if "curve_valid_score" in h:
+                row[score_name] = float(h["curve_valid_score"])
+            rows.append(row)
+        return rows
+
+    def to_torch(self) -> nn.Module:
+        """A self-contained torch module: raw features in, probabilities or target-unit values out."""
+        return ExportedModel.from_estimator(self)
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        # Same random_state, same network on the CPU; CUDA kernels need not be bitwise reproducible.
+        tags.non_deterministic = self.device != "cpu"
+        return tags
+
+    # classes for NetClassifier; defined here so the encoding helpers are shared
+    def _class_set(self, y: np.ndarray) -> np.ndarray:
+        if self.classes is None:
+            return np.unique(y)
+        return np.unique(np.asarray(self.classes))
+
+    @staticmethod
+    def _codes(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        codes = np.searchsorted(classes, y)
+        bad = (codes >= len(classes)) | (classes[np.minimum(codes, len(classes) - 1)] != y)
+        if bad.any():
+            raise ValueError(f"y has label(s) {np.unique(y[bad]).tolist()[:10]} not in classes={classes.tolist()}; "
+                             "pass classes= with every label")
+        return codes.astype(np.int64)
+
+
+class NetClassifier(ClassifierMixin, NetEstimator):
+    """A gencv network as a scikit-learn classifier (cross-entropy on logits; `predict_proba` by softmax)."""
+
+    task = "classification"
+
+    def _set_target_(self, y: np.ndarray) -> None:
+        check_classification_targets(y)
+        self.classes_ = self._class_set(y)
+        if len(self.classes_) < 2:
+            raise ValueError(f"{type(self).__name__} needs at least 2 classes; got 1 class "
+                             f"({self.classes_.tolist()}); pass classes= with the full label set")
+
+    def _n_out(self) -> int:
+        if hasattr(self, "classes_"):
+            return len(self.classes_)
+        if self.classes is None:
+            raise ValueError("the number of outputs is set by fit, or by classes= before it")
+        return len(np.unique(np.asarray(self.classes)))
+
+    @property
+    def n_classes(self) -> int:
+        """The number of classes (the network's outputs)."""
+        return len(self.classes_)
+
+    def encode_target(self, y: np.ndarray) -> np.ndarray:
+        return self._codes(np.asarray(y), self.classes_)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        return torch.softmax(self._outputs(X).double(), dim=1).numpy()
+
+    def predict(self, X: Any) -> np.ndarray:
+        codes = self._outputs(X).argmax(1).numpy()
+        return self.classes_[codes]
+
+
+class NetRegressor(RegressorMixin, NetEstimator):
+    """A gencv network as a scikit-learn regressor (MSE on the target standardised on the fit data)."""
+
+    task = "regression"
+    n_classes = 1
+
+    def _set_target_(self, y: np.ndarray) -> None:
+        y64 = np.asarray(y, dtype=np.float64)
+        self.y_mean_ = float(y64.mean())
+        self.y_std_ = float(y64.std()) or 1.0
+
+    def encode_target(self, y: np.ndarray) -> np.ndarray:
+        return ((np.asarray(y, dtype=np.float32) - self.y_mean_) / self.y_std_).reshape(-1, 1).astype(np.float32)
+
+    def predict(self, X: Any) -> np.ndarray:
+        return self._outputs(X).double().numpy().ravel() * self.y_std_ + self.y_mean_
+
+
+def estimator_from_spec(
+    model: ModelSpec,
+    train: TrainSpec,
+    *,
+    task: str,
+    n_classes: int = 2,
+    image_shape: tuple[int, ...] | None = None,
+    scale: str = "standard",
+    time_ordered: bool = False,
+    time_gap: int = 0,
+    metric: str | None = None,
+    random_state: int = 0,
+) -> NetEstimator:
+    """The NetClassifier/NetRegressor for a spec's model and training settings (labels 0..n_classes-1)."""
+    m = model.model_dump()
+    kind = m.pop("kind")
+    m["hidden"], m["channels"] = tuple(m["hidden"]), tuple(m["channels"])
+    t = train.model_dump(exclude={"schedule", "early_stopping"})
+    common: dict[str, Any] = dict(module=kind, **m, **t, schedule=train.schedule, early_stopping=train.early_stopping,
+                                  scale=scale, time_ordered=time_ordered, time_gap=time_gap, image_shape=image_shape,
+                                  metric=metric, random_state=random_state)
+    if task == "classification":
+        return NetClassifier(classes=tuple(range(n_classes)), **common)
+    return NetRegressor(**common)

@@ -169,7 +169,7 @@ def _start_long_run(tmp_path: Path, uri: str) -> subprocess.Popen[bytes]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _wait_for_fold_run(client: MlflowClient, proc: subprocess.Popen[bytes]) -> None:
+def _wait_until_a_fold_run_exists(client: MlflowClient, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.time() + 180
     while time.time() < deadline:
         assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
@@ -190,7 +190,7 @@ def test_sigterm_after_the_tracking_server_went_away_exits_130_within_seconds(tm
     server, url = _start_mlflow_server(tmp_path)
     try:
         proc = _start_long_run(tmp_path, url)
-        _wait_for_fold_run(MlflowClient(url), proc)
+        _wait_until_a_fold_run_exists(MlflowClient(url), proc)
     finally:
         os.killpg(server.pid, signal.SIGKILL)  # the server goes away mid-run
         server.wait(timeout=30)
@@ -214,7 +214,7 @@ def test_sigterm_ends_the_run_reliably(tmp_path: Path) -> None:
         uri = f"sqlite:///{d}/mlflow.db"
         proc = _start_long_run(d, uri)
         client = MlflowClient(uri)
-        _wait_for_fold_run(client, proc)
+        _wait_until_a_fold_run_exists(client, proc)
         time.sleep(0.5 + attempt * 0.7)
         start = time.monotonic()
         proc.send_signal(signal.SIGTERM)

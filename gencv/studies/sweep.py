@@ -212,6 +212,9 @@ def run_sweep(
         tracker.log_params(sweep_run, {**exp.flat_params(), **{f"grid.{p}": json.dumps(v) for p, v in grid.items()},
                                        "n_levels": len(levels), "baseline": levels[base].label})
         tracker.log_text(sweep_run, exp.to_yaml(), "spec.yaml")
+        resolve = getattr(tracker, "resolve", None)
+        if callable(resolve):  # MLflow's id now, for the level runs' parent tag and the resume hint
+            sweep_run = resolve(sweep_run)
     outcomes: list[RunOutcome] = []
     status = "FAILED"
     try:

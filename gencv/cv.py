@@ -179,7 +179,7 @@ def fit_and_score(
     measures: Sequence[str] = (),
     measure_config: Any = None,
     progress: Progress | None = None,
-    engine: str = "skorch",
+    engine: str | None = None,
     groups: np.ndarray | None = None,
 ) -> FoldResult:
     """Fit a copy of `estimator` on the fold's training part, score train / valid / test, compute measures.
@@ -188,10 +188,15 @@ def fit_and_score(
     FoldResult with the reason; KeyboardInterrupt propagates.
     """
     progress = progress or _NoProgress()
-    fits = get_engine(engine).fit_folds(estimator, X, y, [fold], [seed], groups=groups,
+    fits = get_engine(_engine_name(estimator, engine)).fit_folds(estimator, X, y, [fold], [seed], groups=groups,
                                         on_epoch=lambda i, epoch, row: progress.epoch_end(i, epoch, row))
     return score_fold(next(fits), X, y, metric=metric, X_test=X_test, y_test=y_test, measures=measures,
                       measure_config=measure_config)
+
+
+def _engine_name(estimator: Any, engine: str | None) -> str:
+    """`engine` when given, else the estimator's `train.engine` (skorch when it has none)."""
+    return engine if engine is not None else getattr(getattr(estimator, "train", None), "engine", "skorch")
 
 
 def score_fold(
@@ -311,7 +316,7 @@ def cross_validate(
     fold_order: Sequence[int] | None = None,
     done: Mapping[int, FoldResult] | None = None,
     keep_estimators: bool = False,
-    engine: str = "skorch",
+    engine: str | None = None,
     groups: np.ndarray | None = None,
 ) -> CVResult:
     """Fit and score one clone of `estimator` per fold; log each fold as a child run of `parent_run`.
@@ -324,7 +329,7 @@ def cross_validate(
     groups : one group label per row of X (`data.group`): early stopping inside each training fold
         then holds out whole groups, as the folds themselves do.
     """
-    eng = get_engine(engine)
+    eng = get_engine(_engine_name(estimator, engine))
     tracker = tracker or NullTracker()
     progress = progress or _NoProgress()
     done = dict(done or {})

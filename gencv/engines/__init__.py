@@ -1,7 +1,7 @@
 """Training engines: fit the folds of one configuration and hand back one fitted model per fold.
 
 `base` defines the seam (`Engine`, `FittedModel`, `FoldFit`); `skorch_engine` is the reference
-engine (one cloned skorch net per fold); `estimator` is the scikit-learn estimator it clones,
+engine (one cloned skorch net per fold); `batched` trains all folds as one stacked MLP; `estimator` is the scikit-learn estimator it clones,
 built from `skorch_net` (the trimmed skorch loop) and `optim` (optimizers and schedules by name).
 """
 
@@ -10,15 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from gencv.engines.base import Engine, FittedModel, FoldFit
+from gencv.engines.batched import AutoEngine, BatchedEngine, UnsupportedSettingError
 from gencv.engines.estimator import ExportedModel, GencvEstimator, make_preprocessor
 from gencv.engines.skorch_engine import SkorchEngine
 from gencv.errors import GencvError, did_you_mean
 
-__all__ = ["ENGINES", "Engine", "ExportedModel", "FittedModel", "FoldFit", "GencvEstimator", "SkorchEngine",
-           "get_engine", "make_preprocessor"]
+__all__ = ["ENGINES", "AutoEngine", "BatchedEngine", "Engine", "ExportedModel", "FittedModel", "FoldFit", "GencvEstimator", "SkorchEngine",
+           "UnsupportedSettingError", "get_engine", "make_preprocessor"]
 
-#: engine name -> factory. `skorch` is the reference.
-ENGINES: dict[str, Callable[[], Engine]] = {"skorch": SkorchEngine}
+#: engine name -> factory. `skorch` is the reference; `batched` stacks the folds; `auto` picks batched when it can.
+ENGINES: dict[str, Callable[[], Engine]] = {"skorch": SkorchEngine, "batched": BatchedEngine, "auto": AutoEngine}
 
 
 def get_engine(name: str) -> Engine:

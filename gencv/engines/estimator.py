@@ -31,15 +31,15 @@ log = logging.getLogger(__name__)
 
 
 
-def _to_float32(X: np.ndarray) -> np.ndarray:
-    return np.asarray(X, dtype=np.float32)
+def _to_float32(X: np.ndarray, dtype: str = "float32") -> np.ndarray:
+    return np.asarray(X, dtype=dtype)
 
 
 
-def make_preprocessor(scale: str) -> Pipeline:
-    """Scaler (fit on the training fold only) followed by a cast to float32."""
+def make_preprocessor(scale: str, dtype: str = "float32") -> Pipeline:
+    """Scaler (fit on the training fold only) followed by a cast to `dtype` (train.dtype)."""
     scaler: Any = {"standard": StandardScaler(), "minmax": MinMaxScaler(), "none": "passthrough"}[scale]
-    return Pipeline([("scale", scaler), ("float32", FunctionTransformer(_to_float32))])
+    return Pipeline([("scale", scaler), ("float32", FunctionTransformer(_to_float32, kw_args={"dtype": dtype}))])
 
 
 
@@ -172,7 +172,8 @@ class GencvEstimator(BaseEstimator):
     def encode_target(self, y: np.ndarray) -> np.ndarray:
         if self.task == "classification":
             return np.asarray(y, dtype=np.int64)
-        return ((np.asarray(y, dtype=np.float32) - self.y_mean_) / self.y_std_).reshape(-1, 1).astype(np.float32)
+        dtype = self.train.dtype
+        return ((np.asarray(y, dtype=dtype) - self.y_mean_) / self.y_std_).reshape(-1, 1).astype(dtype)
 
     # ------------------------------------------------------------------ fitting
     def fit(
@@ -193,7 +194,7 @@ class GencvEstimator(BaseEstimator):
             y64 = np.asarray(y, dtype=np.float64)
             self.y_mean_ = float(y64.mean())
             self.y_std_ = float(y64.std()) or 1.0
-        self.preprocess_ = make_preprocessor(self.scale).fit(X)
+        self.preprocess_ = make_preprocessor(self.scale, self.train.dtype).fit(X)
         Xt = self.preprocess_.transform(X)
         Xe = self.preprocess_.transform(X_eval) if X_eval is not None and len(X_eval) else None
         ye = self.encode_target(y_eval) if Xe is not None and y_eval is not None else None
@@ -201,6 +202,7 @@ class GencvEstimator(BaseEstimator):
             torch.manual_seed(self.seed)
             net = self._net(Xe, ye, on_epoch, groups)
             net.initialize()
+            net.module_.to(getattr(torch, self.train.dtype))  # in place: the optimizer keeps its parameters
             self.init_state_ = {k: v.detach().clone() for k, v in net.module_.state_dict().items()}
             yt = self.encode_target(y)
             # skorch's partial_fit swallows KeyboardInterrupt (it just stops training); we let
@@ -310,7 +312,7 @@ class ExportedModel(nn.Module):
             shift = -torch.as_tensor(scaler.min_) * scale
         else:
             shift, scale = torch.zeros(d), torch.ones(d)
-        net = copy.deepcopy(est.net_.module_).cpu().eval()
+        net = copy.deepcopy(est.net_.module_).cpu().float().eval()
         return cls(net, shift, scale, est.task, getattr(est, "y_mean_", 0.0), getattr(est, "y_std_", 1.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,15 +165,49 @@ class _StackedMLP:
                     off += n + layer.bias.numel()
         return module
 
-    def forward(self, flat: torch.Tensor, X: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-        """Outputs (members, rows, n_out) for inputs (members, rows, n_in); dropout only when `gen` is given."""
-        M = flat.shape[0]
-        h = X.reshape(M, X.shape[1], -1)
+    def leaves(self, flat: torch.Tensor, grad: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer (weight, bias) leaf views into `flat`, their `.grad` views into `grad`.
+
+        Autograd then accumulates every layer's gradient straight into the flat `grad` buffer (no
+        scatter of each slice's gradient into a full-size tensor, as views of one leaf would need).
+        """
+        M, out = flat.shape[0], []
         for kind, arg in self.steps:
             if kind == "linear":
                 w_off, o, i, b_off = arg
-                W = flat[:, w_off:b_off].view(M, o, i)
-                h = torch.baddbmm(flat[:, b_off : b_off + o].unsqueeze(1), h, W.transpose(1, 2))
+                pair = []
+                for a, b, shape in ((w_off, b_off, (M, o, i)), (b_off, b_off + o, (M, o))):
+                    leaf = flat[:, a:b].view(shape).requires_grad_(True)
+                    leaf.grad = grad[:, a:b].view(shape)
+                    pair.append(leaf)
+                out.append((pair[0], pair[1]))
+        return out
+
+    @staticmethod
+    def sync_grads_(params: list[tuple[torch.Tensor, torch.Tensor]], grad: torch.Tensor, layout: list[Any]) -> None:
+        """Copy into `grad` any leaf gradient autograd did not accumulate in place (then rebind the view)."""
+        for (W, b), (w_off, o, i, b_off) in zip(params, layout):
+            for leaf, a, e in ((W, w_off, b_off), (b, b_off, b_off + o)):
+                view = grad[:, a:e].view(leaf.shape)
+                if leaf.grad is not None and leaf.grad.data_ptr() != view.data_ptr():
+                    view.copy_(leaf.grad)
+                    leaf.grad = view
+
+    @property
+    def layout(self) -> list[Any]:
+        return [arg for kind, arg in self.steps if kind == "linear"]
+
+    def forward(self, params: list[tuple[torch.Tensor, torch.Tensor]], X: torch.Tensor,
+                gen: torch.Generator | None) -> torch.Tensor:
+        """Outputs (members, rows, n_out) for inputs (members, rows, n_in); dropout only when `gen` is given."""
+        M = params[0][0].shape[0]
+        h = X.reshape(M, X.shape[1], -1)
+        layer = 0
+        for kind, arg in self.steps:
+            if kind == "linear":
+                W, b = params[layer]
+                layer += 1
+                h = torch.baddbmm(b.unsqueeze(1), h, W.transpose(1, 2))
             elif kind == "dropout":
                 if gen is not None and arg > 0:
                     keep = torch.empty_like(h).bernoulli_(1.0 - arg, generator=gen)
@@ -181,9 +216,10 @@ class _StackedMLP:
                 h = arg(h)
         return h
 
-    def l1(self, flat: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def l1(params: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """Sum of absolute weights (biases excluded, as skorch's penalty) per member."""
-        return sum(flat[:, a:b].abs().sum(1) for a, b in self.weight_slices)  # type: ignore[return-value]
+        return sum(W.abs().flatten(1).sum(1) for W, _ in params)  # type: ignore[return-value]
 
 
 class _StackedOptimizer:
@@ -372,7 +408,9 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
     task, dtype, device = est0.task, getattr(torch, t.dtype), torch.device(t.device)
     stack = _StackedMLP(members[0].module)
     M, B = len(members), t.batch_size
-    flat = torch.stack([stack.flatten(m.module) for m in members]).to(device).requires_grad_(True)
+    flat = torch.stack([stack.flatten(m.module) for m in members]).to(device)
+    grad_buf = torch.zeros_like(flat)
+    params = stack.leaves(flat, grad_buf)
     X_fit, fit_mask = _stack_rows([m.X for m in members])
     y_fit, _ = _stack_rows([m.y for m in members])
     X_fit, y_fit, fit_mask = X_fit.to(device), y_fit.to(device), fit_mask.to(device=device, dtype=dtype)
@@ -389,7 +427,7 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
         X_ev, ev_mask = X_ev.to(device), ev_mask.to(device=device, dtype=dtype)
         y_ev, _ = _stack_rows([None if m.y_ev is None else torch.as_tensor(m.y_ev) for m in members])
         y_ev = y_ev.to(device)
-    opt = _StackedOptimizer(t.optimizer, flat.detach(), momentum=t.momentum, weight_decay=t.weight_decay)
+    opt = _StackedOptimizer(t.optimizer, flat, momentum=t.momentum, weight_decay=t.weight_decay)
     drop_gen = torch.Generator(device=device)
     drop_gen.manual_seed(derive_seed(members[0].seed, "batched-dropout", *[m.seed for m in members[1:]]))
     has_dropout = any(kind == "dropout" and p > 0 for kind, p in stack.steps)
@@ -417,10 +455,10 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
             counts = (n_rows - s).clamp(min=0, max=B)  # rows each member has in this batch (CPU)
             stepping = counts > 0
             mask = row_mask[:, s : s + B]
-            out = stack.forward(flat, Xp[:, s : s + B], drop_gen if has_dropout else None)
+            out = stack.forward(params, Xp[:, s : s + B], drop_gen if has_dropout else None)
             loss_m = _masked_mean(_row_losses(out, yp[:, s : s + B], task), mask)
             if t.l1 > 0:
-                loss_m = loss_m + t.l1 * stack.l1(flat)
+                loss_m = loss_m + t.l1 * stack.l1(params)
             finite = torch.isfinite(loss_m.detach()).cpu()
             bad = stepping & ~finite
             if bool(bad.any()):  # as skorch: stop the member at its first diverged batch, before the step
@@ -434,23 +472,26 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
                 stepping = stepping & finite
             step_dev = stepping.to(device)
             total = torch.where(step_dev, loss_m, torch.zeros_like(loss_m)).sum()
-            flat.grad = None
-            total.backward()
-            grad = flat.grad
+            grad_buf.zero_()
+            with warnings.catch_warnings():  # the leaves are strided views by design (see _StackedMLP.leaves)
+                warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout")
+                total.backward()
+            stack.sync_grads_(params, grad_buf, stack.layout)
+            grad = grad_buf
             if t.clip_grad_norm is not None:  # skorch's GradientNormClipping, per member
                 norm = grad.norm(dim=1, keepdim=True)
                 grad = grad * (t.clip_grad_norm / (norm + 1e-6)).clamp(max=1.0)
             with torch.no_grad():
                 rows = None if bool(stepping.all()) else torch.nonzero(step_dev).flatten()
                 if rows is None or len(rows):
-                    opt.step_(flat.data, grad, lrs[epoch - 1], rows)
+                    opt.step_(flat, grad, lrs[epoch - 1], rows)
                 loss_sum += torch.where(step_dev, loss_m.detach(), torch.zeros_like(loss_m)) * counts.to(device, dtype)
         with torch.no_grad():
             train_loss = (loss_sum / n_rows.clamp(min=1).to(device, dtype)).cpu().tolist()
-            es_loss = _masked_mean(_row_losses(stack.forward(flat, X_es, None), y_es, task), es_mask).cpu().tolist() \
+            es_loss = _masked_mean(_row_losses(stack.forward(params, X_es, None), y_es, task), es_mask).cpu().tolist() \
                 if es is not None else None
             if has_eval:
-                out_ev = stack.forward(flat, X_ev, None)
+                out_ev = stack.forward(params, X_ev, None)
                 ev_loss = _masked_mean(_row_losses(out_ev, y_ev, task), ev_mask).cpu().tolist()
                 out_ev_np = out_ev.cpu().numpy()
         seconds = (time.perf_counter() - t_epoch) / max(1, sum(alive))

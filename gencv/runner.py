@@ -19,7 +19,7 @@ from gencv import __version__
 from gencv.checksums import sha256_file, tag_key
 from gencv.cv import CVResult, FoldResult, Progress, cross_validate
 from gencv.data import Dataset, holdout_test, load_dataset
-from gencv.engines import NetEstimator, estimator_from_spec
+from gencv.engines import NetEstimator, engine_used, estimator_from_spec
 from gencv.errors import DivergenceError, GencvError, SpecError, TrackingError
 from gencv.metrics import check_metric_for_task, score_all
 from gencv.report import (
@@ -129,8 +129,11 @@ def _git_commit() -> str | None:
         return None
 
 
-def run_tags(exp: Experiment, ds: Dataset, folds: Sequence[Fold] = (), engine: str = "skorch") -> dict[str, str]:
-    """Tags that make a run reproducible and searchable (and its folds comparable: `gencv.folds_digest`)."""
+def run_tags(exp: Experiment, ds: Dataset, folds: Sequence[Fold] = (), engine: str | None = None) -> dict[str, str]:
+    """Tags that make a run reproducible and searchable (and its folds comparable: `gencv.folds_digest`).
+
+    `gencv.engine`: `engine` (the engine that trained the folds), else the spec's `train.engine`.
+    """
     tags = {
         "gencv.kind": "cv",
         "gencv.spec_digest": exp.digest(),
@@ -141,7 +144,7 @@ def run_tags(exp: Experiment, ds: Dataset, folds: Sequence[Fold] = (), engine: s
         "gencv.version": __version__,
         "gencv.task": ds.task,
         "gencv.cv": exp.cv.kind,
-        "gencv.engine": engine,
+        "gencv.engine": engine or exp.train.engine,
     }
     if folds:
         tags["gencv.folds_digest"] = folds_digest(folds)
@@ -297,7 +300,8 @@ def run_experiment(
         log.info("resuming run %s: %d of %d folds already finished", run_id, len(done), len(prep.folds))
     else:
         run_id = tracker.start_run(exp.name, run_name or f"{exp.name}-cv", parent=parent_run,
-                                   tags={**run_tags(exp, ds, prep.folds), **dict(tags or {})})
+                                   tags={**run_tags(exp, ds, prep.folds, engine_used(exp.train.engine, prep.estimator)),
+                                         **dict(tags or {})})
         tracker.log_params(run_id, {**exp.flat_params(), "n_samples": ds.n_samples, "n_test": len(prep.test_idx),
                                     "n_folds": len(prep.folds)})
         tracker.log_text(run_id, exp.to_yaml(), "spec.yaml")  # now: --resume compares with it
@@ -310,7 +314,7 @@ def run_experiment(
             prep.estimator, ds.X, ds.y, prep.folds, metric=exp.metric, seed=exp.seed,
             X_test=prep.X_test, y_test=prep.y_test, measures=exp.measures, measure_config=measure_config,
             tracker=tracker, experiment=exp.name, parent_run=run_id, progress=progress, done=done,
-            keep_estimators=False, groups=ds.groups,
+            keep_estimators=False, groups=ds.groups, engine=exp.train.engine,
         )
         tracked = not isinstance(tracker, NullTracker)
         outcome = RunOutcome(exp, ds, result, summary_table(result), fold_table(result),

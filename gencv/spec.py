@@ -128,6 +128,8 @@ class TrainSpec(_Strict):
     clip_grad_norm: float | None = Field(None, gt=0.0)
     early_stopping: EarlyStoppingSpec | None = Field(default_factory=EarlyStoppingSpec)
     device: str = "cpu"
+    engine: Literal["skorch", "batched", "auto"] = "skorch"  # auto: batched when it supports the settings
+    dtype: Literal["float32", "float64"] = "float32"  # float64 for reference checks between engines
 
     @field_validator("device")
     @classmethod

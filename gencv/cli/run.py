@@ -140,6 +140,7 @@ def run(
     no_track: Annotated[bool, typer.Option("--no-track", help="do not record anything in MLflow")] = False,
     allow_large_loo: Annotated[bool, typer.Option("--allow-large-loo", help="run leave-one-out above cv.max_loo_samples")] = False,
     resume: Annotated[str | None, typer.Option("--resume", help="run id of an interrupted run: reuse its finished folds")] = None,
+    engine: Annotated[str | None, typer.Option("--engine", help="skorch | batched | auto: sets train.engine")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the results as JSON on stdout")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress display")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
@@ -150,6 +151,8 @@ def run(
     """
     setup_logging(verbose)
     sigterm_to_interrupt()
+    if engine is not None:  # a --set like any other: validated by the spec, kept in the resume command
+        set_ = [*(set_ or []), f"train.engine={engine}"]
 
     def go() -> Any:
         from gencv.runner import outcome_json, prepare, run_experiment

@@ -1,8 +1,8 @@
 """Training engines: fit the folds of one configuration and hand back one fitted model per fold.
 
 `base` defines the seam (`Engine`, `FittedModel`, `FoldFit`); `skorch_engine` is the reference
-engine (one cloned skorch net per fold); `sklearn_api` holds the scikit-learn estimators it clones
-(`NetClassifier`, `NetRegressor`), built from `skorch_net` (the trimmed skorch loop), `optim`
+engine (one cloned skorch net per fold); `batched` trains all folds as one stacked MLP; `sklearn_api`
+holds the scikit-learn estimators they fit (`NetClassifier`, `NetRegressor`), built from `skorch_net` (the trimmed skorch loop), `optim`
 (optimizers and schedules by name) and `estimator` (preprocessing, the exported model).
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from gencv.engines.base import Engine, FittedModel, FoldFit
+from gencv.engines.batched import AutoEngine, BatchedEngine, UnsupportedSettingError, engine_used
 from gencv.engines.estimator import ExportedModel, GencvEstimator, make_preprocessor
 from gencv.engines.skorch_engine import SkorchEngine
 from gencv.engines.sklearn_api import (
@@ -22,12 +23,12 @@ from gencv.engines.sklearn_api import (
 )
 from gencv.errors import GencvError, did_you_mean
 
-__all__ = ["ENGINES", "SKLEARN_EXPECTED_FAILED_CHECKS", "Engine", "ExportedModel", "FittedModel", "FoldFit",
-           "GencvEstimator", "NetClassifier", "NetEstimator", "NetRegressor", "SkorchEngine", "estimator_from_spec",
-           "get_engine", "make_preprocessor"]
+__all__ = ["ENGINES", "SKLEARN_EXPECTED_FAILED_CHECKS", "AutoEngine", "BatchedEngine", "Engine", "ExportedModel",
+           "FittedModel", "FoldFit", "GencvEstimator", "NetClassifier", "NetEstimator", "NetRegressor", "SkorchEngine",
+           "UnsupportedSettingError", "engine_used", "estimator_from_spec", "get_engine", "make_preprocessor"]
 
-#: engine name -> factory. `skorch` is the reference.
-ENGINES: dict[str, Callable[[], Engine]] = {"skorch": SkorchEngine}
+#: engine name -> factory. `skorch` is the reference; `batched` stacks the folds; `auto` picks batched when it can.
+ENGINES: dict[str, Callable[[], Engine]] = {"skorch": SkorchEngine, "batched": BatchedEngine, "auto": AutoEngine}
 
 
 def get_engine(name: str) -> Engine:

@@ -21,15 +21,15 @@ log = logging.getLogger(__name__)
 
 
 
-def _to_float32(X: np.ndarray) -> np.ndarray:
-    return np.asarray(X, dtype=np.float32)
+def _to_float32(X: np.ndarray, dtype: str = "float32") -> np.ndarray:
+    return np.asarray(X, dtype=dtype)
 
 
 
-def make_preprocessor(scale: str) -> Pipeline:
-    """Scaler (fit on the training fold only) followed by a cast to float32."""
+def make_preprocessor(scale: str, dtype: str = "float32") -> Pipeline:
+    """Scaler (fit on the training fold only) followed by a cast to `dtype` (train.dtype)."""
     scaler: Any = {"standard": StandardScaler(), "minmax": MinMaxScaler(), "none": "passthrough"}[scale]
-    return Pipeline([("scale", scaler), ("float32", FunctionTransformer(_to_float32))])
+    return Pipeline([("scale", scaler), ("float32", FunctionTransformer(_to_float32, kw_args={"dtype": dtype}))])
 
 
 
@@ -90,7 +90,7 @@ class ExportedModel(nn.Module):
             shift = -torch.as_tensor(scaler.min_) * scale
         else:
             shift, scale = torch.zeros(d), torch.ones(d)
-        net = copy.deepcopy(est.net_.module_).cpu().eval()
+        net = copy.deepcopy(est.net_.module_).cpu().float().eval()
         return cls(net, shift, scale, est.task, getattr(est, "y_mean_", 0.0), getattr(est, "y_std_", 1.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -111,8 +111,8 @@ class NetEstimator(BaseEstimator):
         them) and its ``module__*`` settings; the built-in ones also take hidden, activation, ... below.
     hidden, activation, dropout, batch_norm, init, channels, kernel_size, cell, rnn_layers
         The spec's ``model.*`` fields (``init`` also applies to a module of your own).
-    optimizer, lr, momentum, weight_decay, l1, batch_size, max_epochs, clip_grad_norm, device
-        The spec's ``train.*`` fields.
+    optimizer, lr, momentum, weight_decay, l1, batch_size, max_epochs, clip_grad_norm, device, dtype
+        The spec's ``train.*`` fields (``dtype``: "float32", or "float64" for reference checks between engines).
     schedule : None, a kind name, a dict of ``train.schedule`` fields, or a ScheduleSpec
     early_stopping : bool, a dict of ``train.early_stopping`` fields, or an EarlyStoppingSpec
         Validated on a split *inside* the data given to ``fit`` (the last block when ``time_ordered``,
@@ -156,6 +156,7 @@ class NetEstimator(BaseEstimator):
         clip_grad_norm: float | None = None,
         early_stopping: Any = True,
         device: str = "cpu",
+        dtype: str = "float32",
         scale: str = "standard",
         time_ordered: bool = False,
         time_gap: int = 0,
@@ -186,6 +187,7 @@ class NetEstimator(BaseEstimator):
         self.clip_grad_norm = clip_grad_norm
         self.early_stopping = early_stopping
         self.device = device
+        self.dtype = dtype
         self.scale = scale
         self.time_ordered = time_ordered
         self.time_gap = time_gap
@@ -242,7 +244,7 @@ class NetEstimator(BaseEstimator):
                               weight_decay=self.weight_decay, l1=self.l1, batch_size=self.batch_size,
                               max_epochs=self.max_epochs, schedule=_schedule(self.schedule),
                               clip_grad_norm=self.clip_grad_norm, early_stopping=_early_stopping(self.early_stopping),
-                              device=self.device)
+                              device=self.device, dtype=self.dtype)
         except ValidationError as exc:
             raise ValueError(f"{type(self).__name__}: invalid setting(s):\n{exc}") from None
         if self.scale not in ("standard", "minmax", "none"):
@@ -356,6 +358,22 @@ class NetEstimator(BaseEstimator):
         return split.positions(len(y), codes)[0]
 
     # ------------------------------------------------------------------ fitting
+    def prepare_fit(self, X: Any, y: Any) -> tuple[ModelSpec, TrainSpec, np.ndarray, np.ndarray]:
+        """`fit` up to the network: check settings and data, fix the seed, fit the target encoding and the
+        scaling on X. Returns (model spec, train spec, scaled X, checked y); an engine that trains the
+        network itself (the batched engine) starts from here."""
+        self._check_kwargs()
+        model, train = self._specs()
+        X, y = validate_data(self, X, y, dtype=_DTYPES, ensure_min_samples=2, y_numeric=self.task == "regression")
+        self._seed_ = self._seed()
+        self._set_target_(y)
+        self.preprocess_ = make_preprocessor(self.scale, train.dtype).fit(X)
+        return model, train, self.preprocess_.transform(X), y
+
+    def scaled(self, X: Any) -> np.ndarray:
+        """X checked and scaled as the fitted network takes it."""
+        return self.preprocess_.transform(validate_data(self, X, reset=False, dtype=_DTYPES))
+
     def fit(
         self,
         X: Any,
@@ -371,16 +389,10 @@ class NetEstimator(BaseEstimator):
         `groups` (one label per row of X): early stopping then holds out whole groups. `on_epoch(epoch, row)`
         is called after every epoch.
         """
-        self._check_kwargs()
-        model, train = self._specs()
-        X, y = validate_data(self, X, y, dtype=_DTYPES, ensure_min_samples=2, y_numeric=self.task == "regression")
-        self._seed_ = self._seed()
-        self._set_target_(y)
-        self.preprocess_ = make_preprocessor(self.scale).fit(X)
-        Xt = self.preprocess_.transform(X)
+        model, train, Xt, y = self.prepare_fit(X, y)
         Xe = ye = None
         if X_eval is not None and len(X_eval):
-            Xe = self.preprocess_.transform(validate_data(self, X_eval, reset=False, dtype=_DTYPES))
+            Xe = self.scaled(X_eval)
             ye = None if y_eval is None else self.encode_target(np.asarray(y_eval))
             if ye is None:
                 Xe = None
@@ -388,6 +400,8 @@ class NetEstimator(BaseEstimator):
             torch.manual_seed(self._seed_)
             net = self._net(model, train, Xe, ye, on_epoch, None if groups is None else np.asarray(groups))
             net.initialize()
+            if train.dtype != "float32":
+                net.module_.to(getattr(torch, train.dtype))  # in place: the optimizer keeps its parameters
             self.init_state_ = {k: v.detach().clone() for k, v in net.module_.state_dict().items()}
             yt = self.encode_target(y)
             # skorch's partial_fit swallows KeyboardInterrupt (it just stops training); we let
@@ -416,8 +430,7 @@ class NetEstimator(BaseEstimator):
     # ------------------------------------------------------------------ predicting
     def _outputs(self, X: Any) -> torch.Tensor:
         check_is_fitted(self, "net_")
-        X = validate_data(self, X, reset=False, dtype=_DTYPES)
-        Xt = torch.as_tensor(self.preprocess_.transform(X))
+        Xt = torch.as_tensor(self.scaled(X))
         module = self.net_.module_
         was = module.training
         module.eval()
@@ -529,7 +542,7 @@ class NetRegressor(RegressorMixin, NetEstimator):
         self.y_std_ = float(y64.std()) or 1.0
 
     def encode_target(self, y: np.ndarray) -> np.ndarray:
-        return ((np.asarray(y, dtype=np.float32) - self.y_mean_) / self.y_std_).reshape(-1, 1).astype(np.float32)
+        return ((np.asarray(y, dtype=self.dtype) - self.y_mean_) / self.y_std_).reshape(-1, 1).astype(self.dtype)
 
     def predict(self, X: Any) -> np.ndarray:
         return self._outputs(X).double().numpy().ravel() * self.y_std_ + self.y_mean_
@@ -552,7 +565,7 @@ def estimator_from_spec(
     m = model.model_dump()
     kind = m.pop("kind")
     m["hidden"], m["channels"] = tuple(m["hidden"]), tuple(m["channels"])
-    t = train.model_dump(exclude={"schedule", "early_stopping"})
+    t = train.model_dump(exclude={"schedule", "early_stopping", "engine"})  # the engine is the CV's, not the net's
     common: dict[str, Any] = dict(module=kind, **m, **t, schedule=train.schedule, early_stopping=train.early_stopping,
                                   scale=scale, time_ordered=time_ordered, time_gap=time_gap, image_shape=image_shape,
                                   metric=metric, random_state=random_state)

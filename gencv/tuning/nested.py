@@ -92,7 +92,7 @@ def tune_nested(exp: Experiment, prep: Prepared, dims: list[Dimension], store: A
             est = make_estimator(winner, ds)
             res = fit_and_score(est, ds.X, ds.y, Fold(k, outer.train, outer.valid), metric=metric,
                                 seed=derive_seed(exp.seed, "outer", k), measures=exp.measures,
-                                measure_config=ctx.measure_config, groups=ds.groups)
+                                measure_config=ctx.measure_config, groups=ds.groups, engine=winner.train.engine)
             score = res.valid_scores.get(metric, float("nan")) if res.ok else float("nan")
             tracker.log_params(outer_run, {f"best.{p}": v for p, v in best.params.items()})
             tracker.log_metrics(outer_run, {f"outer_test_{metric}": score, f"best_inner_{metric}": float(best.value),

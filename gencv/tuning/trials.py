@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from gencv.cv import FoldResult, cross_validate
+from gencv.engines import engine_used
 from gencv.errors import Terminated
 from gencv.metrics import METRICS
 from gencv.runner import Prepared, make_estimator
@@ -132,7 +133,7 @@ def _run_trial_body(ctx: TrialContext, study: Any, trial: Any) -> TrialRecord:
         raise _sampler_failed(ctx, study, [trial._trial_id], exc) from exc
     ctx.progress.trial_start(number, overrides)
     tags = {"gencv.kind": "trial", "gencv.trial": str(number), "gencv.study": ctx.study_name,
-            "gencv.folds_digest": folds_digest(ctx.folds), "gencv.engine": "skorch",
+            "gencv.folds_digest": folds_digest(ctx.folds), "gencv.engine": exp.train.engine,
             "gencv.data_digest": ctx.prep.dataset.digest, "gencv.seed": str(exp.seed)}
     retried = ctx.storage.get_trial(trial._trial_id).system_attrs.get("failed_trial")
     if retried is not None:
@@ -175,10 +176,12 @@ def _run_trial_body(ctx: TrialContext, study: Any, trial: Any) -> TrialRecord:
     try:
         trial_exp = exp.with_overrides(overrides)
         est = make_estimator(trial_exp, ds)
+        if trial_exp.train.engine != exp.train.engine or exp.train.engine == "auto":
+            ctx.tracker.set_tags(run_id, {"gencv.engine": engine_used(trial_exp.train.engine, est)})
         cv = cross_validate(est, ds.X, ds.y, ctx.folds, metric=metric, seed=exp.seed,
                             measures=exp.measures, measure_config=ctx.measure_config, tracker=ctx.tracker,
                             experiment=exp.name, parent_run=run_id, on_fold_end=on_fold_end, fold_order=order,
-                            groups=ds.groups)
+                            groups=ds.groups, engine=trial_exp.train.engine)
         value = float(np.mean([scores[i] for i in sorted(scores)]))
         _set_measures(trial, cv.ok_folds, metric)
     except optuna.TrialPruned as exc:

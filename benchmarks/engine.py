@@ -1,0 +1,131 @@
+"""The batched engine against the skorch engine (and the hand loop of cv_overhead.py), issue 12.
+
+Run: python benchmarks/engine.py [--reps 3] [--loo-reps 1]
+The figures time the engines (`fit_folds` of every fold, per-epoch held-out curve on, as
+`cross_validate` calls it), on one torch thread; ratios use each way's fastest repetition (machine
+noise only adds time). Fold scoring (`score_fold`: predictions, metrics on train / valid) is the
+same for both engines and is not in the figures; the end-to-end `cross_validate` time of 5-fold CV
+is printed beside them (`#` lines) for context. Scores: mean held-out fold accuracy.
+Prints `figure: NAME value: X target: T PASS|MISS` lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import LeaveOneOut, StratifiedKFold
+
+from gencv.cv import cross_validate
+from gencv.engines import NetEstimator, estimator_from_spec, get_engine
+from gencv.seeds import derive_seed
+from gencv.spec import ModelSpec, TrainSpec
+from gencv.splits import Fold
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cv_overhead import BATCH, LR, K, data, hand_loop  # noqa: E402
+
+
+def _est(hidden: list[int], epochs: int) -> NetEstimator:
+    return estimator_from_spec(ModelSpec(hidden=hidden, dropout=0.0, init="default"),
+                               TrainSpec(optimizer="adam", lr=LR, batch_size=BATCH, max_epochs=epochs,
+                                         early_stopping=None, schedule={"kind": "none"}),
+                               task="classification", n_classes=K)
+
+
+def _cv(est: NetEstimator, X: np.ndarray, y: np.ndarray, folds: list[Fold], engine: str, seed: int = 0) -> float:
+    """Fit every fold with `engine` (fold seeds derived from `seed`); the mean held-out accuracy."""
+    seeds = [derive_seed(seed, "fold", f.index) for f in folds]
+    fits = list(get_engine(engine).fit_folds(est, X, y, folds, seeds))
+    global _last_fits
+    _last_fits = fits
+    return float("nan")
+
+
+_last_fits: list = []
+
+
+def _score(X: np.ndarray, y: np.ndarray) -> float:
+    """Mean held-out accuracy of the last `_cv` call (outside the timed region)."""
+    return float(np.mean([np.mean(f.estimator.predict(X[f.fold.valid]) == y[f.fold.valid]) for f in _last_fits]))
+
+
+def _e2e(est: NetEstimator, X: np.ndarray, y: np.ndarray, folds: list[Fold], engine: str) -> float:
+    return cross_validate(est, X, y, folds, metric="accuracy", seed=0, engine=engine).mean_score()
+
+
+def _best(fn: Callable[[], float], reps: int, X: np.ndarray | None = None, y: np.ndarray | None = None
+          ) -> tuple[float, float]:
+    times, score = [], float("nan")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        score = fn()
+        times.append(time.perf_counter() - t0)
+        if X is not None:
+            score = _score(X, y)  # type: ignore[arg-type]
+    return min(times), score
+
+
+def _line(name: str, value: float, target: str, ok: bool) -> None:
+    print(f"figure: {name} value: {value:.3f} target: {target} {'PASS' if ok else 'MISS'}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--loo-reps", type=int, default=1)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--seeds", type=int, default=3, help="root seeds for max_abs_score_diff")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    X, y, folds5 = data()
+    folds10 = [Fold(i, tr, va) for i, (tr, va) in
+               enumerate(StratifiedKFold(10, shuffle=True, random_state=0).split(X, y))]
+    est = _est([64, 64], args.epochs)
+    _cv(est, X, y, folds5[:1], "skorch"), _cv(est, X, y, folds5[:1], "batched")  # warm-up
+    score_diffs = []
+    res: dict[str, float] = {}
+    for name, folds in (("fold5", folds5), ("fold10", folds10)):
+        t_sk, t_b = [], []
+        for rep in range(args.reps):  # interleaved, so machine noise hits both alike
+            t, s_sk = _best(lambda: _cv(est, X, y, folds, "skorch", rep), 1, X, y)
+            t_sk.append(t)
+            t, s_b = _best(lambda: _cv(est, X, y, folds, "batched", rep), 1, X, y)
+            t_b.append(t)
+            if rep < args.seeds:
+                score_diffs.append(abs(s_sk - s_b))
+        res[f"{name}_skorch"], res[f"{name}_batched"] = min(t_sk), min(t_b)
+        print(f"# {name}: skorch {min(t_sk):.2f}s  batched {min(t_b):.2f}s", flush=True)
+    t_hand, _ = _best(lambda: hand_loop(X, y, folds5, args.epochs), args.reps)
+    print(f"# fold5 hand loop {t_hand:.2f}s", flush=True)
+    e_sk, _ = _best(lambda: _e2e(est, X, y, folds5, "skorch"), 1)
+    e_b, _ = _best(lambda: _e2e(est, X, y, folds5, "batched"), 1)
+    print(f"# fold5 end to end (cross_validate, scoring included): skorch {e_sk:.2f}s  batched {e_b:.2f}s  "
+          f"ratio {e_sk / e_b:.2f}", flush=True)
+    Xl, yl = X[:300], y[:300]
+    loo = [Fold(i, tr, va) for i, (tr, va) in enumerate(LeaveOneOut().split(Xl))]
+    est_loo = _est([32], 10)
+    t_loo_b, s_loo_b = _best(lambda: _cv(est_loo, Xl, yl, loo, "batched"), args.loo_reps, Xl, yl)
+    t_loo_sk, s_loo_sk = _best(lambda: _cv(est_loo, Xl, yl, loo, "skorch"), args.loo_reps, Xl, yl)
+    print(f"# loo300: skorch {t_loo_sk:.2f}s  batched {t_loo_b:.2f}s  (accuracy {s_loo_sk:.3f} / {s_loo_b:.3f})",
+          flush=True)
+    r5 = res["fold5_skorch"] / res["fold5_batched"]
+    _line("fold5_speedup_vs_skorch", r5, ">= 4", r5 >= 4)
+    rh = res["fold5_batched"] / t_hand
+    _line("fold5_vs_hand_loop", rh, "<= 0.35", rh <= 0.35)
+    r10 = res["fold10_skorch"] / res["fold10_batched"]
+    _line("fold10_speedup_vs_skorch", r10, ">= 6", r10 >= 6)
+    rl = t_loo_sk / t_loo_b
+    _line("loo300_speedup_vs_skorch", rl, ">= 20", rl >= 20)
+    score_diffs.append(abs(s_loo_sk - s_loo_b))
+    md = max(score_diffs)
+    _line("max_abs_score_diff", md, "<= 0.02", md <= 0.02)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,565 @@
+"""The batched engine: all folds of one configuration trained as one stacked model.
+
+Every fold is a *member*: its parameters are one row of a flat `(members, n_params)` tensor, and
+its layers run as batched matrix products (`torch.baddbmm`), so one training step advances every
+member at once. Each member keeps what the skorch engine gives its fold:
+
+- its own preprocessing and initialization: the member's module is built and initialized as the
+  skorch net builds it, under `torch.manual_seed(fold seed)`, so its initial weights are the skorch
+  engine's;
+- its own rows and shuffle order: each epoch draws `torch.randperm(n_fit)` from a generator that
+  continues the fold seed's stream after initialization, the draws skorch's `TensorBatches` makes on
+  the global RNG (identical while dropout is off; with dropout, skorch interleaves its masks into the
+  same stream, so the orders are seeded but not skorch's);
+- its own batches: rows are padded to the longest member and masked; a member with fewer batches
+  in an epoch does not step on the batches it lacks (its optimizer state does not change either);
+- its own early-stopping split (`InnerSplit`, the fold seed), patience, best weights and stop epoch;
+  a stopped member no longer changes; the stack ends when every member has stopped;
+- its own optimizer state (hand-written SGD / momentum / Nesterov / Adam / AdamW with per-member step
+  counts, the update rules of `torch.optim`), L1 penalty and per-member gradient-norm clipping;
+- its own dropout masks (one engine generator, seeded from the fold seeds; not skorch's masks).
+
+Each fold comes back as a fitted `NetClassifier`/`NetRegressor` (`NetEstimator.prepare_fit` did its
+checks, target encoding and scaling) whose `net_` is a small stand-in holding the
+member's trained module, criterion and epoch history, so predict, loss, measures and `to_torch`
+are the estimator's own. `FoldFit.seconds` is the stack's wall time shared equally by the members.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.base import clone
+from torch import nn
+
+from gencv.engines.base import EpochCallback, FoldFit, FoldStartCallback
+from gencv.engines.optim import make_schedule
+from gencv.engines.skorch_engine import SkorchEngine
+from gencv.errors import DivergenceError, GencvError
+from gencv.models import init_weights_
+from gencv.seeds import derive_seed
+from gencv.splits import Fold
+
+__all__ = ["AutoEngine", "BatchedEngine", "UnsupportedSettingError", "engine_used", "unsupported_setting"]
+
+log = logging.getLogger(__name__)
+
+_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
+_SCHEDULES = ("none", "step", "exponential", "cosine")
+
+
+class UnsupportedSettingError(GencvError, ValueError):
+    """The batched engine cannot train this configuration; the message names the setting."""
+
+
+def unsupported_setting(estimator: Any) -> str | None:
+    """Why the batched engine cannot train `estimator` ("field: got X; ..."), or None when it can.
+
+    Settings the estimator itself refuses are not reported here: each fold's fit fails on them, as in the
+    skorch engine.
+    """
+    if not isinstance(estimator.module, str):
+        return f"module: got {estimator.module!r}; the batched engine stacks the built-in MLP only"
+    try:
+        m, t = estimator._specs()
+    except ValueError:
+        return None
+    if m.kind != "mlp":
+        return f"model.kind: got {m.kind!r}; the batched engine stacks MLPs only"
+    if m.batch_norm:
+        return "model.batch_norm: got true; the batched engine has no per-member batch norm yet"
+    if t.optimizer not in _OPTIMIZERS:
+        return f"train.optimizer: got {t.optimizer!r}; the batched engine supports {', '.join(_OPTIMIZERS)}"
+    if t.schedule.kind not in _SCHEDULES:
+        return (f"train.schedule.kind: got {t.schedule.kind!r}; the batched engine supports "
+                f"{', '.join(_SCHEDULES)} (a plateau schedule would need a learning rate per member)")
+    return None
+
+
+def engine_used(name: str, estimator: Any) -> str:
+    """The engine that `train.engine: name` trains `estimator` with (`auto` resolved to batched or skorch)."""
+    if name != "auto":
+        return name
+    return "batched" if unsupported_setting(estimator) is None else "skorch"
+
+
+class _MemberNet:
+    """What a fitted `NetEstimator` reads from its skorch net, for a member of the stack."""
+
+    def __init__(self, module: nn.Module, criterion: nn.Module, device: str, history: list[dict[str, Any]]) -> None:
+        self.module_ = module
+        self.criterion_ = criterion
+        self.device = device
+        self.history = history
+        self.callbacks_: list[tuple[str, Any]] = []
+
+
+@dataclass
+class _Member:
+    """One fold's state while the stack trains."""
+
+    fold: Fold
+    seed: int
+    est: Any
+    train: Any  # the estimator's TrainSpec
+    module: nn.Module
+    gen: torch.Generator  # the fold seed's stream after initialization: the shuffle orders
+    X: torch.Tensor  # preprocessed fit rows
+    y: torch.Tensor
+    X_es: torch.Tensor | None
+    y_es: torch.Tensor | None
+    X_ev: torch.Tensor | None
+    y_ev: np.ndarray | None
+    curve: Any
+    history: list[dict[str, Any]] = field(default_factory=list)
+    alive: bool = True
+    error: Exception | None = None
+    misses: int = 0
+    threshold: float = math.inf
+    best_epoch: int = 0
+    has_best: bool = False
+
+
+def _stack_rows(rows: Sequence[torch.Tensor | None], fill: float | int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad tensors of different lengths into (members, longest, ...) and a float mask of real rows."""
+    real = [r for r in rows if r is not None]
+    n_max = max((len(r) for r in real), default=0)
+    tail = real[0].shape[1:]
+    out = torch.full((len(rows), n_max, *tail), fill, dtype=real[0].dtype)
+    mask = torch.zeros(len(rows), n_max)
+    for i, r in enumerate(rows):
+        if r is not None and len(r):
+            out[i, : len(r)] = r
+            mask[i, : len(r)] = 1.0
+    return out, mask
+
+
+class _StackedMLP:
+    """The members' MLPs as one function of a flat (members, n_params) parameter tensor."""
+
+    def __init__(self, template: nn.Module) -> None:
+        self.steps: list[tuple[str, Any]] = []  # ("linear", (w_off, out, in, b_off)) | ("dropout", p) | ("act", module)
+        self.weight_slices: list[tuple[int, int]] = []
+        off = 0
+        for layer in template.net:
+            if isinstance(layer, nn.Linear):
+                o, i = layer.out_features, layer.in_features
+                self.steps.append(("linear", (off, o, i, off + o * i)))
+                self.weight_slices.append((off, off + o * i))
+                off += o * i + o
+            elif isinstance(layer, nn.Dropout):
+                self.steps.append(("dropout", float(layer.p)))
+            else:  # an elementwise activation module
+                self.steps.append(("act", layer))
+        self.n_params = off
+
+    def flatten(self, module: nn.Module) -> torch.Tensor:
+        """One member's parameters as a flat vector in the stack's layout."""
+        parts = []
+        for layer in module.net:
+            if isinstance(layer, nn.Linear):
+                parts += [layer.weight.detach().reshape(-1), layer.bias.detach().reshape(-1)]
+        return torch.cat(parts)
+
+    def load_(self, module: nn.Module, flat: torch.Tensor) -> nn.Module:
+        """Copy a flat vector into `module`'s parameters, in place."""
+        with torch.no_grad():
+            off = 0
+            for layer in module.net:
+                if isinstance(layer, nn.Linear):
+                    n = layer.weight.numel()
+                    layer.weight.copy_(flat[off : off + n].view_as(layer.weight))
+                    layer.bias.copy_(flat[off + n : off + n + layer.bias.numel()])
+                    off += n + layer.bias.numel()
+        return module
+
+    def leaves(self, flat: torch.Tensor, grad: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer (weight, bias) leaf views into `flat`, their `.grad` views into `grad`.
+
+        Autograd then accumulates every layer's gradient straight into the flat `grad` buffer (no
+        scatter of each slice's gradient into a full-size tensor, as views of one leaf would need).
+        """
+        M, out = flat.shape[0], []
+        for kind, arg in self.steps:
+            if kind == "linear":
+                w_off, o, i, b_off = arg
+                pair = []
+                for a, b, shape in ((w_off, b_off, (M, o, i)), (b_off, b_off + o, (M, o))):
+                    leaf = flat[:, a:b].view(shape).requires_grad_(True)
+                    leaf.grad = grad[:, a:b].view(shape)
+                    pair.append(leaf)
+                out.append((pair[0], pair[1]))
+        return out
+
+    @staticmethod
+    def sync_grads_(params: list[tuple[torch.Tensor, torch.Tensor]], grad: torch.Tensor, layout: list[Any]) -> None:
+        """Copy into `grad` any leaf gradient autograd did not accumulate in place (then rebind the view)."""
+        for (W, b), (w_off, o, i, b_off) in zip(params, layout):
+            for leaf, a, e in ((W, w_off, b_off), (b, b_off, b_off + o)):
+                view = grad[:, a:e].view(leaf.shape)
+                if leaf.grad is not None and leaf.grad.data_ptr() != view.data_ptr():
+                    view.copy_(leaf.grad)
+                    leaf.grad = view
+
+    @property
+    def layout(self) -> list[Any]:
+        return [arg for kind, arg in self.steps if kind == "linear"]
+
+    def forward(self, params: list[tuple[torch.Tensor, torch.Tensor]], X: torch.Tensor,
+                gen: torch.Generator | None) -> torch.Tensor:
+        """Outputs (members, rows, n_out) for inputs (members, rows, n_in); dropout only when `gen` is given."""
+        M = params[0][0].shape[0]
+        h = X.reshape(M, X.shape[1], -1)
+        layer = 0
+        for kind, arg in self.steps:
+            if kind == "linear":
+                W, b = params[layer]
+                layer += 1
+                h = torch.baddbmm(b.unsqueeze(1), h, W.transpose(1, 2))
+            elif kind == "dropout":
+                if gen is not None and arg > 0:
+                    keep = torch.empty_like(h).bernoulli_(1.0 - arg, generator=gen)
+                    h = h * keep / (1.0 - arg)
+            else:
+                h = arg(h)
+        return h
+
+    @staticmethod
+    def l1(params: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Sum of absolute weights (biases excluded, as skorch's penalty) per member."""
+        return sum(W.abs().flatten(1).sum(1) for W, _ in params)  # type: ignore[return-value]
+
+
+class _StackedOptimizer:
+    """`torch.optim`'s SGD / momentum / Nesterov / Adam / AdamW update, one row per member.
+
+    `step_` updates only the given member rows; the others keep parameters and state unchanged
+    (Adam's bias correction uses each member's own step count).
+    """
+
+    def __init__(self, kind: str, flat: torch.Tensor, *, momentum: float, weight_decay: float) -> None:
+        self.kind, self.momentum, self.wd = kind, momentum, weight_decay
+        self.betas, self.eps = (0.9, 0.999), 1e-8
+        z = torch.zeros_like(flat)
+        self.buf = z.clone() if kind in ("momentum", "nesterov") else None
+        self.exp_avg = z.clone() if kind in ("adam", "adamw") else None
+        self.exp_avg_sq = z.clone() if kind in ("adam", "adamw") else None
+        self.steps = torch.zeros(flat.shape[0], 1, dtype=flat.dtype, device=flat.device)
+
+    def step_(self, flat: torch.Tensor, grad: torch.Tensor, lr: float, rows: torch.Tensor | None) -> None:
+        """Update `flat` in place for member `rows` (None: all)."""
+        if rows is None:
+            self._update(flat, grad, lr)
+            return
+        p = flat[rows]
+        names = ("buf", "exp_avg", "exp_avg_sq", "steps")
+        saved = {n: getattr(self, n) for n in names}
+        for n in names:
+            if saved[n] is not None:
+                setattr(self, n, saved[n][rows])
+        try:
+            self._update(p, grad[rows], lr)
+            flat.index_copy_(0, rows, p)
+            for n in names:
+                if saved[n] is not None:
+                    saved[n].index_copy_(0, rows, getattr(self, n))
+        finally:
+            for n in names:
+                setattr(self, n, saved[n])
+
+    def _update(self, p: torch.Tensor, g: torch.Tensor, lr: float) -> None:
+        kind, wd = self.kind, self.wd
+        if kind in ("sgd", "momentum", "nesterov", "adam") and wd:
+            g = g.add(p, alpha=wd)
+        if kind == "sgd":
+            p.add_(g, alpha=-lr)
+        elif kind in ("momentum", "nesterov"):
+            assert self.buf is not None
+            self.buf.mul_(self.momentum).add_(g)  # a zero buffer makes the first step torch's clone(d_p)
+            d = g.add(self.buf, alpha=self.momentum) if kind == "nesterov" else self.buf
+            p.add_(d, alpha=-lr)
+        else:
+            assert self.exp_avg is not None and self.exp_avg_sq is not None
+            b1, b2 = self.betas
+            if kind == "adamw":
+                p.mul_(1.0 - lr * wd)
+            self.steps.add_(1.0)
+            self.exp_avg.lerp_(g, 1.0 - b1)
+            self.exp_avg_sq.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+            step_size = lr / (1.0 - b1**self.steps)
+            denom = (self.exp_avg_sq.sqrt() / (1.0 - b2**self.steps).sqrt()).add_(self.eps)
+            p.sub_(step_size * self.exp_avg / denom)
+
+
+def _learning_rates(train: Any) -> list[float]:
+    """The learning rate of each epoch: skorch's LRScheduler steps its policy once per epoch end."""
+    sched = make_schedule(train, "train_loss")
+    if sched is None:
+        return [float(train.lr)] * train.max_epochs
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=train.lr)
+    policy = sched.policy(opt, **sched.kwargs)
+    lrs = []
+    for _ in range(train.max_epochs):
+        lrs.append(float(opt.param_groups[0]["lr"]))
+        opt.step()
+        policy.step()
+    return lrs
+
+
+class BatchedEngine:
+    """All folds as one stacked MLP; the skorch engine's per-fold semantics (see the module docstring)."""
+
+    name = "batched"
+
+    def fit_folds(
+        self,
+        estimator: Any,
+        X: np.ndarray,
+        y: np.ndarray,
+        folds: Sequence[Fold],
+        seeds: Sequence[int],
+        *,
+        groups: np.ndarray | None = None,
+        eval_on_valid: bool = True,
+        on_fold_start: FoldStartCallback | None = None,
+        on_epoch: EpochCallback | None = None,
+    ) -> Iterator[FoldFit]:
+        if len(folds) != len(seeds):
+            raise ValueError(f"got {len(folds)} folds but {len(seeds)} seeds; pass one seed per fold")
+        reason = unsupported_setting(estimator)
+        if reason is not None:
+            raise UnsupportedSettingError(f"{reason}; use train.engine: skorch (or auto, which falls back)")
+        return self._fits(estimator, X, y, list(folds), list(seeds), groups, eval_on_valid, on_fold_start, on_epoch)
+
+    def _fits(self, estimator: Any, X: np.ndarray, y: np.ndarray, folds: list[Fold], seeds: list[int],
+              groups: np.ndarray | None, eval_on_valid: bool, on_fold_start: FoldStartCallback | None,
+              on_epoch: EpochCallback | None) -> Iterator[FoldFit]:
+        t0 = time.perf_counter()
+        failed: dict[int, Exception] = {}
+        members: list[_Member] = []
+        for pos, (fold, seed) in enumerate(zip(folds, seeds)):
+            if on_fold_start is not None:
+                on_fold_start(fold.index)
+            try:
+                members.append(_prepare(estimator, X, y, groups, fold, seed, eval_on_valid))
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:  # a fold's failure is reported, the other folds go on
+                failed[pos] = exc
+        if members:
+            _train(members, members[0].train, on_epoch)
+        share = (time.perf_counter() - t0) / max(1, len(folds))
+        it = iter(members)
+        for pos, (fold, seed) in enumerate(zip(folds, seeds)):
+            if pos in failed:
+                yield FoldFit(fold, seed, None, failed[pos], share)
+                continue
+            mb = next(it)
+            yield FoldFit(fold, seed, None if mb.error else mb.est, mb.error, share)
+
+
+def _prepare(estimator: Any, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None, fold: Fold, seed: int,
+             eval_on_valid: bool) -> _Member:
+    """A member: NetEstimator.fit's checks, scaling, initialization and early-stopping split, without training."""
+    est = clone(estimator).set_params(random_state=seed)
+    model, t, Xt, yf = est.prepare_fit(X[fold.train], y[fold.train])
+    yt = est.encode_target(yf)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(est._seed_)  # as NetEstimator.fit: the module's init draws come first ...
+        module = init_weights_(est.build_module(est.n_features_in_), model.init, model.activation)
+        module = module.to(getattr(torch, t.dtype))
+        gen = torch.Generator()
+        gen.set_state(torch.get_rng_state())  # ... then TensorBatches' shuffles continue the stream
+    est.init_state_ = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    split = est._inner_split(t.early_stopping, None if groups is None else np.asarray(groups)[fold.train])
+    if split is None:
+        fit_pos, es_pos = None, None
+    else:
+        codes = np.asarray(yt).astype(int) if est.task == "classification" else None
+        fit_pos, es_pos = split.positions(len(yt), codes)
+    est.fit_positions_, est.inner_valid_positions_ = fit_pos, es_pos
+    Xt_t, yt_t = torch.as_tensor(Xt), torch.as_tensor(yt)
+    X_ev = y_ev = None
+    if eval_on_valid and len(fold.valid):
+        X_ev = torch.as_tensor(est.scaled(X[fold.valid]))
+        y_ev = est.encode_target(y[fold.valid])
+    return _Member(
+        fold=fold, seed=seed, est=est, train=t, module=module, gen=gen,
+        X=Xt_t if fit_pos is None else Xt_t[torch.as_tensor(fit_pos)],
+        y=yt_t if fit_pos is None else yt_t[torch.as_tensor(fit_pos)],
+        X_es=None if es_pos is None else Xt_t[torch.as_tensor(es_pos)],
+        y_es=None if es_pos is None else yt_t[torch.as_tensor(es_pos)],
+        X_ev=X_ev, y_ev=y_ev, curve=est._curve_metric())
+
+
+def _row_losses(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
+    """Per-row criterion (members, rows): cross-entropy on logits or squared error."""
+    if task == "classification":
+        return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction="none").view(y.shape[:2])
+    return ((out - y) ** 2).mean(-1)
+
+
+def _masked_mean(losses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (losses * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> None:
+    """Train every member in lockstep, then hand each its module, history and early-stopping outcome."""
+    est0 = members[0].est
+    task, dtype, device = est0.task, getattr(torch, t.dtype), torch.device(t.device)
+    stack = _StackedMLP(members[0].module)
+    M, B = len(members), t.batch_size
+    flat = torch.stack([stack.flatten(m.module) for m in members]).to(device)
+    grad_buf = torch.zeros_like(flat)
+    params = stack.leaves(flat, grad_buf)
+    X_fit, fit_mask = _stack_rows([m.X for m in members])
+    y_fit, _ = _stack_rows([m.y for m in members])
+    X_fit, y_fit, fit_mask = X_fit.to(device), y_fit.to(device), fit_mask.to(device=device, dtype=dtype)
+    n_fit = [len(m.X) for m in members]
+    es = t.early_stopping
+    if es is not None:
+        X_es, es_mask = _stack_rows([m.X_es for m in members])
+        y_es, _ = _stack_rows([m.y_es for m in members])
+        X_es, y_es, es_mask = X_es.to(device), y_es.to(device), es_mask.to(device=device, dtype=dtype)
+        best = flat.detach().clone()
+    has_eval = any(m.X_ev is not None for m in members)
+    if has_eval:
+        X_ev, ev_mask = _stack_rows([m.X_ev for m in members])
+        X_ev, ev_mask = X_ev.to(device), ev_mask.to(device=device, dtype=dtype)
+        y_ev, _ = _stack_rows([None if m.y_ev is None else torch.as_tensor(m.y_ev) for m in members])
+        y_ev = y_ev.to(device)
+    opt = _StackedOptimizer(t.optimizer, flat, momentum=t.momentum, weight_decay=t.weight_decay)
+    drop_gen = torch.Generator(device=device)
+    drop_gen.manual_seed(derive_seed(members[0].seed, "batched-dropout", *[m.seed for m in members[1:]]))
+    has_dropout = any(kind == "dropout" and p > 0 for kind, p in stack.steps)
+    lrs = _learning_rates(t)
+    n_pad = max(n_fit)
+    for epoch in range(1, t.max_epochs + 1):
+        alive = [m.alive for m in members]
+        if not any(alive):
+            break
+        t_epoch = time.perf_counter()
+        perm = torch.zeros(M, n_pad, dtype=torch.long)
+        for i, m in enumerate(members):
+            if alive[i]:
+                perm[i, : n_fit[i]] = torch.randperm(n_fit[i], generator=m.gen)
+        n_rows = torch.tensor([n if a else 0 for n, a in zip(n_fit, alive)])
+        perm = perm.to(device)
+        Xp = torch.gather(X_fit, 1, perm.view(M, n_pad, *([1] * (X_fit.dim() - 2))).expand_as(X_fit))
+        yp = torch.gather(y_fit, 1, perm.view(M, n_pad, *([1] * (y_fit.dim() - 2))).expand_as(y_fit))
+        pos = torch.arange(n_pad)
+        row_mask = (pos.unsqueeze(0) < n_rows.unsqueeze(1)).to(device=device, dtype=dtype)
+        loss_sum = torch.zeros(M, dtype=dtype, device=device)
+        n_batches = (int(n_rows.max()) + B - 1) // B
+        for b in range(n_batches):
+            s = b * B
+            counts = (n_rows - s).clamp(min=0, max=B)  # rows each member has in this batch (CPU)
+            stepping = counts > 0
+            mask = row_mask[:, s : s + B]
+            out = stack.forward(params, Xp[:, s : s + B], drop_gen if has_dropout else None)
+            loss_m = _masked_mean(_row_losses(out, yp[:, s : s + B], task), mask)
+            if t.l1 > 0:
+                loss_m = loss_m + t.l1 * stack.l1(params)
+            finite = torch.isfinite(loss_m.detach()).cpu()
+            bad = stepping & ~finite
+            if bool(bad.any()):  # as skorch: stop the member at its first diverged batch, before the step
+                for i in torch.nonzero(bad).flatten().tolist():
+                    loss = float(loss_m[i].detach())
+                    members[i].alive, members[i].error = False, DivergenceError(
+                        f"training loss became {loss} at epoch {epoch}, batch {b + 1}; "
+                        "lower train.lr, set train.clip_grad_norm, or scale the data", epoch=epoch, batch=b + 1)
+                    n_rows[i] = 0
+                row_mask = (pos.unsqueeze(0) < n_rows.unsqueeze(1)).to(device=device, dtype=dtype)
+                stepping = stepping & finite
+            step_dev = stepping.to(device)
+            total = torch.where(step_dev, loss_m, torch.zeros_like(loss_m)).sum()
+            grad_buf.zero_()
+            with warnings.catch_warnings():  # the leaves are strided views by design (see _StackedMLP.leaves)
+                warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout")
+                total.backward()
+            stack.sync_grads_(params, grad_buf, stack.layout)
+            grad = grad_buf
+            if t.clip_grad_norm is not None:  # skorch's GradientNormClipping, per member
+                norm = grad.norm(dim=1, keepdim=True)
+                grad = grad * (t.clip_grad_norm / (norm + 1e-6)).clamp(max=1.0)
+            with torch.no_grad():
+                rows = None if bool(stepping.all()) else torch.nonzero(step_dev).flatten()
+                if rows is None or len(rows):
+                    opt.step_(flat, grad, lrs[epoch - 1], rows)
+                loss_sum += torch.where(step_dev, loss_m.detach(), torch.zeros_like(loss_m)) * counts.to(device, dtype)
+        with torch.no_grad():
+            train_loss = (loss_sum / n_rows.clamp(min=1).to(device, dtype)).cpu().tolist()
+            es_loss = _masked_mean(_row_losses(stack.forward(params, X_es, None), y_es, task), es_mask).cpu().tolist() \
+                if es is not None else None
+            if has_eval:
+                out_ev = stack.forward(params, X_ev, None)
+                ev_loss = _masked_mean(_row_losses(out_ev, y_ev, task), ev_mask).cpu().tolist()
+                out_ev_np = out_ev.cpu().numpy()
+        seconds = (time.perf_counter() - t_epoch) / max(1, sum(alive))
+        improved: list[int] = []
+        for i, m in enumerate(members):
+            if not alive[i] or not m.alive:
+                continue
+            row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss[i], "train_batch_count":
+                                   (n_fit[i] + B - 1) // B, "dur": seconds}
+            if es_loss is not None:
+                row["valid_loss"] = es_loss[i]
+            if has_eval and m.X_ev is not None:
+                row["curve_valid_loss"] = ev_loss[i]
+                row["curve_valid_score"] = float(m.curve(out_ev_np[i, : len(m.X_ev)], m.y_ev))
+            m.history.append(row)
+            if on_epoch is not None:
+                on_epoch(m.fold.index, epoch, dict(row))
+            if es is not None:  # skorch's EarlyStopping, threshold_mode="abs", lower is better
+                if es_loss[i] < m.threshold:
+                    m.misses, m.threshold, m.best_epoch, m.has_best = 0, es_loss[i] - es.min_delta, epoch, True
+                    improved.append(i)
+                else:
+                    m.misses += 1
+                if m.misses == es.patience:
+                    m.alive = False
+        if es is not None and es.restore_best and improved:
+            idx = torch.tensor(improved, device=device)
+            best.index_copy_(0, idx, flat.detach()[idx])
+    final = flat.detach()
+    if es is not None and es.restore_best:
+        back = [i for i, m in enumerate(members)
+                if m.has_best and m.history and m.best_epoch != m.history[-1]["epoch"]]
+        if back:
+            idx = torch.tensor(back, device=device)
+            final = final.clone()
+            final[idx] = best[idx]
+    criterion: nn.Module = nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
+    final = final.cpu()
+    for i, m in enumerate(members):
+        if m.error is not None:
+            continue
+        stack.load_(m.module, final[i])
+        est = m.est
+        est.net_ = _MemberNet(m.module, criterion, t.device, m.history)
+        est.epochs_run_ = len(m.history)
+        est.best_epoch_ = m.best_epoch if m.best_epoch > 0 else est.epochs_run_
+        m.module.to(device)
+
+
+class AutoEngine:
+    """The batched engine when it supports the configuration, else the skorch engine (the reason is logged)."""
+
+    name = "auto"
+
+    def fit_folds(self, estimator: Any, X: np.ndarray, y: np.ndarray, folds: Sequence[Fold], seeds: Sequence[int],
+                  **kwargs: Any) -> Iterator[FoldFit]:
+        reason = unsupported_setting(estimator)
+        if reason is None:
+            return BatchedEngine().fit_folds(estimator, X, y, folds, seeds, **kwargs)
+        log.info("train.engine=auto: using the skorch engine (%s)", reason)
+        return SkorchEngine().fit_folds(estimator, X, y, folds, seeds, **kwargs)

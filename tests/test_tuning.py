@@ -206,6 +206,9 @@ def _old_digest(exp: Experiment) -> str:
     for k in ("trials", "timeout", "max_consecutive_failures", "nested", "pruner_options"):
         raw["tune"].pop(k, None)
     raw.pop("name", None)
+    raw.pop("sweep", None)  # nor the keys added since (train.engine, train.dtype, sweep)
+    raw["train"].pop("engine", None)
+    raw["train"].pop("dtype", None)
     return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -214,9 +217,11 @@ def test_pruner_options_do_not_change_the_study_digest(tmp_path: Path) -> None:
     explicit = omitted.with_overrides({"tune.pruner_options": {"n_startup_trials": 3, "n_warmup_steps": 2}})
     other = omitted.with_overrides({"tune.pruner_options": {"n_warmup_steps": 4}})
     digest = gencv.tuning.study.study_digest
-    assert digest(omitted) == digest(explicit) == digest(other) == _old_digest(omitted)
+    assert digest(omitted) == digest(explicit) == digest(other)
+    assert digest(omitted, legacy=True) == _old_digest(omitted)
+    assert digest(omitted.with_overrides({"train.dtype": "float64"}), legacy=True) == ""  # not what old studies ran
     assert digest(omitted) != digest(omitted.with_overrides({"tune.pruner": "none"}))
-    # A study made before the option existed (its stored digest) resumes.
+    # A study made before the option (and train.engine, train.dtype) existed, with its stored digest, resumes.
     import optuna
 
     storage = f"sqlite:///{tmp_path}/optuna.db"

@@ -30,12 +30,18 @@ from gencv.tuning.trials import TrialContext, flush_tracker, real_run_id, worker
 log = logging.getLogger(__name__)
 
 
-def study_digest(exp: Experiment) -> str:
+#: spec keys added after studies were first stored, with their defaults: a study stored before a key
+#: existed was run as if the key had its default, so its digest is computed without the key.
+_ADDED_KEYS: dict[tuple[str, ...], Any] = {("train", "engine"): "skorch", ("train", "dtype"): "float32"}
+
+
+def study_digest(exp: Experiment, *, legacy: bool = False) -> str:
     """Digest of what makes trials comparable: the spec without the study's budget settings.
 
     `tune.pruner_options` is left out: it changes which trials stop early, not what a completed
     trial's value means, and leaving it out keeps studies made before the option existed resumable
-    (and an explicitly written default equal to an omitted one).
+    (and an explicitly written default equal to an omitted one). `legacy`: the digest as a gencv
+    without the keys in `_ADDED_KEYS` computed it (None when one of them is not at its default).
     """
     import hashlib
 
@@ -44,6 +50,11 @@ def study_digest(exp: Experiment) -> str:
     for k in ("trials", "timeout", "max_consecutive_failures", "nested", "pruner_options"):
         (raw.get("tune") or {}).pop(k, None)
     raw.pop("name", None)
+    if legacy:
+        for (section, key), default in _ADDED_KEYS.items():
+            if raw.get(section, {}).get(key, default) != default:
+                return ""
+            raw.get(section, {}).pop(key, None)
     return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -77,6 +88,8 @@ def open_study(exp: Experiment, dims: list[Dimension], storage: Any, name: str, 
         study.set_user_attr("gencv.spec_digest", digest)
         study.set_user_attr("gencv.metric", exp.metric)
         study.set_user_attr("gencv.space", {d.path: d.kind for d in dims})
+    elif stored != digest and stored == study_digest(exp, legacy=True):
+        study.set_user_attr("gencv.spec_digest", digest)  # a study of an earlier gencv: the same spec
     elif stored != digest:
         raise TuningError(f"--study {name}: that study was run with another spec or search space "
                           f"(digest {stored}, this spec {digest}); its trials are not comparable. "

@@ -263,8 +263,7 @@ def _summarize(exp: Experiment, levels: list[Level], base: int, outcomes: list[R
             notes.append(f"level {lv.label}: not compared with the baseline: {exc}")
     adjusted = dict(zip(tests, holm([p.corrected_p for p in tests.values()])))
     rows = []
-    measure_keys = sorted({k for o in outcomes for f in o.cv.ok_folds for k in f.measures
-                           if np.isfinite(f.measures[k])})
+    measure_keys = _varying_measures(outcomes)
     for lv, o in zip(levels, outcomes):
         row: dict[str, Any] = {"level": lv.label, **{p: _short(v) for p, v in lv.values.items()},
                                "baseline": lv.index == base, "folds_ok": len(o.cv.ok_folds)}
@@ -272,7 +271,8 @@ def _summarize(exp: Experiment, levels: list[Level], base: int, outcomes: list[R
             s = summarize(o.cv.values(key), bounds=value_bounds(key))
             row |= {f"{key}_mean": s["mean"], f"{key}_ci_low": s["ci_low"], f"{key}_ci_high": s["ci_high"]}
         for k in measure_keys:
-            row[f"{k}_mean"] = float(np.nanmean(o.cv.values(k))) if len(o.cv.values(k)) else float("nan")
+            vals = o.cv.values(k)
+            row[f"{k}_mean"] = float(np.mean(vals[np.isfinite(vals)])) if np.isfinite(vals).any() else float("nan")
         p = tests.get(lv.index)
         if p is not None:
             row |= {"diff_vs_baseline": p.mean_diff, "p_corrected": p.corrected_p, "p_holm": adjusted[lv.index],
@@ -283,6 +283,24 @@ def _summarize(exp: Experiment, levels: list[Level], base: int, outcomes: list[R
     if len(levels) > 1 and all(len(o.cv.ok_folds) < 2 for o in outcomes):
         notes.append("fewer than 2 successful folds per level: no paired test possible")
     return SweepOutcome(exp, levels, base, outcomes, table, correlations, notes=notes)
+
+
+def _varying_measures(outcomes: Sequence[RunOutcome]) -> list[str]:
+    """Measures every level has that vary across levels and folds (no constants, diagnostics or counts).
+
+    A per-layer norm named by its layer's position exists only where the levels share an architecture.
+    """
+    per_level = [{k for f in o.cv.ok_folds for k in f.measures} for o in outcomes if o.cv.ok_folds]
+    common = set.intersection(*per_level) if per_level else set()
+    keep = []
+    for k in sorted(common):
+        if k.endswith(("_converged", "sample_size", "n_params", "_probes")):
+            continue
+        vals = np.concatenate([o.cv.values(k) for o in outcomes])
+        vals = vals[np.isfinite(vals)]
+        if len(vals) > 1 and np.ptp(vals) > 0:
+            keep.append(k)
+    return keep
 
 
 def _correlations(levels: list[Level], outcomes: list[RunOutcome], metric: str, measure_keys: list[str]) -> pd.DataFrame:
@@ -338,12 +356,10 @@ def plot_levels(result: SweepOutcome, directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     metric = result.experiment.metric
     keys = [f"valid_{metric}", f"gap_{metric}"]
-    keys += sorted({k for o in result.outcomes for f in o.cv.ok_folds for k in f.measures
-                    if np.isfinite(f.measures[k]) and not k.endswith(("_converged", "sample_size", "n_params"))})
-    keys = [k for k in keys if np.nanstd(np.concatenate([o.cv.values(k) for o in result.outcomes]) if result.outcomes
-                                         else [0]) > 0 or k in (f"valid_{metric}", f"gap_{metric}")]
+    keys += _varying_measures(result.outcomes)
     paths = []
-    labels = [lv.label for lv in result.levels]
+    labels = [", ".join(_short(v) for v in lv.values.values()) for lv in result.levels]
+    axis = ", ".join(result.levels[0].values)
     per_page = 6
     for page, start in enumerate(range(0, len(keys), per_page)):
         chunk = keys[start:start + per_page]
@@ -367,6 +383,7 @@ def plot_levels(result: SweepOutcome, directory: Path) -> list[Path]:
             ax.set_xticklabels(labels, rotation=30 if len(labels) > 3 else 0, ha="right" if len(labels) > 3 else "center",
                                fontsize=8)
             ax.set_title(key, fontsize=10)
+            ax.set_xlabel(axis, fontsize=8)
         for ax in axes.ravel()[len(chunk):]:
             ax.set_visible(False)
         fig.suptitle(f"{result.experiment.name}: per level (grey: folds; blue: mean and 95% interval; "

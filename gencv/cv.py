@@ -63,6 +63,8 @@ class FoldResult:
     test_loss: float = float("nan")
     epochs_run: int = 0
     best_epoch: int = 0
+    stop_reached: int | None = None  # train.stop_at_train_loss: 1 when the fitted rows' loss reached it, else 0
+    stop_epoch: int | None = None  # the epoch it was reached (None when not reached, or no such target)
     fit_seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
     measures: dict[str, float] = field(default_factory=dict)
@@ -85,7 +87,8 @@ class FoldResult:
         out.update({f"gap_{k}": v for k, v in self.gaps.items()})
         out.update({"train_loss": self.train_loss, "es_loss": self.es_loss, "valid_loss": self.valid_loss,
                     "test_loss": self.test_loss,
-                    "epochs_run": self.epochs_run, "best_epoch": self.best_epoch, "fit_seconds": self.fit_seconds})
+                    "epochs_run": self.epochs_run, "best_epoch": self.best_epoch, "fit_seconds": self.fit_seconds,
+                    "stop_reached": self.stop_reached, "stop_epoch": self.stop_epoch})
         out.update(self.measures)
         return {k: float(v) for k, v in out.items() if v is not None and np.isfinite(v)}
 
@@ -224,6 +227,9 @@ def score_fold(
     Xtr, ytr, Xva, yva = X[fit_rows], y[fit_rows], X[fold.valid], y[fold.valid]
     res.n_fit = len(fit_rows)
     res.epochs_run, res.best_epoch = est.epochs_run_, est.best_epoch_
+    reached = getattr(est, "stop_reached_", None)
+    if reached is not None:
+        res.stop_reached, res.stop_epoch = int(reached), getattr(est, "stop_epoch_", None)
     res.history = est.epoch_history()
     labels = list(range(est.n_classes)) if est.task == "classification" else []
     if est.inner_valid_positions_ is not None:

@@ -14,7 +14,7 @@ from gencv.engines import FittedModel, FoldFit, get_engine
 from gencv.errors import DivergenceError
 from gencv.metrics import METRICS, score_all
 from gencv.seeds import derive_seed
-from gencv.splits import Fold
+from gencv.splits import Fold, subsample_train
 from gencv.tracking import NullTracker, Tracker
 
 __all__ = ["CVResult", "FoldResult", "Progress", "cross_validate", "fit_and_score", "gaps", "score_fold"]
@@ -47,7 +47,7 @@ class FoldResult:
 
     index: int
     seed: int
-    n_train: int  # rows of the training fold (the fitted rows plus the early-stopping split)
+    n_train: int  # rows of the training fold (after data.train_fraction; the fitted rows plus the early-stopping split)
     n_valid: int
     n_fit: int = 0  # rows the network was fitted on (the training fold minus the early-stopping split)
     status: str = "ok"  # "ok" | "failed"
@@ -319,6 +319,7 @@ def cross_validate(
     keep_estimators: bool = False,
     engine: str = "skorch",
     groups: np.ndarray | None = None,
+    train_fraction: float = 1.0,
 ) -> CVResult:
     """Fit and score one clone of `estimator` per fold; log each fold as a child run of `parent_run`.
 
@@ -329,8 +330,14 @@ def cross_validate(
     done : finished folds from an interrupted run, reused instead of refitted.
     groups : one group label per row of X (`data.group`): early stopping inside each training fold
         then holds out whole groups, as the folds themselves do.
+    train_fraction : `data.train_fraction`: each training fold is subsampled to this fraction
+        (`splits.subsample_train`, seeded per fold) before it is fitted; held-out folds are unchanged.
     """
     eng = get_engine(engine)
+    if train_fraction < 1.0:
+        folds = [subsample_train(f, y, groups, train_fraction, derive_seed(seed, "fold", i, "train_fraction"),
+                                 time_ordered=bool(getattr(estimator, "time_ordered", False)),
+                                 stratified=estimator.task == "classification") for i, f in enumerate(folds)]
     tracker = tracker or NullTracker()
     progress = progress or _NoProgress()
     done = dict(done or {})

@@ -9,7 +9,7 @@ import pytest
 
 from gencv.runner import prepare, refit_rows
 from gencv.splits import Fold, folds_digest, subsample_train, train_subsample_size
-from gencv.studies.sweep import run_sweep
+from gencv.studies.sweep import parse_grid, run_sweep
 from gencv.tracking import NullTracker
 
 from .conftest import tiny
@@ -77,7 +77,14 @@ def test_cv_fits_the_subsample_and_the_refit_uses_the_same_fraction() -> None:
     assert np.array_equal(rows, refit_rows(exp, prep))
 
 
+def test_a_rare_class_keeps_a_row() -> None:
+    y = np.repeat([0, 1], [97, 3])
+    sub = subsample_train(Fold(0, np.arange(100), np.arange(0)), y, None, 0.1, seed=0, stratified=True)
+    assert np.bincount(y[sub.train]).tolist() == [10, 1]  # 9.7 -> 10 rows of class 0; class 1's 0.3 -> 1 row
+
+
 def test_sweep_over_train_fraction_draws_the_learning_curve() -> None:
+    assert parse_grid(["data.train_fraction=0.1,0.3,1.0"]) == {"data.train_fraction": [0.1, 0.3, 1.0]}
     exp = tiny(**{"train.max_epochs": 2, "train.early_stopping": None})
     out = run_sweep(exp, {"data.train_fraction": [0.3, 1.0]}, tracker=NullTracker())
     small, whole = out.outcomes

@@ -32,7 +32,13 @@ from gencv.report import (
 )
 from gencv.seeds import derive_seed
 from gencv.spec import Experiment
-from gencv.splits import Fold, folds_digest, make_folds, scheme_warnings, subsample_train
+from gencv.splits import (
+    Fold,
+    folds_digest,
+    make_folds,
+    scheme_warnings,
+    subsample_train,
+)
 from gencv.tracking import MlflowTracker, NullTracker, Tracker
 
 __all__ = ["Prepared", "RunOutcome", "make_estimator", "prepare", "run_experiment"]

@@ -14,7 +14,7 @@ from gencv.engines import FittedModel, FoldFit, get_engine
 from gencv.errors import DivergenceError
 from gencv.metrics import METRICS, score_all
 from gencv.seeds import derive_seed
-from gencv.splits import Fold
+from gencv.splits import Fold, subsample_train
 from gencv.tracking import NullTracker, Tracker
 
 __all__ = ["CVResult", "FoldResult", "Progress", "cross_validate", "fit_and_score", "gaps", "score_fold"]
@@ -47,7 +47,7 @@ class FoldResult:
 
     index: int
     seed: int
-    n_train: int  # rows of the training fold (the fitted rows plus the early-stopping split)
+    n_train: int  # rows of the training fold (after data.train_fraction; the fitted rows plus the early-stopping split)
     n_valid: int
     n_fit: int = 0  # rows the network was fitted on (the training fold minus the early-stopping split)
     status: str = "ok"  # "ok" | "failed"
@@ -63,6 +63,8 @@ class FoldResult:
     test_loss: float = float("nan")
     epochs_run: int = 0
     best_epoch: int = 0
+    stop_reached: int | None = None  # train.stop_at_train_loss: 1 when the fitted rows' loss reached it, else 0
+    stop_epoch: int | None = None  # the epoch it was reached (None when not reached, or no such target)
     fit_seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
     measures: dict[str, float] = field(default_factory=dict)
@@ -85,7 +87,8 @@ class FoldResult:
         out.update({f"gap_{k}": v for k, v in self.gaps.items()})
         out.update({"train_loss": self.train_loss, "es_loss": self.es_loss, "valid_loss": self.valid_loss,
                     "test_loss": self.test_loss,
-                    "epochs_run": self.epochs_run, "best_epoch": self.best_epoch, "fit_seconds": self.fit_seconds})
+                    "epochs_run": self.epochs_run, "best_epoch": self.best_epoch, "fit_seconds": self.fit_seconds,
+                    "stop_reached": self.stop_reached, "stop_epoch": self.stop_epoch})
         out.update(self.measures)
         return {k: float(v) for k, v in out.items() if v is not None and np.isfinite(v)}
 
@@ -224,6 +227,9 @@ def score_fold(
     Xtr, ytr, Xva, yva = X[fit_rows], y[fit_rows], X[fold.valid], y[fold.valid]
     res.n_fit = len(fit_rows)
     res.epochs_run, res.best_epoch = est.epochs_run_, est.best_epoch_
+    reached = getattr(est, "stop_reached_", None)
+    if reached is not None:
+        res.stop_reached, res.stop_epoch = int(reached), getattr(est, "stop_epoch_", None)
     res.history = est.epoch_history()
     labels = list(range(est.n_classes)) if est.task == "classification" else []
     if est.inner_valid_positions_ is not None:
@@ -313,6 +319,7 @@ def cross_validate(
     keep_estimators: bool = False,
     engine: str = "skorch",
     groups: np.ndarray | None = None,
+    train_fraction: float = 1.0,
 ) -> CVResult:
     """Fit and score one clone of `estimator` per fold; log each fold as a child run of `parent_run`.
 
@@ -323,8 +330,14 @@ def cross_validate(
     done : finished folds from an interrupted run, reused instead of refitted.
     groups : one group label per row of X (`data.group`): early stopping inside each training fold
         then holds out whole groups, as the folds themselves do.
+    train_fraction : `data.train_fraction`: each training fold is subsampled to this fraction
+        (`splits.subsample_train`, seeded per fold) before it is fitted; held-out folds are unchanged.
     """
     eng = get_engine(engine)
+    if train_fraction < 1.0:
+        folds = [subsample_train(f, y, groups, train_fraction, derive_seed(seed, "fold", i, "train_fraction"),
+                                 time_ordered=bool(getattr(estimator, "time_ordered", False)),
+                                 stratified=estimator.task == "classification") for i, f in enumerate(folds)]
     tracker = tracker or NullTracker()
     progress = progress or _NoProgress()
     done = dict(done or {})

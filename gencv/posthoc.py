@@ -16,7 +16,7 @@ import torch
 from gencv.checksums import sha256_file, tag_key
 from gencv.errors import GencvError, did_you_mean
 from gencv.measures import MeasureConfig, MeasureResult, compute_measures, plot_density, validate_measure_names
-from gencv.runner import prepare
+from gencv.runner import prepare, refit_rows
 from gencv.seeds import derive_seed
 from gencv.spec import Experiment, load_experiment
 from gencv.tracking import MlflowTracker
@@ -157,12 +157,13 @@ def measure_logged_run(
     except RuntimeError as exc:
         raise GencvError(f"run {run_id}: the logged weights do not fit the network of its spec: {exc}") from None
     module.eval()
-    # The rows the refit's network was fitted on: all non-test rows but its early-stopping split
-    # (recovered from the refit's seed, as the refit drew it).
+    # The rows the refit's network was fitted on: the non-test rows (subsampled to data.train_fraction)
+    # but its early-stopping split (recovered from the refit's seed, as the refit drew them).
     refit_est = est.set_params(random_state=derive_seed(exp.seed, "refit"))
-    groups = None if ds.groups is None else ds.groups[prep.cv_idx]
-    rows = prep.cv_idx[refit_est.fit_positions(ds.y[prep.cv_idx], groups)]
-    # The refit's scaler was fit on all non-test rows: (x - shift) / scale in float64, then float32 like the estimator.
+    given = refit_rows(exp, prep)
+    groups = None if ds.groups is None else ds.groups[given]
+    rows = given[refit_est.fit_positions(ds.y[given], groups)]
+    # The refit's scaler was fit on the rows given to the refit: (x - shift) / scale in float64, then float32 like the estimator.
     X = torch.as_tensor(ds.X[rows], dtype=torch.float64)
     Xs = ((X - state["shift"].double()) / state["scale"].double()).float()
     if ds.task == "classification":

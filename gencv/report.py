@@ -69,6 +69,7 @@ def fold_table(result: CVResult) -> pd.DataFrame:
             "gap_loss": f.gaps.get("loss", np.nan),
             "epochs_run": f.epochs_run,
             "best_epoch": f.best_epoch,
+            **({"stop_reached": f.stop_reached, "stop_epoch": f.stop_epoch} if f.stop_reached is not None else {}),
             "fit_seconds": round(f.fit_seconds, 3),
             "reason": f.reason,
             **{k: v for k, v in f.measures.items()},

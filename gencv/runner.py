@@ -32,7 +32,13 @@ from gencv.report import (
 )
 from gencv.seeds import derive_seed
 from gencv.spec import Experiment
-from gencv.splits import Fold, folds_digest, make_folds, scheme_warnings
+from gencv.splits import (
+    Fold,
+    folds_digest,
+    make_folds,
+    scheme_warnings,
+    subsample_train,
+)
 from gencv.tracking import MlflowTracker, NullTracker, Tracker
 
 __all__ = ["Prepared", "RunOutcome", "make_estimator", "prepare", "run_experiment"]
@@ -314,7 +320,7 @@ def run_experiment(
             prep.estimator, ds.X, ds.y, prep.folds, metric=exp.metric, seed=exp.seed,
             X_test=prep.X_test, y_test=prep.y_test, measures=exp.measures, measure_config=measure_config,
             tracker=tracker, experiment=exp.name, parent_run=run_id, progress=progress, done=done,
-            keep_estimators=False, groups=ds.groups, engine=exp.train.engine,
+            keep_estimators=False, groups=ds.groups, engine=exp.train.engine, train_fraction=exp.data.train_fraction,
         )
         tracked = not isinstance(tracker, NullTracker)
         outcome = RunOutcome(exp, ds, result, summary_table(result), fold_table(result),
@@ -431,7 +437,8 @@ def fit_refit(exp: Experiment, prep: Prepared) -> tuple[NetEstimator, dict[str, 
     """Fit on every non-test sample (early stopping still validates inside it) and score the test set."""
     ds = prep.dataset
     est = make_estimator(exp, ds, seed=derive_seed(exp.seed, "refit"))
-    est.fit(ds.X[prep.cv_idx], ds.y[prep.cv_idx], groups=None if ds.groups is None else ds.groups[prep.cv_idx])
+    rows = refit_rows(exp, prep)
+    est.fit(ds.X[rows], ds.y[rows], groups=None if ds.groups is None else ds.groups[rows])
     scores: dict[str, float] = {}
     if len(prep.test_idx):
         Xt, yt = ds.X[prep.test_idx], ds.y[prep.test_idx]
@@ -441,6 +448,15 @@ def fit_refit(exp: Experiment, prep: Prepared) -> tuple[NetEstimator, dict[str, 
         scores = score_all(ds.task, yt, pred, proba, labels)
         scores["loss"] = est.loss(Xt, yt)
     return est, scores
+
+
+def refit_rows(exp: Experiment, prep: Prepared) -> np.ndarray:
+    """The rows the refit fits on: the non-test rows, subsampled to `data.train_fraction` (seeded from the refit)."""
+    ds = prep.dataset
+    whole = Fold(-1, prep.cv_idx, prep.test_idx)
+    return subsample_train(whole, ds.y, ds.groups, exp.data.train_fraction,
+                           derive_seed(exp.seed, "refit", "train_fraction"), time_ordered=ds.is_time_series,
+                           stratified=ds.task == "classification").train
 
 
 def log_refit(tracker: Tracker, run_id: str, prep: Prepared, est: NetEstimator, scores: dict[str, float],

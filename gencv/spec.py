@@ -52,6 +52,8 @@ class DataSpec(_Strict):
     noise: float | None = Field(None, ge=0.0)
     lags: int = Field(12, ge=1, le=1000)
     horizon: int = Field(1, ge=1, le=1000)
+    # Fraction of each training fold (and of the refit's rows) that is fitted on; held-out folds are unchanged.
+    train_fraction: float = Field(1.0, gt=0.0, le=1.0)
 
     @field_validator("features")
     @classmethod
@@ -130,6 +132,18 @@ class TrainSpec(_Strict):
     device: str = "cpu"
     engine: Literal["skorch", "batched", "auto"] = "skorch"  # auto: batched when it supports the settings
     dtype: Literal["float32", "float64"] = "float32"  # float64 for reference checks between engines
+    # Train until the eval-mode data loss on the fitted rows is <= this (Jiang et al. 2019), or max_epochs.
+    stop_at_train_loss: float | None = Field(None, gt=0.0)
+
+    @model_validator(mode="after")
+    def _one_stopping_rule(self) -> TrainSpec:
+        if self.stop_at_train_loss is not None and self.early_stopping is not None:
+            raise ValueError(
+                f"train.stop_at_train_loss={self.stop_at_train_loss} cannot be combined with train.early_stopping "
+                "(each decides when training ends, and early stopping fits fewer rows); set "
+                "train.early_stopping: null to train to the loss, or drop train.stop_at_train_loss"
+            )
+        return self
 
     @field_validator("device")
     @classmethod

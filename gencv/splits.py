@@ -29,7 +29,7 @@ from gencv.spec import CVSpec
 if TYPE_CHECKING:
     from gencv.data import Dataset
 
-__all__ = ["Fold", "folds_digest", "make_folds", "make_splitter", "scheme_warnings"]
+__all__ = ["Fold", "folds_digest", "make_folds", "make_splitter", "scheme_warnings", "subsample_train", "train_subsample_size"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,58 @@ def folds_digest(folds: Sequence[Fold]) -> str:
             h.update(b"|")
         h.update(b";")
     return h.hexdigest()[:16]
+
+
+def train_subsample_size(n: int, fraction: float) -> int:
+    """Rows (or groups) `data.train_fraction` keeps of `n`: ceil(fraction * n), at least 1 (so 1.0 keeps all)."""
+    return min(n, max(1, math.ceil(fraction * n - 1e-9)))  # the tolerance: 0.3 * 10 is 3.0000000000000004
+
+
+def subsample_train(
+    fold: Fold,
+    y: np.ndarray,
+    groups: np.ndarray | None,
+    fraction: float,
+    seed: int,
+    *,
+    time_ordered: bool = False,
+    stratified: bool = False,
+) -> Fold:
+    """The fold with its training rows subsampled to `fraction` (`data.train_fraction`); the held-out rows unchanged.
+
+    Time series (`time_ordered`): the latest `train_subsample_size(n, fraction)` rows of the training fold.
+    Grouped data (`groups`, one label per row of the dataset): that many of the fold's groups, drawn
+    at random, whole. Otherwise a random draw of that many rows, `stratified` (classification): every
+    class keeps its share to within one row (largest remainders) and at least one row (one more row than
+    `train_subsample_size` per class that would otherwise have none). `y` is indexed
+    by the fold's absolute indices; the kept rows stay in the fold's order. Seeded by `seed` only.
+    """
+    train = np.asarray(fold.train)
+    n = len(train)
+    if fraction >= 1.0 or n == 0:
+        return fold
+    k = train_subsample_size(n, fraction)
+    rng = np.random.default_rng(seed)
+    if time_ordered:
+        keep = np.argsort(train, kind="stable")[n - k :]
+    elif groups is not None:
+        g = np.asarray(groups)[train]
+        labels = np.unique(g)
+        chosen = rng.choice(labels, size=train_subsample_size(len(labels), fraction), replace=False)
+        keep = np.flatnonzero(np.isin(g, chosen))
+    elif stratified:
+        codes = np.unique(np.asarray(y)[train], return_inverse=True)[1]
+        counts = np.bincount(codes)
+        share = counts * (k / n)
+        take = np.floor(share).astype(int)
+        order = np.argsort(-(share - take), kind="stable")  # largest remainders first
+        take[order[: k - take.sum()]] += 1
+        take = np.maximum(take, np.minimum(counts, 1))  # every class of the fold keeps a row
+        keep = np.concatenate([rng.choice(np.flatnonzero(codes == c), size=t, replace=False)
+                               for c, t in enumerate(take) if t])
+    else:
+        keep = rng.choice(n, size=k, replace=False)
+    return Fold(fold.index, train[np.sort(keep)], fold.valid)
 
 
 def make_splitter(

@@ -234,3 +234,31 @@ def test_fold_numbers_are_unchanged_for_the_same_seed(case: str) -> None:
     from .cv_reference import CASES, REFERENCE, fold_numbers
 
     assert fold_numbers(CASES[case]) == json.loads(REFERENCE.read_text())[case]
+
+
+@pytest.mark.parametrize("value, reachable", [(0.55, True), (1e-6, False)])
+def test_stop_at_train_loss_stops_at_the_first_epoch_at_or_below_it(value: float, reachable: bool) -> None:
+    from gencv.engines.batched import unsupported_setting
+
+    exp = tiny(**{"train.early_stopping": None, "train.stop_at_train_loss": value, "train.max_epochs": 40,
+                  "model.dropout": 0.5})
+    if not reachable:
+        exp = exp.with_overrides({"train.max_epochs": 4})
+    prep = prepare(exp)
+    ds = prep.dataset
+    assert "train.stop_at_train_loss" in (unsupported_setting(prep.estimator) or "")  # the batched engine refuses it
+    res = cross_validate(prep.estimator, ds.X, ds.y, prep.folds[:2], metric="accuracy", seed=0, keep_estimators=True)
+    for f, fold in zip(res.folds, prep.folds):
+        assert f.ok and f.estimator is not None
+        curve = [row["curve_fit_loss"] for row in f.history]
+        assert len(curve) == f.epochs_run
+        # the recorded loss is the eval-mode data loss on the fitted rows (dropout 0.5 would change it)
+        assert curve[-1] == pytest.approx(f.estimator.loss(ds.X[fold.train], ds.y[fold.train]), rel=1e-5)
+        assert f.train_loss == pytest.approx(curve[-1], rel=1e-5)
+        if reachable:
+            assert f.stop_reached == 1 and f.stop_epoch == f.epochs_run < 40
+            assert curve[-1] <= value and all(c > value for c in curve[:-1])
+            assert f.flat_metrics()["stop_reached"] == 1.0 and f.flat_metrics()["stop_epoch"] == f.epochs_run
+        else:
+            assert f.stop_reached == 0 and f.stop_epoch is None and f.epochs_run == 4
+            assert "stop_epoch" not in f.flat_metrics() and f.flat_metrics()["stop_reached"] == 0.0

@@ -128,6 +128,7 @@ def test_dropout_members_differ_and_are_reproducible() -> None:
     ({"optimizer": "lbfgs"}, "train.optimizer"),
     ({"optimizer": "rmsprop"}, "train.optimizer"),
     ({"schedule": "plateau"}, "train.schedule.kind"),
+    ({"stop_at_train_loss": 0.1}, "train.stop_at_train_loss"),
 ])
 def test_unsupported_settings_name_the_setting_and_suggest_skorch(change: dict, field: str) -> None:
     est = _est(**change)

@@ -102,3 +102,13 @@ def test_every_example_runs(path: str) -> None:
     ds = prep.dataset
     res = cross_validate(prep.estimator, ds.X, ds.y, prep.folds[:25], metric=exp.metric, seed=exp.seed)
     assert res.n_failed == 0 and all(math.isfinite(f.valid_scores[exp.metric]) for f in res.folds)
+
+
+def test_stop_at_train_loss_with_early_stopping_names_both_fields_and_the_fix() -> None:
+    with pytest.raises(SpecError, match=r"train\.stop_at_train_loss=0\.1 cannot be combined with train\.early_stopping"
+                       r".*train\.early_stopping: null"):
+        validate_experiment({"train": {"stop_at_train_loss": 0.1}})  # early stopping is on by default
+    exp = validate_experiment({"train": {"stop_at_train_loss": 0.1, "early_stopping": None}})
+    assert exp.train.stop_at_train_loss == 0.1
+    with pytest.raises(SpecError, match=r"train\.stop_at_train_loss"):
+        validate_experiment({"train": {"stop_at_train_loss": 0.0, "early_stopping": None}})

@@ -206,9 +206,11 @@ def _old_digest(exp: Experiment) -> str:
     for k in ("trials", "timeout", "max_consecutive_failures", "nested", "pruner_options"):
         raw["tune"].pop(k, None)
     raw.pop("name", None)
-    raw.pop("sweep", None)  # nor the keys added since (train.engine, train.dtype, sweep)
+    raw.pop("sweep", None)  # nor the keys added since (train.engine, train.dtype, sweep, ...)
     raw["train"].pop("engine", None)
     raw["train"].pop("dtype", None)
+    raw["train"].pop("stop_at_train_loss", None)
+    raw["data"].pop("train_fraction", None)
     return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -220,6 +222,7 @@ def test_pruner_options_do_not_change_the_study_digest(tmp_path: Path) -> None:
     assert digest(omitted) == digest(explicit) == digest(other)
     assert digest(omitted, legacy=True) == _old_digest(omitted)
     assert digest(omitted.with_overrides({"train.dtype": "float64"}), legacy=True) == ""  # not what old studies ran
+    assert digest(omitted.with_overrides({"data.train_fraction": 0.5}), legacy=True) == ""
     assert digest(omitted) != digest(omitted.with_overrides({"tune.pruner": "none"}))
     # A study made before the option (and train.engine, train.dtype) existed, with its stored digest, resumes.
     import optuna

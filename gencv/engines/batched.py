@@ -79,6 +79,9 @@ def unsupported_setting(estimator: Any) -> str | None:
         return "model.batch_norm: got true; the batched engine has no per-member batch norm yet"
     if t.optimizer not in _OPTIMIZERS:
         return f"train.optimizer: got {t.optimizer!r}; the batched engine supports {', '.join(_OPTIMIZERS)}"
+    if t.stop_at_train_loss is not None:
+        return (f"train.stop_at_train_loss: got {t.stop_at_train_loss}; the batched engine does not stop members "
+                "at a training loss")
     if t.schedule.kind not in _SCHEDULES:
         return (f"train.schedule.kind: got {t.schedule.kind!r}; the batched engine supports "
                 f"{', '.join(_SCHEDULES)} (a plateau schedule would need a learning rate per member)")

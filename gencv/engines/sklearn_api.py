@@ -30,6 +30,7 @@ from gencv.engines.skorch_net import (
     InnerSplit,
     SkorchClassifier,
     SkorchRegressor,
+    StopAtTrainLoss,
     StopTraining,
     TensorBatches,
 )
@@ -117,6 +118,9 @@ class NetEstimator(BaseEstimator):
     early_stopping : bool, a dict of ``train.early_stopping`` fields, or an EarlyStoppingSpec
         Validated on a split *inside* the data given to ``fit`` (the last block when ``time_ordered``,
         whole groups when ``fit`` gets ``groups``).
+    stop_at_train_loss : float or None
+        Train until the data loss (no penalty, dropout off) on the rows given to ``fit`` is <= this, checked
+        after every epoch, or ``max_epochs``; needs ``early_stopping=False``. Sets ``stop_reached_``, ``stop_epoch_``.
     scale : "standard", "minmax" or "none"
         Feature scaling, fitted on the data given to ``fit`` only.
     time_ordered, time_gap
@@ -155,6 +159,7 @@ class NetEstimator(BaseEstimator):
         schedule: Any = "cosine",
         clip_grad_norm: float | None = None,
         early_stopping: Any = True,
+        stop_at_train_loss: float | None = None,
         device: str = "cpu",
         dtype: str = "float32",
         scale: str = "standard",
@@ -186,6 +191,7 @@ class NetEstimator(BaseEstimator):
         self.schedule = schedule
         self.clip_grad_norm = clip_grad_norm
         self.early_stopping = early_stopping
+        self.stop_at_train_loss = stop_at_train_loss
         self.device = device
         self.dtype = dtype
         self.scale = scale
@@ -244,7 +250,7 @@ class NetEstimator(BaseEstimator):
                               weight_decay=self.weight_decay, l1=self.l1, batch_size=self.batch_size,
                               max_epochs=self.max_epochs, schedule=_schedule(self.schedule),
                               clip_grad_norm=self.clip_grad_norm, early_stopping=_early_stopping(self.early_stopping),
-                              device=self.device, dtype=self.dtype)
+                              stop_at_train_loss=self.stop_at_train_loss, device=self.device, dtype=self.dtype)
         except ValidationError as exc:
             raise ValueError(f"{type(self).__name__}: invalid setting(s):\n{exc}") from None
         if self.scale not in ("standard", "minmax", "none"):
@@ -307,6 +313,8 @@ class NetEstimator(BaseEstimator):
             callbacks.append(("early_stopping", FoldEarlyStopping(
                 monitor="valid_loss", patience=es.patience, threshold=es.min_delta, threshold_mode="abs",
                 lower_is_better=True, load_best=es.restore_best)))
+        if t.stop_at_train_loss is not None:  # last: the stopping epoch still gets its curve point and schedule step
+            callbacks.append(("stop_at_train_loss", StopAtTrainLoss(t.stop_at_train_loss)))
         common: dict[str, Any] = dict(
             module=module, optimizer=opt, lr=t.lr, max_epochs=t.max_epochs,
             batch_size=t.batch_size, train_split=self._inner_split(es, groups), callbacks=callbacks, verbose=0,
@@ -425,6 +433,10 @@ class NetEstimator(BaseEstimator):
         # The epoch early stopping judged best (min_delta applied): the weights restored when restore_best.
         best = int(getattr(stopper, "best_epoch_", 0) or 0)
         self.best_epoch_ = best if best > 0 else self.epochs_run_
+        target = dict(net.callbacks_).get("stop_at_train_loss")
+        # Whether and when the fitted rows' loss reached train.stop_at_train_loss (None: no such target).
+        self.stop_reached_ = None if target is None else bool(target.reached_)
+        self.stop_epoch_ = None if target is None or not target.reached_ else int(target.stop_epoch_)
         return self
 
     # ------------------------------------------------------------------ predicting
@@ -464,6 +476,8 @@ class NetEstimator(BaseEstimator):
                 row["curve_es_loss"] = float(h["valid_loss"])
             if "curve_valid_loss" in h:
                 row["curve_valid_loss"] = float(h["curve_valid_loss"])
+            if "curve_fit_loss" in h:  # train.stop_at_train_loss: the eval-mode data loss on the fitted rows
+                row["curve_fit_loss"] = float(h["curve_fit_loss"])
             if "curve_valid_score" in h:
                 row[score_name] = float(h["curve_valid_score"])
             rows.append(row)

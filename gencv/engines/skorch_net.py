@@ -148,6 +148,42 @@ class HeldOutCurve(Callback):
 
 
 
+class StopAtTrainLoss(Callback):
+    """End training at the first epoch whose data loss on the fitted rows is <= `value` (Jiang et al. 2019).
+
+    The loss is the criterion alone (no L1/L2 penalty) in eval mode (dropout off), recomputed on the
+    whole training set at the end of every epoch and recorded as `curve_fit_loss`; `reached_` and
+    `stop_epoch_` say whether and when it got there (max_epochs ends training otherwise).
+    """
+
+    def __init__(self, value: float, chunk: int = 4096) -> None:
+        self.value = value
+        self.chunk = chunk
+
+    def initialize(self) -> StopAtTrainLoss:
+        self.reached_, self.stop_epoch_ = False, 0
+        return self
+
+    def on_train_begin(self, net: Any, **kw: Any) -> None:
+        self.reached_, self.stop_epoch_ = False, 0
+
+    def on_epoch_end(self, net: Any, dataset_train: Any = None, **kw: Any) -> None:
+        X, y = _resolve(dataset_train)
+        module = net.module_
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.no_grad():
+                out = torch.cat([module(X[i : i + self.chunk].to(net.device)) for i in range(0, len(X), self.chunk)])
+                loss = float(net.criterion_(out, y.to(net.device)))
+        finally:
+            module.train(was_training)
+        net.history.record("curve_fit_loss", loss)
+        if loss <= self.value:
+            self.reached_, self.stop_epoch_ = True, len(net.history)
+            raise StopTraining
+
+
 class StopTraining(Exception):
     """Early stopping's signal (skorch's own EarlyStopping raises KeyboardInterrupt, indistinguishable from Ctrl-C)."""
 

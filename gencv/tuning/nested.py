@@ -19,16 +19,33 @@ from gencv.report import summarize
 from gencv.runner import Prepared, make_estimator, refit_model
 from gencv.seeds import derive_seed
 from gencv.spec import Experiment
-from gencv.splits import Fold, make_folds
+from gencv.splits import Fold, make_folds, subsample_train
 from gencv.tracking import NullTracker, Tracker
-from gencv.tuning.records import NestedEstimate, NestedFold, TrialRecord, TuneOutcome, TuningError, study_counts
-from gencv.tuning.report import measure_gap_report, plot_measures_vs_gap_trials, study_plots
+from gencv.tuning.records import (
+    NestedEstimate,
+    NestedFold,
+    TrialRecord,
+    TuneOutcome,
+    TuningError,
+    study_counts,
+)
+from gencv.tuning.report import (
+    measure_gap_report,
+    plot_measures_vs_gap_trials,
+    study_plots,
+)
 from gencv.tuning.space import Dimension
 from gencv.tuning.storage import (
     redact_url,
     study_lock,
 )
-from gencv.tuning.study import best_record, close_dead_trial_runs, open_study, study_records, tag_best
+from gencv.tuning.study import (
+    best_record,
+    close_dead_trial_runs,
+    open_study,
+    study_records,
+    tag_best,
+)
 from gencv.tuning.summary import summary_markdown
 from gencv.tuning.trials import TrialContext, flush_tracker, optimize, real_run_id
 
@@ -90,7 +107,11 @@ def tune_nested(exp: Experiment, prep: Prepared, dims: list[Dimension], store: A
             winners[k] = best
             winner = exp.with_overrides(best.params)
             est = make_estimator(winner, ds)
-            res = fit_and_score(est, ds.X, ds.y, Fold(k, outer.train, outer.valid), metric=metric,
+            # data.train_fraction: the winner is refit on that fraction of the outer training fold, too
+            outer_fit = subsample_train(Fold(k, outer.train, outer.valid), ds.y, ds.groups, winner.data.train_fraction,
+                                        derive_seed(exp.seed, "outer", k, "train_fraction"),
+                                        time_ordered=ds.is_time_series, stratified=ds.task == "classification")
+            res = fit_and_score(est, ds.X, ds.y, outer_fit, metric=metric,
                                 seed=derive_seed(exp.seed, "outer", k), measures=exp.measures,
                                 measure_config=ctx.measure_config, groups=ds.groups, engine=winner.train.engine)
             score = res.valid_scores.get(metric, float("nan")) if res.ok else float("nan")

@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 #: spec keys added after studies were first stored, with their defaults: a study stored before a key
 #: existed was run as if the key had its default, so its digest is computed without the key.
-_ADDED_KEYS: dict[tuple[str, ...], Any] = {("train", "engine"): "skorch", ("train", "dtype"): "float32"}
+_ADDED_KEYS: dict[tuple[str, ...], Any] = {("train", "engine"): "skorch", ("train", "dtype"): "float32",
+                                           ("train", "stop_at_train_loss"): None, ("data", "train_fraction"): 1.0}
 
 
 def study_digest(exp: Experiment, *, legacy: bool = False) -> str:

@@ -181,7 +181,8 @@ def _run_trial_body(ctx: TrialContext, study: Any, trial: Any) -> TrialRecord:
         cv = cross_validate(est, ds.X, ds.y, ctx.folds, metric=metric, seed=exp.seed,
                             measures=exp.measures, measure_config=ctx.measure_config, tracker=ctx.tracker,
                             experiment=exp.name, parent_run=run_id, on_fold_end=on_fold_end, fold_order=order,
-                            groups=ds.groups, engine=trial_exp.train.engine)
+                            groups=ds.groups, engine=trial_exp.train.engine,
+                            train_fraction=trial_exp.data.train_fraction)
         value = float(np.mean([scores[i] for i in sorted(scores)]))
         _set_measures(trial, cv.ok_folds, metric)
     except optuna.TrialPruned as exc:

@@ -24,6 +24,8 @@ from gencv.errors import DivergenceError, GencvError, SpecError, TrackingError
 from gencv.metrics import check_metric_for_task, score_all
 from gencv.report import (
     fold_table,
+    per_class_table,
+    plot_confusion_matrix,
     plot_fold_scores,
     plot_learning_curves,
     summary_markdown,
@@ -35,7 +37,7 @@ from gencv.spec import Experiment
 from gencv.splits import Fold, folds_digest, make_folds, scheme_warnings
 from gencv.tracking import MlflowTracker, NullTracker, Tracker
 
-__all__ = ["Prepared", "RunOutcome", "make_estimator", "prepare", "run_experiment"]
+__all__ = ["HeldOutPredictions", "Prepared", "RunOutcome", "make_estimator", "prepare", "run_experiment"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,34 @@ class RunOutcome:
     run_id: str | None = None
     notes: list[str] = field(default_factory=list)
     refit_estimator: NetEstimator | None = None
+    #: classification: one row per held-out prediction of every fold (fold, row, y_true, y_pred codes)
+    held_out: pd.DataFrame | None = None
+    permutation: Any = None  # studies.permutation.PermutationResult with `permutations`
+
+
+class HeldOutPredictions:
+    """Collects each fold's held-out class predictions as the fold ends, then drops its estimator.
+
+    A `cross_validate` `on_fold_end` hook (with `keep_estimators=True`): only one fold's network is
+    kept at a time. Folds reused by `--resume` have no network and so no predictions.
+    """
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, folds: Sequence[Fold]) -> None:
+        self.X, self.y, self.folds = X, y, folds
+        self.frames: dict[int, pd.DataFrame] = {}
+
+    def __call__(self, res: FoldResult, pos: int) -> None:
+        est, res.estimator = res.estimator, None
+        if est is None or not res.ok:
+            return
+        rows = self.folds[res.index].valid
+        proba = est.predict_proba(self.X[rows])
+        if np.all(np.isfinite(proba)):
+            self.frames[res.index] = pd.DataFrame({"fold": res.index, "row": rows, "y_true": self.y[rows],
+                                                   "y_pred": proba.argmax(1)})
+
+    def table(self) -> pd.DataFrame | None:
+        return pd.concat([self.frames[i] for i in sorted(self.frames)], ignore_index=True) if self.frames else None
 
 
 def make_estimator(exp: Experiment, ds: Dataset, seed: int | None = None) -> NetEstimator:
@@ -282,15 +312,22 @@ def run_experiment(
     parent_run: str | None = None,
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
+    permutations: int = 0,
 ) -> RunOutcome:
     """Cross-validate the experiment, refit on all non-test data, score the test set, log everything.
 
     `resume` is the run id of an interrupted run with the same spec: its finished folds are reused.
     `parent_run`, `run_name`, `tags`: where the run goes in MLflow (a sweep nests its levels under it).
+    `permutations`: after the CV, that many CVs with the target permuted, on the same folds; the
+    p-value is logged on the run (`gencv.studies.permutation`).
     """
     tracker = tracker or NullTracker()
     prep = prepared or prepare(exp, allow_large_loo=allow_large_loo)
     ds = prep.dataset
+    if permutations:
+        from gencv.studies.permutation import check_permutable
+
+        check_permutable(ds)  # before any training
     measure_config = measure_config_for(exp)
     done: dict[int, FoldResult] = {}
     if resume:
@@ -309,21 +346,29 @@ def run_experiment(
     outcome_ref: list[RunOutcome] = []
     interrupted: list[BaseException] = []
     failing = False
+    held_out = HeldOutPredictions(ds.X, ds.y, prep.folds) if ds.task == "classification" else None
     try:
         result = cross_validate(
             prep.estimator, ds.X, ds.y, prep.folds, metric=exp.metric, seed=exp.seed,
             X_test=prep.X_test, y_test=prep.y_test, measures=exp.measures, measure_config=measure_config,
             tracker=tracker, experiment=exp.name, parent_run=run_id, progress=progress, done=done,
-            keep_estimators=False, groups=ds.groups, engine=exp.train.engine,
+            keep_estimators=held_out is not None, on_fold_end=held_out, groups=ds.groups, engine=exp.train.engine,
         )
         tracked = not isinstance(tracker, NullTracker)
         outcome = RunOutcome(exp, ds, result, summary_table(result), fold_table(result),
-                             run_id=run_id if tracked else None)
+                             run_id=run_id if tracked else None, held_out=held_out.table() if held_out else None)
         outcome_ref.append(outcome)
         outcome.notes.extend(prep.warnings)
         if result.n_failed:
             outcome.notes.append(f"{result.n_failed} of {len(result.folds)} folds failed; summaries use the others")
         outcome.notes.extend(_measure_notes(result))
+        if held_out is not None and done and result.ok_folds:
+            outcome.notes.append(f"the confusion matrix and per-class report cover the {len(held_out.frames)} folds "
+                                 "run now, not the ones reused by --resume")
+        if permutations and result.ok_folds:
+            from gencv.studies.permutation import permutation_null
+
+            outcome.permutation = permutation_null(prep, permutations, true_score=result.mean_score("valid"))
         tracking_errors: list[str] = []
         if refit and result.ok_folds:
             try:
@@ -465,7 +510,10 @@ def log_refit(tracker: Tracker, run_id: str, prep: Prepared, est: NetEstimator, 
 
 
 def _log_parent(tracker: Tracker, run_id: str, exp: Experiment, out: RunOutcome) -> None:
-    tracker.log_metrics(run_id, summary_metrics(out.cv))
+    perm = out.permutation
+    extra = {} if perm is None else {"permutation_p_value": perm.p_value, "permutation_n": float(perm.n_permutations),
+                                     "permutation_null_mean": perm.null_mean}
+    tracker.log_metrics(run_id, summary_metrics(out.cv) | {k: v for k, v in extra.items() if np.isfinite(v)})
     if isinstance(tracker, NullTracker):
         return
     with tempfile.TemporaryDirectory() as tmp:
@@ -481,6 +529,15 @@ def _log_parent(tracker: Tracker, run_id: str, exp: Experiment, out: RunOutcome)
             plot_learning_curves(out.cv, plots / "learning_curves.png")
             plot_fold_scores(out.cv, plots / "fold_scores.png")
             _measure_plots(out.cv, plots)
+        if out.held_out is not None and len(out.held_out):
+            yt, yp = out.held_out["y_true"].to_numpy(), out.held_out["y_pred"].to_numpy()
+            per_class_table(yt, yp, out.dataset.classes).to_csv(d / "per_class.csv", index=False)
+            plot_confusion_matrix(yt, yp, out.dataset.classes, plots / "confusion_matrix.png")
+        if perm is not None:
+            from gencv.studies.permutation import plot_permutation_null
+
+            perm.to_frame().to_csv(d / "permutation_scores.csv", index=False)
+            plot_permutation_null(perm, plots / "permutation_null.png")
         for p in d.iterdir():
             tracker.log_artifact(run_id, p, p.name if p.is_dir() else None)
 
@@ -514,5 +571,8 @@ def outcome_json(out: RunOutcome) -> dict[str, Any]:
         "summary": out.summary.replace({np.nan: None}).to_dict(orient="records"),
         "refit_test_scores": out.refit_test_scores,
         "notes": out.notes,
+        "permutation": None if out.permutation is None else {
+            "p_value": out.permutation.p_value, "n": out.permutation.n_permutations,
+            "true_score": out.permutation.true_score, "null_mean": out.permutation.null_mean},
     }
 

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -37,7 +37,7 @@ from gencv.spec import Experiment
 from gencv.splits import Fold, folds_digest, make_folds, scheme_warnings
 from gencv.tracking import MlflowTracker, NullTracker, Tracker
 
-__all__ = ["HeldOutPredictions", "Prepared", "RunOutcome", "make_estimator", "prepare", "run_experiment"]
+__all__ = ["AfterCV", "HeldOutPredictions", "Prepared", "RunExtra", "RunOutcome", "make_estimator", "prepare", "run_experiment"]
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,32 @@ class RunOutcome:
     refit_estimator: NetEstimator | None = None
     #: classification: one row per held-out prediction of every fold (fold, row, y_true, y_pred codes)
     held_out: pd.DataFrame | None = None
-    permutation: Any = None  # studies.permutation.PermutationResult with `permutations`
+    #: what each `after_cv` step found, by its name (`"permutation"`: studies.permutation.PermutationResult)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def permutation(self) -> Any:
+        """The permutation test's result (`gencv run --permutations`), else None."""
+        return self.extras.get("permutation")
+
+
+class RunExtra(Protocol):
+    """What an `AfterCV` step found: recorded on the parent run."""
+
+    def metrics(self) -> dict[str, float]: ...
+    def write_artifacts(self, directory: Path) -> None: ...  # files and plots/ under the run's artifact root
+
+
+class AfterCV(Protocol):
+    """More work on a run's folds once its CV is done (a permutation test), recorded on the same run.
+
+    `check` runs before any training and raises to refuse; `__call__` runs after the CV.
+    """
+
+    name: str
+
+    def check(self, prep: Prepared) -> None: ...
+    def __call__(self, prep: Prepared, result: CVResult) -> RunExtra: ...
 
 
 class HeldOutPredictions:
@@ -312,22 +337,20 @@ def run_experiment(
     parent_run: str | None = None,
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
-    permutations: int = 0,
+    after_cv: Sequence[AfterCV] = (),
 ) -> RunOutcome:
     """Cross-validate the experiment, refit on all non-test data, score the test set, log everything.
 
     `resume` is the run id of an interrupted run with the same spec: its finished folds are reused.
     `parent_run`, `run_name`, `tags`: where the run goes in MLflow (a sweep nests its levels under it).
-    `permutations`: after the CV, that many CVs with the target permuted, on the same folds; the
-    p-value is logged on the run (`gencv.studies.permutation`).
+    `after_cv`: steps run on the folds after the CV (`gencv.studies.permutation.PermutationTest`),
+    each checked before any training; what they find goes to `outcome.extras` and the parent run.
     """
     tracker = tracker or NullTracker()
     prep = prepared or prepare(exp, allow_large_loo=allow_large_loo)
     ds = prep.dataset
-    if permutations:
-        from gencv.studies.permutation import check_permutable
-
-        check_permutable(ds)  # before any training
+    for step in after_cv:
+        step.check(prep)  # before any training
     measure_config = measure_config_for(exp)
     done: dict[int, FoldResult] = {}
     if resume:
@@ -365,10 +388,9 @@ def run_experiment(
         if held_out is not None and done and result.ok_folds:
             outcome.notes.append(f"the confusion matrix and per-class report cover the {len(held_out.frames)} folds "
                                  "run now, not the ones reused by --resume")
-        if permutations and result.ok_folds:
-            from gencv.studies.permutation import permutation_null
-
-            outcome.permutation = permutation_null(prep, permutations, true_score=result.mean_score("valid"))
+        if result.ok_folds:
+            for step in after_cv:
+                outcome.extras[step.name] = step(prep, result)
         tracking_errors: list[str] = []
         if refit and result.ok_folds:
             try:
@@ -510,10 +532,8 @@ def log_refit(tracker: Tracker, run_id: str, prep: Prepared, est: NetEstimator, 
 
 
 def _log_parent(tracker: Tracker, run_id: str, exp: Experiment, out: RunOutcome) -> None:
-    perm = out.permutation
-    extra = {} if perm is None else {"permutation_p_value": perm.p_value, "permutation_n": float(perm.n_permutations),
-                                     "permutation_null_mean": perm.null_mean}
-    tracker.log_metrics(run_id, summary_metrics(out.cv) | {k: v for k, v in extra.items() if np.isfinite(v)})
+    extra = {k: v for found in out.extras.values() for k, v in found.metrics().items() if np.isfinite(v)}
+    tracker.log_metrics(run_id, summary_metrics(out.cv) | extra)
     if isinstance(tracker, NullTracker):
         return
     with tempfile.TemporaryDirectory() as tmp:
@@ -533,11 +553,8 @@ def _log_parent(tracker: Tracker, run_id: str, exp: Experiment, out: RunOutcome)
             yt, yp = out.held_out["y_true"].to_numpy(), out.held_out["y_pred"].to_numpy()
             per_class_table(yt, yp, out.dataset.classes).to_csv(d / "per_class.csv", index=False)
             plot_confusion_matrix(yt, yp, out.dataset.classes, plots / "confusion_matrix.png")
-        if perm is not None:
-            from gencv.studies.permutation import plot_permutation_null
-
-            perm.to_frame().to_csv(d / "permutation_scores.csv", index=False)
-            plot_permutation_null(perm, plots / "permutation_null.png")
+        for found in out.extras.values():
+            found.write_artifacts(d)
         for p in d.iterdir():
             tracker.log_artifact(run_id, p, p.name if p.is_dir() else None)
 
@@ -571,8 +588,6 @@ def outcome_json(out: RunOutcome) -> dict[str, Any]:
         "summary": out.summary.replace({np.nan: None}).to_dict(orient="records"),
         "refit_test_scores": out.refit_test_scores,
         "notes": out.notes,
-        "permutation": None if out.permutation is None else {
-            "p_value": out.permutation.p_value, "n": out.permutation.n_permutations,
-            "true_score": out.permutation.true_score, "null_mean": out.permutation.null_mean},
+        **{name: found.metrics() for name, found in out.extras.items()},
     }
 

@@ -6,7 +6,13 @@ from typer.testing import CliRunner
 
 from gencv.cli import app
 from gencv.runner import prepare, run_experiment
-from gencv.studies.permutation import PermutationError, permutation_p_value, permutation_test, permute_labels
+from gencv.studies.permutation import (
+    PermutationError,
+    PermutationTest,
+    permutation_p_value,
+    permutation_test,
+    permute_labels,
+)
 
 from .conftest import tiny
 
@@ -48,8 +54,8 @@ def test_on_iris_the_true_score_beats_every_permutation() -> None:
 def test_permuted_scores_are_reproducible_from_the_root_seed() -> None:
     exp = tiny(**{"train.max_epochs": 2})
     prep = prepare(exp)
-    a = run_experiment(exp, prepared=prep, refit=False, permutations=2).permutation
-    b = run_experiment(exp, prepared=prepare(exp), refit=False, permutations=2).permutation
+    a = permutation_test(exp, 2, prepared=prep, refit=False).permutation
+    b = run_experiment(exp, refit=False, after_cv=[PermutationTest(2)]).permutation
     np.testing.assert_array_equal(a.null_scores, b.null_scores)
 
 
@@ -57,7 +63,12 @@ def test_permuted_scores_are_reproducible_from_the_root_seed() -> None:
                                        {"data.source": "synthetic_timeseries", "metric": "rmse", "cv.kind": "rolling"}])
 def test_time_series_are_refused_before_training(overrides: dict[str, object]) -> None:
     with pytest.raises(PermutationError, match="time series.*block bootstrap"):
-        run_experiment(tiny(**overrides), permutations=3)
+        permutation_test(tiny(**overrides), 3)
+
+
+def test_a_count_below_one_is_refused() -> None:
+    with pytest.raises(PermutationError, match="--permutations: got 0"):
+        permutation_test(tiny(), 0)
 
 
 def test_cli_refuses_permutations_on_a_time_series_with_exit_2() -> None:

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from gencv.runner import prepare, run_experiment
+from gencv.studies.permutation import permutation_test
 from gencv.tracking import MlflowTracker
 
 from .conftest import tiny
@@ -47,8 +48,7 @@ def test_parent_run_gets_confusion_matrix_per_class_report_and_permutation_test(
     from mlflow import MlflowClient
     from sklearn.metrics import precision_recall_fscore_support
 
-    out = run_experiment(tiny(**{"train.max_epochs": 2}), tracker=MlflowTracker(tracking_uri), refit=False,
-                         permutations=2)
+    out = permutation_test(tiny(**{"train.max_epochs": 2}), 2, tracker=MlflowTracker(tracking_uri), refit=False)
     client = MlflowClient(tracking_uri)
     metrics = client.get_run(out.run_id).data.metrics
     assert metrics["permutation_n"] == 2

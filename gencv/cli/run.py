@@ -172,10 +172,12 @@ def run(
         if not no_track:
             check_tracking_uri(tracking_uri)  # the quick checks, before data and torch are loaded
         prep = prepare(exp, allow_large_loo=allow_large_loo)
+        after_cv = []
         if permutations:
-            from gencv.studies.permutation import check_permutable
+            from gencv.studies.permutation import PermutationTest
 
-            check_permutable(prep.dataset)  # before the store is opened or anything trains
+            after_cv.append(PermutationTest(permutations))
+            after_cv[0].check(prep)  # before the store is opened or anything trains
         tracker = make_tracker(not no_track, tracking_uri, experiment=exp.name)  # a bad store fails here
         err.print(f"[bold]{exp.name}[/]: {prep.dataset.name} ({prep.dataset.n_samples} samples, {prep.dataset.task}), "
                   f"{exp.cv.kind} CV with {len(prep.folds)} folds, test set {len(prep.test_idx)}, seed {exp.seed}",
@@ -188,11 +190,11 @@ def run(
 
         try:
             if quiet or json_out:
-                outcome = run_experiment(exp, tracker=tracker, prepared=prep, resume=resume, permutations=permutations)
+                outcome = run_experiment(exp, tracker=tracker, prepared=prep, resume=resume, after_cv=after_cv)
             else:
                 with RichProgress(err, exp.metric) as progress:
                     outcome = run_experiment(exp, tracker=tracker, prepared=prep, progress=progress, resume=resume,
-                                             permutations=permutations)
+                                             after_cv=after_cv)
         except TrackingError as exc:  # computed, but not (fully) recorded: show the results, then the error
             if getattr(exc, "outcome", None) is not None:
                 show(exc.outcome)  # type: ignore[attr-defined]

@@ -43,12 +43,13 @@ from gencv.seeds import derive_seed
 from gencv.tracking import NullTracker
 
 if TYPE_CHECKING:
+    from gencv.cv import CVResult
     from gencv.data import Dataset
     from gencv.runner import Prepared, RunOutcome
     from gencv.spec import Experiment
     from gencv.tracking import Tracker
 
-__all__ = ["PermutationError", "PermutationResult", "check_permutable", "permutation_null", "permutation_p_value",
+__all__ = ["PermutationError", "PermutationResult", "PermutationTest", "check_permutable", "permutation_null", "permutation_p_value",
            "permutation_test", "permute_labels", "plot_permutation_null"]
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class PermutationResult:
 
     @property
     def n_permutations(self) -> int:
-        return int(len(self.null_scores))
+        return len(self.null_scores)
 
     @property
     def null_mean(self) -> float:
@@ -80,6 +81,34 @@ class PermutationResult:
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame({"permutation": np.arange(self.n_permutations), f"valid_{self.metric}": self.null_scores})
+
+    def metrics(self) -> dict[str, float]:
+        """Logged on the parent run."""
+        return {"permutation_p_value": self.p_value, "permutation_n": float(self.n_permutations),
+                "permutation_null_mean": self.null_mean}
+
+    def write_artifacts(self, directory: Path) -> None:
+        """`permutation_scores.csv` and `plots/permutation_null.png` under `directory`."""
+        self.to_frame().to_csv(directory / "permutation_scores.csv", index=False)
+        (directory / "plots").mkdir(exist_ok=True)
+        plot_permutation_null(self, directory / "plots" / "permutation_null.png")
+
+
+@dataclass(frozen=True)
+class PermutationTest:
+    """`run_experiment(after_cv=[PermutationTest(n)])`: n permuted CVs on the run's folds (runner.AfterCV)."""
+
+    n_permutations: int
+    name: str = "permutation"
+
+    def check(self, prep: Prepared) -> None:
+        if self.n_permutations < 1:
+            raise PermutationError(f"--permutations: got {self.n_permutations}; use a positive count "
+                                   "(99 or more for a p-value that can reach 0.01)")
+        check_permutable(prep.dataset)
+
+    def __call__(self, prep: Prepared, result: CVResult) -> PermutationResult:
+        return permutation_null(prep, self.n_permutations, true_score=result.mean_score("valid"))
 
 
 def permutation_p_value(true_score: float, null_scores: Sequence[float] | np.ndarray, *,
@@ -122,7 +151,7 @@ def permutation_null(prep: Prepared, n_permutations: int, *, true_score: float,
     `on_permutation(i, score)` is called after each permuted CV (progress).
     """
     if n_permutations < 1:
-        raise PermutationError(f"--permutations: got {n_permutations}; use a positive count (100 or more "
+        raise PermutationError(f"--permutations: got {n_permutations}; use a positive count (99 or more "
                                "for a p-value that can reach 0.01)")
     exp, ds = prep.experiment, prep.dataset
     check_permutable(ds)
@@ -180,4 +209,5 @@ def permutation_test(exp: Experiment, n_permutations: int, *, tracker: Tracker |
     the result, logged on the parent run. `run_options` go to `run_experiment` (refit, progress, ...)."""
     from gencv.runner import run_experiment
 
-    return run_experiment(exp, tracker=tracker, prepared=prepared, permutations=n_permutations, **run_options)
+    after = [*run_options.pop("after_cv", ()), PermutationTest(n_permutations)]
+    return run_experiment(exp, tracker=tracker, prepared=prepared, after_cv=after, **run_options)

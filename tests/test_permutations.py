@@ -76,3 +76,16 @@ def test_cli_refuses_permutations_on_a_time_series_with_exit_2() -> None:
                                    "--set", "metric=rmse", "--set", "cv.kind=rolling", "--permutations", "3"])
     assert res.exit_code == 2, res.output
     assert "not exchangeable" in res.output and "Traceback" not in res.output
+
+
+def test_cli_prints_the_p_value_and_puts_it_in_the_json() -> None:
+    import json
+
+    args = ["run", "--no-track", "-q", "--set", "train.max_epochs=2", "--set", "cv.n_splits=3", "--permutations", "2"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "permutation test (2 CVs on the same folds" in res.output and "p-value" in res.output
+    res = CliRunner().invoke(app, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    found = json.loads(res.stdout.strip().splitlines()[-1])["permutation"]
+    assert found["permutation_n"] == 2 and found["permutation_p_value"] in (1 / 3, 2 / 3, 1.0)

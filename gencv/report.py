@@ -13,8 +13,8 @@ from gencv.cv import CVResult
 from gencv.metrics import METRICS
 
 __all__ = [
-    "fold_table", "plot_fold_scores", "plot_learning_curves", "summarize", "summary_markdown", "summary_table",
-    "value_bounds",
+    "confusion_counts", "fold_table", "per_class_table", "plot_confusion_matrix", "plot_fold_scores", "plot_learning_curves",
+    "summarize", "summary_markdown", "summary_table", "value_bounds",
 ]
 
 
@@ -213,5 +213,55 @@ def plot_measures_vs_gap(result: CVResult, path: str | Path) -> Path | None:
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def per_class_table(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
+    """Precision, recall, F1 and support per class (sklearn's `precision_recall_fscore_support`), by label.
+
+    `y_true`, `y_pred` are class codes 0..len(classes)-1; a class never predicted gets precision 0.
+    """
+    from sklearn.metrics import precision_recall_fscore_support
+
+    labels = list(range(len(classes)))
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    return pd.DataFrame({"class": [str(c) for c in classes], "precision": p, "recall": r, "f1": f, "support": s})
+
+
+def confusion_counts(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Confusion counts (rows: true class code, columns: predicted) and the same divided by row totals."""
+    from sklearn.metrics import confusion_matrix
+
+    counts = confusion_matrix(y_true, y_pred, labels=list(range(n_classes)))
+    totals = counts.sum(axis=1, keepdims=True)
+    return counts, np.divide(counts, totals, out=np.zeros(counts.shape, dtype=float), where=totals > 0)
+
+
+def plot_confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str], path: str | Path,
+                          *, title: str = "Confusion matrix, held-out folds") -> Path:
+    """Counts and row-normalised rates (recall per true class) in one heatmap, class labels on the axes."""
+    counts, rates = confusion_counts(y_true, y_pred, len(classes))
+    k = len(classes)
+    plt = pyplot()
+    side = min(max(4.5, 0.7 * k + 2.5), 16)
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="rate (row-normalised)")
+    names = [str(c) for c in classes]
+    ax.set_xticks(range(k), names, rotation=45 if max(map(len, names)) > 3 else 0, ha="right" if
+                  max(map(len, names)) > 3 else "center")
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted label")
+    ax.set_ylabel("true label")
+    fontsize = 10 if k <= 10 else max(5, 10 - (k - 10) // 3)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{counts[i, j]}\n{rates[i, j]:.0%}", ha="center", va="center", fontsize=fontsize,
+                    color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_title(f"{title} (n={int(counts.sum())})\ncell: count and share of the true class")
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
     plt.close(fig)
     return out

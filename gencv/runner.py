@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,8 @@ from gencv.errors import DivergenceError, GencvError, SpecError, TrackingError
 from gencv.metrics import check_metric_for_task, score_all
 from gencv.report import (
     fold_table,
+    per_class_table,
+    plot_confusion_matrix,
     plot_fold_scores,
     plot_learning_curves,
     summary_markdown,
@@ -41,7 +43,8 @@ from gencv.splits import (
 )
 from gencv.tracking import MlflowTracker, NullTracker, Tracker
 
-__all__ = ["Prepared", "RunOutcome", "make_estimator", "prepare", "run_experiment"]
+__all__ = ["AfterCV", "HeldOutPredictions", "Prepared", "RunExtra", "RunOutcome", "make_estimator", "prepare",
+           "run_experiment"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,59 @@ class RunOutcome:
     run_id: str | None = None
     notes: list[str] = field(default_factory=list)
     refit_estimator: NetEstimator | None = None
+    #: classification: one row per held-out prediction of every fold (fold, row, y_true, y_pred codes)
+    held_out: pd.DataFrame | None = None
+    #: what each `after_cv` step found, by its name (`"permutation"`: studies.permutation.PermutationResult)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def permutation(self) -> Any:
+        """The permutation test's result (`gencv run --permutations`), else None."""
+        return self.extras.get("permutation")
+
+
+class RunExtra(Protocol):
+    """What an `AfterCV` step found: recorded on the parent run."""
+
+    def metrics(self) -> dict[str, float]: ...
+    def write_artifacts(self, directory: Path) -> None: ...  # files and plots/ under the run's artifact root
+
+
+class AfterCV(Protocol):
+    """More work on a run's folds once its CV is done (a permutation test), recorded on the same run.
+
+    `check` runs before any training and raises to refuse; `__call__` runs after the CV.
+    """
+
+    name: str
+
+    def check(self, prep: Prepared) -> None: ...
+    def __call__(self, prep: Prepared, result: CVResult) -> RunExtra: ...
+
+
+class HeldOutPredictions:
+    """Collects each fold's held-out class predictions as the fold ends, then drops its estimator.
+
+    A `cross_validate` `on_fold_end` hook (with `keep_estimators=True`): only one fold's network is
+    kept at a time. Folds reused by `--resume` have no network and so no predictions.
+    """
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, folds: Sequence[Fold]) -> None:
+        self.X, self.y, self.folds = X, y, folds
+        self.frames: dict[int, pd.DataFrame] = {}
+
+    def __call__(self, res: FoldResult, pos: int) -> None:
+        est, res.estimator = res.estimator, None
+        if est is None or not res.ok:
+            return
+        rows = self.folds[res.index].valid
+        proba = est.predict_proba(self.X[rows])
+        if np.all(np.isfinite(proba)):
+            self.frames[res.index] = pd.DataFrame({"fold": res.index, "row": rows, "y_true": self.y[rows],
+                                                   "y_pred": proba.argmax(1)})
+
+    def table(self) -> pd.DataFrame | None:
+        return pd.concat([self.frames[i] for i in sorted(self.frames)], ignore_index=True) if self.frames else None
 
 
 def make_estimator(exp: Experiment, ds: Dataset, seed: int | None = None) -> NetEstimator:
@@ -288,15 +344,20 @@ def run_experiment(
     parent_run: str | None = None,
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
+    after_cv: Sequence[AfterCV] = (),
 ) -> RunOutcome:
     """Cross-validate the experiment, refit on all non-test data, score the test set, log everything.
 
     `resume` is the run id of an interrupted run with the same spec: its finished folds are reused.
     `parent_run`, `run_name`, `tags`: where the run goes in MLflow (a sweep nests its levels under it).
+    `after_cv`: steps run on the folds after the CV (`gencv.studies.permutation.PermutationTest`),
+    each checked before any training; what they find goes to `outcome.extras` and the parent run.
     """
     tracker = tracker or NullTracker()
     prep = prepared or prepare(exp, allow_large_loo=allow_large_loo)
     ds = prep.dataset
+    for step in after_cv:
+        step.check(prep)  # before any training
     measure_config = measure_config_for(exp)
     done: dict[int, FoldResult] = {}
     if resume:
@@ -315,21 +376,29 @@ def run_experiment(
     outcome_ref: list[RunOutcome] = []
     interrupted: list[BaseException] = []
     failing = False
+    held_out = HeldOutPredictions(ds.X, ds.y, prep.folds) if ds.task == "classification" else None
     try:
         result = cross_validate(
             prep.estimator, ds.X, ds.y, prep.folds, metric=exp.metric, seed=exp.seed,
             X_test=prep.X_test, y_test=prep.y_test, measures=exp.measures, measure_config=measure_config,
             tracker=tracker, experiment=exp.name, parent_run=run_id, progress=progress, done=done,
-            keep_estimators=False, groups=ds.groups, engine=exp.train.engine, train_fraction=exp.data.train_fraction,
+            keep_estimators=held_out is not None, on_fold_end=held_out, groups=ds.groups, engine=exp.train.engine,
+            train_fraction=exp.data.train_fraction,
         )
         tracked = not isinstance(tracker, NullTracker)
         outcome = RunOutcome(exp, ds, result, summary_table(result), fold_table(result),
-                             run_id=run_id if tracked else None)
+                             run_id=run_id if tracked else None, held_out=held_out.table() if held_out else None)
         outcome_ref.append(outcome)
         outcome.notes.extend(prep.warnings)
         if result.n_failed:
             outcome.notes.append(f"{result.n_failed} of {len(result.folds)} folds failed; summaries use the others")
         outcome.notes.extend(_measure_notes(result))
+        if held_out is not None and done and result.ok_folds:
+            outcome.notes.append(f"the confusion matrix and per-class report cover the {len(held_out.frames)} folds "
+                                 "run now, not the ones reused by --resume")
+        if result.ok_folds:
+            for step in after_cv:
+                outcome.extras[step.name] = step(prep, result)
         tracking_errors: list[str] = []
         if refit and result.ok_folds:
             try:
@@ -481,7 +550,8 @@ def log_refit(tracker: Tracker, run_id: str, prep: Prepared, est: NetEstimator, 
 
 
 def _log_parent(tracker: Tracker, run_id: str, exp: Experiment, out: RunOutcome) -> None:
-    tracker.log_metrics(run_id, summary_metrics(out.cv))
+    extra = {k: v for found in out.extras.values() for k, v in found.metrics().items() if np.isfinite(v)}
+    tracker.log_metrics(run_id, summary_metrics(out.cv) | extra)
     if isinstance(tracker, NullTracker):
         return
     with tempfile.TemporaryDirectory() as tmp:
@@ -497,6 +567,12 @@ def _log_parent(tracker: Tracker, run_id: str, exp: Experiment, out: RunOutcome)
             plot_learning_curves(out.cv, plots / "learning_curves.png")
             plot_fold_scores(out.cv, plots / "fold_scores.png")
             _measure_plots(out.cv, plots)
+        if out.held_out is not None and len(out.held_out):
+            yt, yp = out.held_out["y_true"].to_numpy(), out.held_out["y_pred"].to_numpy()
+            per_class_table(yt, yp, out.dataset.classes).to_csv(d / "per_class.csv", index=False)
+            plot_confusion_matrix(yt, yp, out.dataset.classes, plots / "confusion_matrix.png")
+        for found in out.extras.values():
+            found.write_artifacts(d)
         for p in d.iterdir():
             tracker.log_artifact(run_id, p, p.name if p.is_dir() else None)
 
@@ -530,5 +606,6 @@ def outcome_json(out: RunOutcome) -> dict[str, Any]:
         "summary": out.summary.replace({np.nan: None}).to_dict(orient="records"),
         "refit_test_scores": out.refit_test_scores,
         "notes": out.notes,
+        **{name: found.metrics() for name, found in out.extras.items()},
     }
 

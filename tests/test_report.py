@@ -1,11 +1,22 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import stats
 
 from gencv.cv import CVResult, FoldResult
-from gencv.report import fold_table, summarize, summary_metrics, summary_table, value_bounds
+from gencv.report import (
+    confusion_counts,
+    fold_table,
+    per_class_table,
+    plot_confusion_matrix,
+    summarize,
+    summary_metrics,
+    summary_table,
+    value_bounds,
+)
 
 
 def _fold(i: int, train: float, valid: float, status: str = "ok") -> FoldResult:
@@ -56,3 +67,23 @@ def test_tables_summarise_only_the_successful_folds() -> None:
     flat = summary_metrics(result)
     assert flat["n_folds"] == 3 and flat["n_failed_folds"] == 1
     assert flat["valid_accuracy_mean"] == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 5])
+def test_confusion_counts_and_per_class_table_match_sklearn(n_classes: int, tmp_path: Path) -> None:
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    rng = np.random.default_rng(n_classes)
+    y_true = rng.integers(0, n_classes, 200)
+    y_pred = np.where(rng.random(200) < 0.6, y_true, rng.integers(0, n_classes, 200))
+    y_pred[y_pred == n_classes - 1] = 0  # a class never predicted: precision 0, not a warning or NaN
+    classes = [f"class {c}" for c in range(n_classes)]
+    counts, rates = confusion_counts(y_true, y_pred, n_classes)
+    np.testing.assert_array_equal(counts, confusion_matrix(y_true, y_pred, labels=list(range(n_classes))))
+    np.testing.assert_allclose(rates.sum(axis=1), 1.0, atol=1e-12)
+    table = per_class_table(y_true, y_pred, classes)
+    ref = precision_recall_fscore_support(y_true, y_pred, labels=list(range(n_classes)), zero_division=0)
+    assert list(table["class"]) == classes
+    for col, values in zip(("precision", "recall", "f1", "support"), ref):
+        np.testing.assert_allclose(table[col], values, atol=1e-12, err_msg=col)
+    assert plot_confusion_matrix(y_true, y_pred, classes, tmp_path / "cm.png").stat().st_size > 0

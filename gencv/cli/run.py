@@ -121,6 +121,12 @@ def _print_outcome(outcome: Any) -> None:
             s = summarize(outcome.cv.values(k))
             mt.add_row(k, f"{s['mean']:.4g}", f"{s['std']:.3g}", str(s["n"]))
         out.print(mt)
+    perm = getattr(outcome, "permutation", None)
+    if perm is not None:
+        how = "within groups" if perm.grouped else "labels of the CV rows"
+        out.print(f"permutation test ({perm.n_permutations} CVs on the same folds, {how} permuted): true valid_{m} "
+                  f"{perm.true_score:.4f}, permuted mean {perm.null_mean:.4f}, p-value {perm.p_value:.4g} "
+                  f"(smallest possible {1 / (perm.n_permutations + 1):.4g})", highlight=False, soft_wrap=True)
     if outcome.refit_test_scores:
         scores = ", ".join(f"{k} {v:.4f}" for k, v in outcome.refit_test_scores.items())
         out.print(f"refit on all non-test data, held-out test set: {scores}", highlight=False, soft_wrap=True)
@@ -141,6 +147,9 @@ def run(
     allow_large_loo: Annotated[bool, typer.Option("--allow-large-loo", help="run leave-one-out above cv.max_loo_samples")] = False,
     resume: Annotated[str | None, typer.Option("--resume", help="run id of an interrupted run: reuse its finished folds")] = None,
     engine: Annotated[str | None, typer.Option("--engine", help="skorch | batched | auto: sets train.engine")] = None,
+    permutations: Annotated[int, typer.Option("--permutations", min=0, help=(
+        "N: also cross-validate N times with the target permuted (same folds) and report the p-value of "
+        "the true score"))] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="print the results as JSON on stdout")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress display")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
@@ -163,6 +172,12 @@ def run(
         if not no_track:
             check_tracking_uri(tracking_uri)  # the quick checks, before data and torch are loaded
         prep = prepare(exp, allow_large_loo=allow_large_loo)
+        after_cv = []
+        if permutations:
+            from gencv.studies.permutation import PermutationTest
+
+            after_cv.append(PermutationTest(permutations))
+            after_cv[0].check(prep)  # before the store is opened or anything trains
         tracker = make_tracker(not no_track, tracking_uri, experiment=exp.name)  # a bad store fails here
         err.print(f"[bold]{exp.name}[/]: {prep.dataset.name} ({prep.dataset.n_samples} samples, {prep.dataset.task}), "
                   f"{exp.cv.kind} CV with {len(prep.folds)} folds, test set {len(prep.test_idx)}, seed {exp.seed}",
@@ -175,10 +190,11 @@ def run(
 
         try:
             if quiet or json_out:
-                outcome = run_experiment(exp, tracker=tracker, prepared=prep, resume=resume)
+                outcome = run_experiment(exp, tracker=tracker, prepared=prep, resume=resume, after_cv=after_cv)
             else:
                 with RichProgress(err, exp.metric) as progress:
-                    outcome = run_experiment(exp, tracker=tracker, prepared=prep, progress=progress, resume=resume)
+                    outcome = run_experiment(exp, tracker=tracker, prepared=prep, progress=progress, resume=resume,
+                                             after_cv=after_cv)
         except TrackingError as exc:  # computed, but not (fully) recorded: show the results, then the error
             if getattr(exc, "outcome", None) is not None:
                 show(exc.outcome)  # type: ignore[attr-defined]
@@ -189,7 +205,8 @@ def run(
     def resume_hint(exc: BaseException) -> str:
         run_id = getattr(exc, "gencv_run_id", None) or resume
         cmd = command("run", spec_path(spec), set_, ("--tracking-uri", redacted(tracking_uri)), ("--no-track", no_track),
-                      ("--allow-large-loo", allow_large_loo), ("--resume", run_id))
+                      ("--allow-large-loo", allow_large_loo), ("--permutations", permutations or None),
+                      ("--resume", run_id))
         return cmd if run_id else f"{cmd}  (no run was recorded yet: this starts afresh)"
 
     outcome = guard(go, resume_hint)

@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("gencv.tracking",),
     ("gencv.cv",),
     ("gencv.stats", "gencv.report"),
+    ("gencv.resume",),
     ("gencv.runner", "gencv.posthoc"),
     ("gencv.tuning",),
     ("gencv.studies",),

@@ -191,6 +191,20 @@ def _git_commit() -> str | None:
         return None
 
 
+def run_label(name: str, overrides: Sequence[str] | None = None, when: float | None = None) -> str:
+    """A run name that tells runs of one spec apart: the spec name, the `--set` overrides (paths shortened
+    to their last part, values cut at 24 characters) and the start time, e.g. `quickstart lr=0.01 11-30 14:02:07`."""
+    import time
+
+    parts = [name]
+    for item in overrides or []:
+        path, _, value = item.partition("=")
+        value = value if len(value) <= 24 else value[:23] + "…"
+        parts.append(f"{path.rsplit('.', 1)[-1]}={value}")
+    parts.append(time.strftime("%m-%d %H:%M:%S", time.localtime(when)))
+    return " ".join(parts)[:250]
+
+
 def run_tags(exp: Experiment, ds: Dataset, folds: Sequence[Fold] = (), engine: str | None = None) -> dict[str, str]:
     """Tags that make a run reproducible and searchable (and its folds comparable: `gencv.folds_digest`).
 
@@ -250,7 +264,7 @@ def run_experiment(
         tracker.client.update_run(run_id, status="RUNNING")  # type: ignore[attr-defined]
         log.info("resuming run %s: %d of %d folds already finished", run_id, len(done), len(prep.folds))
     else:
-        run_id = tracker.start_run(exp.name, run_name or f"{exp.name}-cv", parent=parent_run,
+        run_id = tracker.start_run(exp.name, run_name or run_label(exp.name), parent=parent_run,
                                    tags={**run_tags(exp, ds, prep.folds, engine_used(exp.train.engine, prep.estimator)),
                                          **dict(tags or {})})
         tracker.log_params(run_id, {**exp.flat_params(), "n_samples": ds.n_samples, "n_test": len(prep.test_idx),

@@ -34,6 +34,10 @@ def test_run_prints_fold_table_and_summary_and_tracks(tracking_uri: str) -> None
     exp = client.get_experiment_by_name("quickstart")
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 4  # parent + 3 folds
+    # runs of one spec can be told apart: the overrides and the start time are in the parent's name
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert re.fullmatch(r"quickstart max_epochs=3 n_splits=3 \d\d-\d\d \d\d:\d\d:\d\d", parent.info.run_name)
+    assert sorted(r.info.run_name for r in runs if r is not parent) == ["fold-0", "fold-1", "fold-2"]
 
 
 def test_run_json_and_no_track(tmp_path: Path) -> None:

@@ -164,7 +164,7 @@ def run(
         set_ = [*(set_ or []), f"train.engine={engine}"]
 
     def go() -> Any:
-        from gencv.runner import outcome_json, prepare, run_experiment
+        from gencv.runner import outcome_json, prepare, run_experiment, run_label
         from gencv.tracking import make_tracker
         from gencv.tracking.store import check_tracking_uri
 
@@ -182,6 +182,8 @@ def run(
         err.print(f"[bold]{exp.name}[/]: {prep.dataset.name} ({prep.dataset.n_samples} samples, {prep.dataset.task}), "
                   f"{exp.cv.kind} CV with {len(prep.folds)} folds, test set {len(prep.test_idx)}, seed {exp.seed}",
                   highlight=False)
+        name = run_label(exp.name, [x for x in set_ or [] if not x.startswith("name=")])
+
         def show(outcome: Any) -> None:
             if json_out:
                 print(json.dumps(outcome_json(outcome), default=str))
@@ -190,11 +192,12 @@ def run(
 
         try:
             if quiet or json_out:
-                outcome = run_experiment(exp, tracker=tracker, prepared=prep, resume=resume, after_cv=after_cv)
+                outcome = run_experiment(exp, tracker=tracker, prepared=prep, resume=resume, after_cv=after_cv,
+                                         run_name=name)
             else:
                 with RichProgress(err, exp.metric) as progress:
                     outcome = run_experiment(exp, tracker=tracker, prepared=prep, progress=progress, resume=resume,
-                                             after_cv=after_cv)
+                                             after_cv=after_cv, run_name=name)
         except TrackingError as exc:  # computed, but not (fully) recorded: show the results, then the error
             if getattr(exc, "outcome", None) is not None:
                 show(exc.outcome)  # type: ignore[attr-defined]

@@ -210,8 +210,9 @@ def _from_table(spec: DataSpec, kind: str, path: str) -> Dataset:
         raise DataError(
             f"data: feature column(s) {non_numeric} are not numeric; encode them, or list numeric columns in data.features"
         )
-    na = feat.isna().sum()
-    if na.any():  # NaN, and pandas' NA of nullable dtypes (Int64, Float64, boolean) alike
+    nullable = [c for c in feat.columns if pd.api.types.is_extension_array_dtype(feat[c])]
+    na = feat[nullable].isna().sum()
+    if na.any():  # pandas' NA of nullable dtypes (Int64, Float64, boolean); plain NaN/inf are named below
         cols = ", ".join(f"{c!r} ({int(k)})" for c, k in na.items() if k)
         raise DataError(f"data.features: missing values in column(s) {cols} of {path}; drop or fill those rows, "
                         "or list complete columns in data.features")

@@ -135,6 +135,11 @@ def measure_logged_run(
     if not names:
         raise GencvError("no measures given; pass e.g. --measures hessian_top,hessian_trace")
     _check_overrides(config, overrides)
+    try:
+        tracker.client.get_run(run_id)
+    except Exception as exc:  # MLflow's "not found" and its kin: one message, exit 2
+        raise GencvError(f"run {run_id!r}: not found in {tracker.tracking_uri} ({str(exc).splitlines()[0]}); pass "
+                         "the run id `gencv run` printed (or --tracking-uri of the store it was logged to)") from None
     with tempfile.TemporaryDirectory() as tmp:
         logged = {a.path for a in tracker.client.list_artifacts(run_id, "model_weights")}
         # the refit model's own spec (a study's best trial); runs of older versions have only spec.yaml

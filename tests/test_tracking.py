@@ -45,7 +45,8 @@ def test_run_tree_metrics_artifacts_and_reloadable_model(tracking_uri: str) -> N
         assert child.data.metrics["valid_accuracy"] == pytest.approx(fold.valid_scores["accuracy"])
     arts = {a.path for a in client.list_artifacts(out.run_id)}
     assert {"spec.yaml", "folds.csv", "summary.md", "summary.csv", "plots", "model", "model_weights"} <= arts
-    assert {a.path for a in client.list_artifacts(out.run_id, "plots")} == {"plots/fold_scores.png", "plots/learning_curves.png"}
+    assert {a.path for a in client.list_artifacts(out.run_id, "plots")} == {
+        "plots/fold_scores.png", "plots/learning_curves.png", "plots/confusion_matrix.png"}
     from mlflow.models import Model
 
     mlmodel = Model.load(client.download_artifacts(out.run_id, "model/MLmodel"))

@@ -756,7 +756,7 @@ def test_measure_on_a_study_run_rebuilds_the_best_trials_network(tmp_path: Path)
     tracker = MlflowTracker(f"sqlite:///{tmp_path}/mlflow.db")
     exp = tune_exp({"model.hidden": {"choices": [[16]]}})
     out = tune_experiment(exp, storage=MEM, n_trials=1, tracker=tracker)
-    assert out.refit_estimator is not None and out.refit_estimator.model.hidden == [16]
+    assert out.refit_estimator is not None and list(out.refit_estimator.hidden) == [16]
     post = measure_logged_run(tracker, out.run_id, ["norms"], log_results=False)
     assert post.experiment.model.hidden == [16]
     assert post.result.values["n_params"] == sum(p.numel() for p in out.refit_estimator.module_.parameters())

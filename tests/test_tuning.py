@@ -808,3 +808,24 @@ def test_workers_joining_one_sqlite_study_propose_distinct_configurations(tmp_pa
     assert len(first) >= 2 and len(set(first.values())) == len(first), first
     seeds = {t.user_attrs["gencv.sampler_seed"] for t in trials}
     assert len(seeds) == len({t.user_attrs["gencv.worker"] for t in trials})
+
+
+_OPEN_SQLITE_STORAGE = """
+import sys, time
+from pathlib import Path
+import optuna.storages, sqlalchemy  # noqa: F401  (imported before the start signal)
+from gencv.tuning.storage import make_storage
+go = Path(sys.argv[2])
+(go.parent / f"ready-{sys.argv[3]}").touch()
+while not go.exists():
+    time.sleep(0.005)
+make_storage(sys.argv[1], heartbeat_interval=60)
+"""
+
+
+@pytest.mark.slow
+def test_workers_opening_a_new_sqlite_storage_together_all_succeed(tmp_path: Path) -> None:
+    """Seen in a full run: a second worker died with `UNIQUE constraint failed: alembic_version`."""
+    from tests.race import release_together
+
+    release_together(_OPEN_SQLITE_STORAGE, f"sqlite:///{tmp_path}/store/optuna.db", 4, tmp_path)

@@ -95,7 +95,8 @@ def _schema_lock(url: str, kind: str) -> Iterator[None]:
 
     Workers started together on an empty database would otherwise race in CREATE TABLE / CREATE TYPE
     and all but one fail (PostgreSQL: duplicate key in pg_type). PostgreSQL: a session advisory lock
-    on a short-lived connection, held while `RDBStorage` creates or checks the schema.
+    on a short-lived connection, held while `RDBStorage` creates or checks the schema; SQLite: an
+    exclusive file lock beside the database file.
     """
     if kind == "postgresql":
         from sqlalchemy import create_engine
@@ -107,7 +108,18 @@ def _schema_lock(url: str, kind: str) -> Iterator[None]:
                 yield
         finally:
             engine.dispose()
-    else:  # SQLite is for one worker (see make_storage); others: as Optuna does it
+    elif kind == "sqlite" and url.removeprefix("sqlite:///") not in ("", ":memory:"):
+        # SQLite is for one worker (see make_storage), but two started at once on a new file would race
+        # in Optuna's alembic set-up (UNIQUE constraint failed: alembic_version): an exclusive file lock.
+        import fcntl
+
+        with open(url.removeprefix("sqlite:///") + ".schema.lock", "a+") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    else:  # others: as Optuna does it
         yield
 
 

@@ -67,6 +67,8 @@ UriOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow URI (
 def setup_logging(verbose: bool) -> None:
     # stdout carries data only (tables, --json); MLflow would print "View run ... at" lines there.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # Reading back finished folds (resume, sweeps) downloads small JSON files: no progress bar for each.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "mlflow", "urllib3", "matplotlib"):

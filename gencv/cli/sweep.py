@@ -59,6 +59,13 @@ def sweep(
     resume: Annotated[str | None, typer.Option("--resume", help="sweep run id: finished levels are reused, "
                                                "an interrupted one resumes its folds")] = None,
     refit: Annotated[bool, typer.Option("--refit/--no-refit", help="also refit each level on all non-test data")] = False,
+    storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL holding the levels as a queue "
+                                                "that several workers share (e.g. postgresql://user:pass@host/db); "
+                                                "rerun the same command to resume")] = None,
+    study: Annotated[str | None, typer.Option("--study", help="the sweep's study name in --storage (default: spec "
+                                              "name and a digest of spec and grid)")] = None,
+    heartbeat: Annotated[int, typer.Option("--heartbeat", help="with --storage: seconds between a level's heartbeats; "
+                                           "a level silent for twice as long is re-queued", min=1)] = 30,
     json_out: Annotated[bool, typer.Option("--json", help="print the results as JSON on stdout")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no fold progress bars")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
@@ -66,6 +73,7 @@ def sweep(
     """Cross-validate every level of a grid on the same folds; compare each level with the baseline.
 
     Example: gencv sweep experiments/sweep_dropout_wd.yaml --grid model.dropout=0,0.3 --grid train.weight_decay=0,1e-3
+    Shared by workers: run `gencv sweep SPEC --storage postgresql://... --tracking-uri http://...` on each.
     """
     setup_logging(verbose)
     sigterm_to_interrupt()
@@ -82,7 +90,8 @@ def sweep(
         baseline = exp.sweep.baseline if exp.sweep and not grid else None
         tracker = make_tracker(not no_track, tracking_uri)
         result = run_sweep(exp, levels, baseline=baseline, tracker=tracker, refit=refit, resume=resume,
-                           progress=RichSweepProgress(exp.metric, quiet or json_out))
+                           progress=RichSweepProgress(exp.metric, quiet or json_out), storage=storage,
+                           study_name=study, heartbeat_interval=heartbeat)
         if json_out:
             print(json.dumps({"run_id": result.run_id, "levels": json.loads(result.table.to_json(orient="records")),
                               "measures_vs_gap": json.loads(result.correlations.to_json(orient="records")),
@@ -92,28 +101,36 @@ def sweep(
         return result
 
     def resume_hint(exc: BaseException) -> str:
-        run_id = getattr(exc, "gencv_run_id", None) or resume
+        run_id = None if storage else getattr(exc, "gencv_run_id", None) or resume
         return command("sweep", spec_path(spec), set_, *[("--grid", g) for g in grid or []],
                        ("--tracking-uri", redacted(tracking_uri)), ("--no-track", no_track), ("--refit", refit),
-                       ("--resume", run_id))
+                       ("--storage", redacted(storage)), ("--study", study), ("--resume", run_id))
 
     guard(go, resume_hint)
 
 
 def _print(result: Any) -> None:
     m = result.experiment.metric
+    if result.table.empty:  # a worker of a shared sweep that left before the others
+        for note in result.notes:
+            err.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+        return
     t = Table(title=f"{result.experiment.name}: sweep over {len(result.levels)} levels (same folds; vs baseline "
                     f"{result.levels[result.baseline].label}: corrected t-test p, Holm-corrected across levels, "
                     "and Bayesian P(better / equivalent / worse))")
     cols = {"level": "level", f"valid_{m}_mean": f"CV {m}", f"gap_{m}_mean": "gap", "diff_vs_baseline": "diff",
             "p_holm": "p (Holm)", "P_better": "P better", "P_equivalent": "P equiv", "P_worse": "P worse"}
+    # the measures' level means beside the tests (the correlation table below says whether they track the gap)
+    cols |= {f"{k}_mean": k for k in result.correlations.get("measure", [])}
+    extra = set(result.correlations.get("measure", []))
     for label in cols.values():
-        t.add_column(label, justify="right", no_wrap=True)
+        t.add_column(label, justify="right", no_wrap=label not in extra)
     for _, row in result.table.iterrows():
         cells = []
         for key in cols:
             v = row.get(key)
             cells.append("-" if v is None or (isinstance(v, float) and v != v) else
+                         f"{v:.4g}" if isinstance(v, float) and key.removesuffix("_mean") in extra else
                          f"{v:.4f}" if isinstance(v, float) else str(v))
         t.add_row(*cells)
     out.print(t)

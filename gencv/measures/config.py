@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from gencv.errors import SpecError, did_you_mean
 
-__all__ = ["DEFAULT_TRACE_MIN_PROBES", "EIG_METHODS", "MEASURE_NAMES", "MeasureConfig", "validate_measure_names"]
+__all__ = ["DEFAULT_TRACE_MIN_PROBES", "EIG_METHODS", "MEASURE_NAMES", "MeasureConfig", "is_diagnostic",
+           "validate_measure_names"]
 
 MEASURE_NAMES: tuple[str, ...] = (
     "hessian_top",
@@ -26,6 +27,16 @@ MEASURE_NAMES: tuple[str, ...] = (
     "hessian_density",
 )
 EIG_METHODS: tuple[str, ...] = ("lanczos", "power")
+
+#: Output keys that describe how a measure was computed (iterations, probes, standard errors, the
+#: sample), not the minimum it measures: reported beside the measures, never correlated with the gap.
+_DIAGNOSTIC_SUFFIXES = ("_converged", "_iterations", "_evals", "_probes", "_se", "sample_size", "n_params")
+_DIAGNOSTIC_KEYS = ("measure_loss",)
+
+
+def is_diagnostic(key: str) -> bool:
+    """True for a measure output that describes its computation (e.g. `hessian_top_iterations`)."""
+    return key in _DIAGNOSTIC_KEYS or key.endswith(_DIAGNOSTIC_SUFFIXES)
 
 _POSITIVE_INTS = (
     "top_k", "max_iter", "trace_max_probes", "diag_probes", "ascent_steps", "ascent_restarts", "ascent_max_iter",

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from gencv.errors import GencvError, SpecError
+from gencv.measures.config import is_diagnostic
 from gencv.metrics import METRICS
 from gencv.report import summarize, value_bounds
 from gencv.runner import RunOutcome, prepare, run_experiment, run_tags
@@ -186,6 +187,9 @@ def run_sweep(
     progress: SweepProgress | None = None,
     resume: str | None = None,
     refit: bool = False,
+    storage: str | None = None,
+    study_name: str | None = None,
+    heartbeat_interval: int = 30,
 ) -> SweepOutcome:
     """Cross-validate every level of the grid on the same folds; compare each with the baseline level.
 
@@ -195,41 +199,35 @@ def run_sweep(
     baseline : the level the others are compared with (default: the first combination).
     resume : a sweep run id: levels that finished are read back, interrupted ones resume their folds.
     refit : also refit every level on all non-test data (off: a sweep compares cross-validations).
+    storage : an Optuna storage URL: the levels become a queue that several workers share
+        (`gencv.studies.sweep_queue`); run the same call on each worker. Rerunning it resumes.
+    study_name : the sweep's study in `storage` (default: spec name and a digest of spec and grid).
+    heartbeat_interval : seconds between a shared level's heartbeats; a level whose worker stops
+        beating for twice as long is re-queued.
     """
     tracker = tracker or NullTracker()
     progress = progress or _NoProgress()
     levels, base, exps = levels_of(exp, grid, baseline)
     prep = prepare(exp)  # the folds every level shares (levels may not change what decides them)
     digest = folds_digest(prep.folds)
+    if storage is not None:
+        if resume:
+            raise GencvError("sweep: --resume reads a sweep run; with --storage the study remembers the finished "
+                             "levels: rerun the same command (same --study) instead")
+        return _run_shared(exp, grid, levels, base, exps, prep, digest, tracker, progress, refit, storage,
+                           study_name, heartbeat_interval)
     done = _finished_levels(tracker, resume) if resume else {}
     if resume:
         sweep_run = resume
         tracker.client.update_run(sweep_run, status="RUNNING")  # type: ignore[attr-defined]
     else:
-        sweep_run = tracker.start_run(exp.name, f"{exp.name}-sweep", tags={
-            **run_tags(exp, prep.dataset, prep.folds), "gencv.kind": "sweep",
-            "gencv.sweep_paths": ",".join(grid)[:5000]})
-        tracker.log_params(sweep_run, {**exp.flat_params(), **{f"grid.{p}": json.dumps(v) for p, v in grid.items()},
-                                       "n_levels": len(levels), "baseline": levels[base].label})
-        tracker.log_text(sweep_run, exp.to_yaml(), "spec.yaml")
-        resolve = getattr(tracker, "resolve", None)
-        if callable(resolve):  # MLflow's id now, for the level runs' parent tag and the resume hint
-            sweep_run = resolve(sweep_run)
+        sweep_run = _start_sweep_run(tracker, exp, prep, grid, levels, base, {})
     outcomes: list[RunOutcome] = []
     status = "FAILED"
     try:
         for level, level_exp in zip(levels, exps):
-            fold_progress = progress.level_start(level, len(levels))
-            prior = done.get(level.label)
-            level_prep = prepare(level_exp)
-            reused = prior is not None and prior[1] == "FINISHED"
-            outcome = run_experiment(
-                level_exp, tracker=tracker, progress=fold_progress, refit=refit, prepared=level_prep,
-                resume=prior[0] if prior is not None else None, parent_run=sweep_run, run_name=level.label,
-                tags={"gencv.sweep_level": level.label, "gencv.sweep_index": str(level.index)},
-            )
-            outcomes.append(outcome)
-            progress.level_end(level, outcome, reused)
+            outcomes.append(_run_level(level, level_exp, len(levels), done.get(level.label), tracker, progress,
+                                       refit, sweep_run))
         result = _summarize(exp, levels, base, outcomes, digest)
         result.run_id = None if isinstance(tracker, NullTracker) else sweep_run
         _log_sweep(tracker, sweep_run, result)
@@ -242,9 +240,105 @@ def run_sweep(
         raise
     finally:
         tracker.end_run(sweep_run, status)
-        flush = getattr(tracker, "flush", None)
-        if callable(flush):
-            flush()
+        _flush(tracker)
+
+
+def _flush(tracker: Tracker) -> None:
+    flush = getattr(tracker, "flush", None)
+    if callable(flush):
+        flush()
+
+
+def _start_sweep_run(tracker: Tracker, exp: Experiment, prep: Any, grid: Mapping[str, Sequence[Any]],
+                     levels: list[Level], base: int, tags: Mapping[str, str]) -> str:
+    """The sweep's MLflow run (its levels' parent): spec, grid and baseline as params."""
+    sweep_run = tracker.start_run(exp.name, f"{exp.name}-sweep", tags={
+        **run_tags(exp, prep.dataset, prep.folds), "gencv.kind": "sweep",
+        "gencv.sweep_paths": ",".join(grid)[:5000], **dict(tags)})
+    tracker.log_params(sweep_run, {**exp.flat_params(), **{f"grid.{p}": json.dumps(v) for p, v in grid.items()},
+                                   "n_levels": len(levels), "baseline": levels[base].label})
+    tracker.log_text(sweep_run, exp.to_yaml(), "spec.yaml")
+    resolve = getattr(tracker, "resolve", None)
+    if callable(resolve):  # MLflow's id now, for the level runs' parent tag and the resume hint
+        sweep_run = resolve(sweep_run)
+    return sweep_run
+
+
+def _run_level(level: Level, level_exp: Experiment, n_levels: int, prior: tuple[str, str] | None, tracker: Tracker,
+               progress: SweepProgress, refit: bool, sweep_run: str) -> RunOutcome:
+    """One level's cross-validation as a child of the sweep run; `prior` (run id, status) is resumed or reused."""
+    fold_progress = progress.level_start(level, n_levels)
+    reused = prior is not None and prior[1] == "FINISHED"
+    outcome = run_experiment(
+        level_exp, tracker=tracker, progress=fold_progress, refit=refit, prepared=prepare(level_exp),
+        resume=prior[0] if prior is not None else None, parent_run=sweep_run, run_name=level.label,
+        tags={"gencv.sweep_level": level.label, "gencv.sweep_index": str(level.index)},
+    )
+    progress.level_end(level, outcome, reused)
+    return outcome
+
+
+def _run_shared(exp: Experiment, grid: Mapping[str, Sequence[Any]], levels: list[Level], base: int,
+                exps: list[Experiment], prep: Any, digest: str, tracker: Tracker, progress: SweepProgress,
+                refit: bool, storage: str, study_name: str | None, heartbeat_interval: int) -> SweepOutcome:
+    """This worker's share of a sweep whose levels wait in an Optuna storage; the last one out reports."""
+    from gencv.studies.sweep_queue import SweepQueue, default_sweep_study_name, sweep_digest
+    from gencv.tuning.storage import Heartbeat, make_storage
+
+    labels = [lv.label for lv in levels]
+    store = make_storage(storage, heartbeat_interval=heartbeat_interval)
+    name = study_name or default_sweep_study_name(exp, sweep_digest(exp, labels, base))
+    queue, sweep_run = SweepQueue.open(
+        exp, labels, base, store, name, tracker,
+        lambda: _start_sweep_run(tracker, exp, prep, grid, levels, base, {"gencv.sweep_study": name}))
+    ran: dict[int, RunOutcome] = {}
+    try:
+        while (claim := queue.claim()) is not None:
+            level = levels[claim.level]
+            prior = _finished_levels(tracker, sweep_run).get(level.label)
+            try:
+                with Heartbeat(store, claim.trial_id):
+                    outcome = _run_level(level, exps[level.index], len(levels), prior, tracker, progress, refit,
+                                         sweep_run)
+            except KeyboardInterrupt:
+                queue.stopped(claim, interrupted=True)
+                raise
+            except BaseException:
+                queue.stopped(claim, interrupted=False)
+                raise
+            queue.done(claim, outcome.cv.mean_score(), outcome.run_id)
+            ran[level.index] = outcome
+    except KeyboardInterrupt as exc:
+        exc.gencv_run_id = sweep_run  # type: ignore[attr-defined]
+        if not queue.state()["running"]:
+            tracker.end_run(sweep_run, "KILLED")
+        _flush(tracker)
+        raise
+    state = queue.state()
+    if state["running"] or state["waiting"]:
+        _flush(tracker)
+        busy = [labels[i] for i in state["running"] + state["waiting"]]
+        return SweepOutcome(exp, levels, base, list(ran.values()), pd.DataFrame(), pd.DataFrame(), run_id=sweep_run,
+                            notes=[f"this worker ran {len(ran)} level(s); still running or waiting in other "
+                                   f"workers: {', '.join(busy)}. The last worker out writes the sweep's report to "
+                                   f"run {sweep_run} (study {name})"])
+    if state["failed"]:
+        _flush(tracker)
+        bad = ", ".join(labels[i] for i in state["failed"])
+        raise GencvError(f"sweep (study {name}): level(s) {bad} failed on every try; their level runs under "
+                         f"sweep run {sweep_run} say why. Fix the cause and start the sweep under another --study")
+    finished = _finished_levels(tracker, sweep_run)
+    outcomes = []
+    for level, level_exp in zip(levels, exps):
+        outcomes.append(ran.get(level.index) or _run_level(level, level_exp, len(levels), finished.get(level.label),
+                                                           tracker, progress, refit, sweep_run))
+    result = _summarize(exp, levels, base, outcomes, digest)
+    result.run_id = sweep_run
+    if queue.claim_report():
+        _log_sweep(tracker, sweep_run, result)
+        tracker.end_run(sweep_run, "FINISHED")
+    _flush(tracker)
+    return result
 
 
 def _summarize(exp: Experiment, levels: list[Level], base: int, outcomes: list[RunOutcome],
@@ -270,6 +364,13 @@ def _summarize(exp: Experiment, levels: list[Level], base: int, outcomes: list[R
         for key in (f"valid_{metric}", f"train_{metric}", f"gap_{metric}", "gap_loss", f"test_{metric}"):
             s = summarize(o.cv.values(key), bounds=value_bounds(key))
             row |= {f"{key}_mean": s["mean"], f"{key}_ci_low": s["ci_low"], f"{key}_ci_high": s["ci_high"]}
+        reached = [f.stop_reached for f in o.cv.ok_folds if f.stop_reached is not None]
+        if reached:  # train.stop_at_train_loss: levels compare minima at equal training loss only if all got there
+            row["folds_at_target_loss"] = int(sum(reached))
+            if sum(reached) < len(reached):
+                notes.append(f"level {lv.label}: {len(reached) - sum(reached)} of {len(reached)} folds ended at "
+                             "max_epochs before train.stop_at_train_loss; their minima are not at the target loss "
+                             "(raise train.max_epochs or train.lr)")
         for k in measure_keys:
             vals = o.cv.values(k)
             row[f"{k}_mean"] = float(np.mean(vals[np.isfinite(vals)])) if np.isfinite(vals).any() else float("nan")
@@ -294,7 +395,7 @@ def _varying_measures(outcomes: Sequence[RunOutcome]) -> list[str]:
     common = set.intersection(*per_level) if per_level else set()
     keep = []
     for k in sorted(common):
-        if k.endswith(("_converged", "sample_size", "n_params", "_probes")):
+        if is_diagnostic(k):
             continue
         vals = np.concatenate([o.cv.values(k) for o in outcomes])
         vals = vals[np.isfinite(vals)]

@@ -378,7 +378,7 @@ def _prepare(estimator: Any, X: np.ndarray, y: np.ndarray, groups: np.ndarray | 
     yt = est.encode_target(yf)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(est._seed_)  # as NetEstimator.fit: the module's init draws come first ...
-        module = init_weights_(est.build_module(est.n_features_in_), model.init, model.activation)
+        module = init_weights_(est.build_module(est.n_inputs_), model.init, model.activation)
         module = module.to(getattr(torch, t.dtype))
         gen = torch.Generator()
         gen.set_state(torch.get_rng_state())  # ... then TensorBatches' shuffles continue the stream

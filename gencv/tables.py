@@ -148,10 +148,13 @@ def table_parts(spec: DataSpec, kind: str, path: str) -> TableParts:
 
 
 def _check_missing(feat: pd.DataFrame, kinds: list[bool], spec: DataSpec, path: str) -> None:
-    """Under data.impute=none any missing feature value (NaN or pandas' NA) is refused, naming the columns."""
-    na = feat.isna().sum()
-    if spec.impute != "none" or not na.any():
+    """Under data.impute=none a missing value in a categorical or nullable (Int64, boolean, ...) column is refused
+    here, naming every column with missing values; plain float NaN alone is left to data.py's finite check
+    (which names NaN and inf together)."""
+    checked = [c for c, k in zip(feat.columns, kinds) if k or pd.api.types.is_extension_array_dtype(feat[c])]
+    if spec.impute != "none" or not feat[checked].isna().to_numpy().any():
         return
+    na = feat.isna().sum()
     cols = ", ".join(f"{c!r} ({int(k)})" for c, k in na.items() if k)
     raise DataError(f"data.features: missing values in column(s) {cols} of {path}; set data.impute to mean, median "
                     "or most_frequent (fitted on each training fold), drop or fill those rows, or list complete "

@@ -120,8 +120,8 @@ class HeldOutPredictions:
     kept at a time. Folds reused by `--resume` have no network and so no predictions.
     """
 
-    def __init__(self, X: np.ndarray, y: np.ndarray, folds: Sequence[Fold]) -> None:
-        self.X, self.y, self.folds = X, y, folds
+    def __init__(self, X: np.ndarray, y: np.ndarray, folds: Sequence[Fold], classes: Sequence[str] = ()) -> None:
+        self.X, self.y, self.folds, self.classes = X, y, folds, list(classes)
         self.frames: dict[int, pd.DataFrame] = {}
 
     def __call__(self, res: FoldResult, pos: int) -> None:
@@ -131,8 +131,11 @@ class HeldOutPredictions:
         rows = self.folds[res.index].valid
         proba = est.predict_proba(self.X[rows])
         if np.all(np.isfinite(proba)):
-            self.frames[res.index] = pd.DataFrame({"fold": res.index, "row": rows, "y_true": self.y[rows],
-                                                   "y_pred": proba.argmax(1)})
+            frame = pd.DataFrame({"fold": res.index, "row": rows, "y_true": self.y[rows], "y_pred": proba.argmax(1)})
+            if self.classes:  # the codes mapped back to the data's labels
+                names = np.asarray(self.classes, dtype=object)
+                frame["true_label"], frame["pred_label"] = names[frame["y_true"]], names[frame["y_pred"]]
+            self.frames[res.index] = frame
 
     def table(self) -> pd.DataFrame | None:
         return pd.concat([self.frames[i] for i in sorted(self.frames)], ignore_index=True) if self.frames else None
@@ -276,7 +279,7 @@ def run_experiment(
     outcome_ref: list[RunOutcome] = []
     interrupted: list[BaseException] = []
     failing = False
-    held_out = HeldOutPredictions(ds.X, ds.y, prep.folds) if ds.task == "classification" else None
+    held_out = HeldOutPredictions(ds.X, ds.y, prep.folds, ds.classes) if ds.task == "classification" else None
     try:
         result = cross_validate(
             prep.estimator, ds.X, ds.y, prep.folds, metric=exp.metric, seed=exp.seed,
@@ -482,6 +485,7 @@ def _log_parent(tracker: Tracker, run_id: str, exp: Experiment, out: RunOutcome)
         if out.held_out is not None and len(out.held_out):
             yt, yp = out.held_out["y_true"].to_numpy(), out.held_out["y_pred"].to_numpy()
             per_class_table(yt, yp, out.dataset.classes).to_csv(d / "per_class.csv", index=False)
+            out.held_out.to_csv(d / "held_out_predictions.csv", index=False)  # codes and class names
             plot_confusion_matrix(yt, yp, out.dataset.classes, plots / "confusion_matrix.png")
         for found in out.extras.values():
             found.write_artifacts(d)

@@ -117,6 +117,22 @@ def test_unseen_category_in_a_held_out_fold_does_not_crash(categorical: str) -> 
         assert est.n_inputs_ == 2
 
 
+@pytest.mark.parametrize("engine", ["skorch", "batched"])
+def test_a_fold_without_a_category_gets_a_narrower_network_and_still_trains(tmp_path: Path, engine: str) -> None:
+    frame = _mixed().dropna()
+    frame.loc[frame.index[5], "city"] = "Faro"  # one row: the fold holding it out never sees the category
+    src = _write(frame, tmp_path / "m.csv", ",")
+    exp = tiny(**{"data.source": src, "data.target": "label", "data.test_size": 0.0, "train.max_epochs": 2,
+                  "train.engine": engine, "cv.n_splits": 3})
+    prep = prepare(exp)
+    fits = list(get_engine(engine).fit_folds(prep.estimator, prep.dataset.X, prep.dataset.y, prep.folds, [1, 2, 3]))
+    assert all(f.error is None for f in fits)
+    widths = [f.estimator.n_inputs_ for f in fits]
+    assert sorted(widths) == [7, 8, 8]  # x, z + city (3 or 4) + member (2)
+    lacking = next(f for f in fits if f.estimator.n_inputs_ == 7)
+    assert np.all(np.isfinite(lacking.estimator.predict_proba(prep.dataset.X[lacking.fold.valid])))
+
+
 def test_exported_model_fills_missing_values_and_takes_encoded_rows() -> None:
     rng = np.random.default_rng(0)
     X = rng.normal(size=(60, 3))
@@ -209,4 +225,54 @@ def test_example_table_spec_runs_leak_free_with_impute_and_onehot() -> None:
     assert out.dataset.classes == ["high", "low", "mid"] and out.dataset.categorical == (2, 3)
     assert all(f.status == "ok" for f in out.cv.folds) and len(out.cv.folds) == 5
     assert out.refit_test_scores["accuracy"] > 0.4  # three classes, 46% of them 'high'
+    names = np.array(out.dataset.classes, dtype=object)
+    np.testing.assert_array_equal(out.held_out["pred_label"], names[out.held_out["y_pred"]])
+    np.testing.assert_array_equal(out.held_out["true_label"], names[out.held_out["y_true"]])
     assert time.perf_counter() - t0 < 60
+
+
+@pytest.mark.slow
+def test_logged_model_carries_class_names_and_preprocessor_and_gencv_measure_matches(tmp_path: Path,
+                                                                                  tracking_uri: str) -> None:
+    import pickle
+
+    from mlflow import MlflowClient
+    from mlflow.models import Model
+
+    from gencv.measures import MeasureConfig, compute_measures
+    from gencv.posthoc import measure_logged_run
+    from gencv.seeds import derive_seed
+    from gencv.tracking import MlflowTracker
+    from gencv.tracking.mlflow_tracker import load_logged_model
+
+    src = _write(_mixed(), tmp_path / "m.tsv", "\t")
+    exp = tiny(**{"data.source": src, "data.target": "label", "data.impute": "mean", "data.categorical": "ordinal",
+                  "train.max_epochs": 2, "cv.n_splits": 2}, measure_options={"sample_size": 40})
+    tracker = MlflowTracker(tracking_uri)
+    out = run_experiment(exp, tracker=tracker)
+    tracker.flush()
+    client = MlflowClient(tracking_uri)
+    local = client.download_artifacts(out.run_id, "model", str(tmp_path / "dl"))
+    meta = Model.load(local).metadata
+    assert meta["classes"] == ["no", "yes"] and meta["task"] == "classification"
+    assert meta["input"].startswith("preprocessed")
+    held = pd.read_csv(client.download_artifacts(out.run_id, "held_out_predictions.csv", str(tmp_path / "h")))
+    assert set(held["true_label"]) == {"no", "yes"} and len(held) == len(prepare(exp).cv_idx)
+    pre = pickle.loads(Path(client.download_artifacts(out.run_id, "model_weights/preprocessor.pkl",
+                                                      str(tmp_path / "p"))).read_bytes())
+    est, X = out.refit_estimator, out.dataset.X[:7]
+    model = load_logged_model(tracker, out.run_id)
+    with torch.no_grad():
+        proba = model(torch.as_tensor(pre.transform(X))).numpy()
+    np.testing.assert_allclose(proba, est.predict_proba(X), atol=1e-5)
+    # gencv measure refits the preprocessor on the refit's rows: the same inputs as the refit's own
+    names = ["hessian_trace"]
+    post = measure_logged_run(tracker, out.run_id, names, log_results=False)
+    cv_idx = prepare(exp).cv_idx
+    rows = cv_idx[est.fit_positions(out.dataset.y[cv_idx])]
+    direct = compute_measures(est.net_.module_, torch.as_tensor(est.preprocess_.transform(out.dataset.X[rows])),
+                              torch.as_tensor(est.encode_target(out.dataset.y[rows])),
+                              torch.nn.functional.cross_entropy, names, seed=derive_seed(exp.seed, "posthoc"),
+                              config=MeasureConfig(**exp.measure_options), init_state=est.init_state_).values
+    for key, value in direct.items():
+        assert post.result.values[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key

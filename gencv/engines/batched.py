@@ -358,8 +358,9 @@ class BatchedEngine:
                 raise
             except Exception as exc:  # a fold's failure is reported, the other folds go on
                 failed[pos] = exc
-        if members:
-            _train(members, members[0].train, on_epoch)
+        for width in sorted({m.X.shape[1] for m in members}):  # one-hot widths differ when a fold lacks a category
+            group = [m for m in members if m.X.shape[1] == width]
+            _train(group, group[0].train, on_epoch)
         share = (time.perf_counter() - t0) / max(1, len(folds))
         it = iter(members)
         for pos, (fold, seed) in enumerate(zip(folds, seeds)):

@@ -71,8 +71,8 @@ _DTYPES = (np.float64, np.float32)  # float32 data stays float32 (the network's 
 
 def x_checks(categorical_features: Sequence[int] | None, impute: str) -> dict[str, Any]:
     """`validate_data`'s settings for X: categories stay objects, missing values reach the imputer."""
-    return dict(dtype=None if categorical_features else _DTYPES,
-                ensure_all_finite="allow-nan" if impute != "none" else True)
+    return {"dtype": None if categorical_features else _DTYPES,
+            "ensure_all_finite": "allow-nan" if impute != "none" else True}
 
 
 def export_input(preprocess: Pipeline, X: np.ndarray) -> np.ndarray:

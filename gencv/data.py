@@ -1,13 +1,12 @@
-"""Datasets: bundled scikit-learn sets, synthetic data, a shipped time series, CSV and Parquet."""
+"""Datasets: bundled scikit-learn sets, synthetic data, a shipped time series, CSV/Parquet tables, npz arrays and
+image folders (`gencv.tables` and `gencv.arrays` read the files)."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import warnings
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,8 +14,10 @@ from sklearn import datasets as skd
 from sklearn.model_selection import GroupShuffleSplit, train_test_split
 from sklearn.preprocessing import LabelEncoder
 
+from gencv.arrays import load_image_folder, load_npz
 from gencv.errors import DataError, SpecError, did_you_mean
 from gencv.spec import DataSpec
+from gencv.tables import lag_windows, table_parts
 
 __all__ = ["SOURCES", "Dataset", "describe_sources", "holdout_test", "load_dataset"]
 
@@ -28,7 +29,9 @@ class Dataset:
     """Features, target and side columns of one data source, ready for splitting."""
 
     name: str
-    X: np.ndarray  # float32, (n, d)
+    # float32 (n, d); float64 with NaN where data.impute fills missing values; object (n, d) when
+    # `categorical` names columns (strings there, floats elsewhere): the per-fold preprocessor encodes them
+    X: np.ndarray
     y: np.ndarray  # int64 class codes or float32 values, (n,)
     task: str  # "classification" | "regression"
     feature_names: list[str]
@@ -37,6 +40,7 @@ class Dataset:
     time_index: np.ndarray | None = None
     image_shape: tuple[int, ...] | None = None  # e.g. (1, 8, 8) for digits
     horizon: int = 1  # lag windows: the target lies `horizon` steps after the last lag
+    categorical: tuple[int, ...] = ()  # feature columns holding categories (encoded per fold)
 
     @property
     def n_samples(self) -> int:
@@ -57,7 +61,9 @@ class Dataset:
         """Short SHA-256 over features, target and groups."""
         h = hashlib.sha256()
         for arr in (self.X, self.y, self.groups):
-            if arr is not None:
+            if arr is not None and arr.dtype == object:  # bytes of the values, not of the object pointers
+                h.update(pd.util.hash_pandas_object(pd.DataFrame(arr).astype(str), index=False).to_numpy().tobytes())
+            elif arr is not None:
                 h.update(np.ascontiguousarray(arr).tobytes())
         return h.hexdigest()[:16]
 
@@ -74,8 +80,11 @@ SOURCES: dict[str, tuple[str, str]] = {
     "synthetic_grouped": ("classification", "classification with n_groups clusters sharing a group offset (group CV)"),
     "synthetic_timeseries": ("regression", "noisy seasonal series with trend; lag windows (rolling CV)"),
     "sunspots": ("regression", "yearly sunspot numbers 1700-2008 (NOAA, shipped); lag windows (rolling CV)"),
-    "csv:PATH": ("either", "a CSV file; data.target names the target column (group/time optional)"),
+    "csv:PATH": ("either", ("a CSV file (delimiter sniffed, or data.sep); data.target names the target column "
+                            "(group/time optional; data.lags makes lag windows)")),
     "parquet:PATH": ("either", "a Parquet file; as csv"),
+    "npz:PATH": ("either", "numpy .npz with arrays X (n, ...) and y (n,); X of (n, C, H, W) are images"),
+    "images:DIR": ("classification", "a folder per class of PNG/JPEG images, resized to data.image_size"),
 }
 
 
@@ -90,6 +99,15 @@ def load_dataset(spec: DataSpec, seed: int = 0) -> Dataset:
     if source.startswith(("csv:", "parquet:")):
         kind, _, path = source.partition(":")
         return _from_table(spec, kind, path)
+    if source.startswith("npz:"):
+        X, y, shape = load_npz(source.removeprefix("npz:"), source)
+        task = spec.task if spec.task != "auto" else _auto_task(y)
+        return _finish(source, X, y, task, [f"x{i}" for i in range(X.shape[1])], None, image_shape=shape)
+    if source.startswith("images:"):
+        h, w = spec.image_size
+        X, y, classes, shape = load_image_folder(source.removeprefix("images:"), source, (h, w))
+        return _finish(source, X, y, "classification", [f"px{i}" for i in range(X.shape[1])], classes,
+                       image_shape=shape)
     loaders = {
         "iris": skd.load_iris,
         "wine": skd.load_wine,
@@ -138,7 +156,7 @@ def load_dataset(spec: DataSpec, seed: int = 0) -> Dataset:
     names = [n for n in SOURCES if ":" not in n]
     raise SpecError(
         f"data.source: got {source!r}: unknown source.{did_you_mean(source, names)} "
-        f"Allowed: {', '.join(names)}, csv:PATH, parquet:PATH (see `gencv datasets`)"
+        f"Allowed: {', '.join(names)}, csv:PATH, parquet:PATH, npz:PATH, images:DIR (see `gencv datasets`)"
     )
 
 
@@ -158,125 +176,24 @@ def _grouped(spec: DataSpec, seed: int) -> Dataset:
 
 def _lagged(name: str, series: np.ndarray, time: np.ndarray, spec: DataSpec) -> Dataset:
     """Turn a series into (lags -> value at t + horizon - 1) supervised windows, in time order."""
-    lags, horizon = spec.lags, spec.horizon
-    n = len(series) - lags - horizon + 1
-    if n < 10:
-        raise DataError(
-            f"data.lags={lags}, data.horizon={horizon}: the series of {len(series)} points leaves {n} windows; "
-            "use fewer lags"
-        )
-    X = np.stack([series[i : i + lags] for i in range(n)])
-    y = series[lags + horizon - 1 : lags + horizon - 1 + n]
-    t = time[lags + horizon - 1 : lags + horizon - 1 + n]
+    lags, horizon = spec.lags or 12, spec.horizon
+    X, y, pos = lag_windows(series, lags, horizon)
     names = [f"lag_{lags - j}" for j in range(lags)]
-    return _finish(name, X, y, "regression", names, None, time_index=np.asarray(t), horizon=horizon)
+    return _finish(name, X, y, "regression", names, None, time_index=np.asarray(time[pos]), horizon=horizon)
+
+
+def _auto_task(y: np.ndarray) -> str:
+    """data.task=auto for arrays: non-numeric, bool, or integer with <= 50 values -> classification."""
+    is_class = not np.issubdtype(y.dtype, np.number) or y.dtype == bool or (
+        np.issubdtype(y.dtype, np.integer) and len(np.unique(y)) <= 50)
+    return "classification" if is_class else "regression"
 
 
 def _from_table(spec: DataSpec, kind: str, path: str) -> Dataset:
-    p = Path(path)
-    if not p.exists():
-        raise SpecError(f"data.source: got {spec.source!r}: file {path!r} does not exist")
-    try:
-        frame = pd.read_csv(p) if kind == "csv" else pd.read_parquet(p)
-    except Exception as exc:  # pandas raises many kinds; all mean "cannot read"
-        raise DataError(f"data.source: cannot read {kind} file {path!r}: {exc}") from None
-    if len(frame) == 0:
-        raise DataError(f"data.source: {kind} file {path!r} has no rows (columns: "
-                        f"{', '.join(map(str, frame.columns)) or 'none'}); give a file with at least one data row")
-    if spec.target is None:
-        raise SpecError(
-            f"data.target: required for {kind} sources; name the target column, one of: {', '.join(map(str, frame.columns))}"
-        )
-    for fld in ("target", "group", "time"):
-        col = getattr(spec, fld)
-        if col is not None and col not in frame.columns:
-            raise SpecError(
-                f"data.{fld}: got {col!r}: no such column in {path}.{did_you_mean(col, map(str, frame.columns))} "
-                f"Columns: {', '.join(map(str, frame.columns))}"
-            )
-    y_raw = frame[spec.target]
-    if y_raw.isna().any():
-        raise DataError(f"data.target: column {spec.target!r} has {int(y_raw.isna().sum())} missing values; drop or fill them")
-    side = {c for c in (spec.target, spec.group, spec.time) if c is not None}
-    if spec.features is not None:
-        missing = [c for c in spec.features if c not in frame.columns]
-        if missing:
-            raise SpecError(f"data.features: columns {missing} not in {path}")
-        feat = frame[spec.features]
-    else:
-        feat = frame.drop(columns=list(side))
-    non_numeric = [str(c) for c in feat.columns if not pd.api.types.is_numeric_dtype(feat[c])]
-    if non_numeric:
-        raise DataError(
-            f"data: feature column(s) {non_numeric} are not numeric; encode them, or list numeric columns in data.features"
-        )
-    nullable = [c for c in feat.columns if pd.api.types.is_extension_array_dtype(feat[c])]
-    na = feat[nullable].isna().sum()
-    if na.any():  # pandas' NA of nullable dtypes (Int64, Float64, boolean); plain NaN/inf are named below
-        cols = ", ".join(f"{c!r} ({int(k)})" for c, k in na.items() if k)
-        raise DataError(f"data.features: missing values in column(s) {cols} of {path}; drop or fill those rows, "
-                        "or list complete columns in data.features")
-    feat = feat.astype("float64")  # nullable dtypes (Int64, boolean) to plain numbers
-    is_class = not pd.api.types.is_numeric_dtype(y_raw) or pd.api.types.is_bool_dtype(y_raw) or (
-        pd.api.types.is_integer_dtype(y_raw) and y_raw.nunique() <= 50
-    )
-    task = "classification" if is_class else "regression"
-    groups = frame[spec.group].to_numpy() if spec.group else None
-    time_index = _parse_time(frame[spec.time], spec.time) if spec.time else None
-    if time_index is not None:
-        order = np.argsort(time_index, kind="stable")
-        feat, y_raw = feat.iloc[order], y_raw.iloc[order]
-        groups = groups[order] if groups is not None else None
-        time_index = time_index[order]
-    return _finish(spec.source, feat.to_numpy(), y_raw.to_numpy(), task, [str(c) for c in feat.columns], None,
-                   groups=groups, time_index=time_index, target_name=str(spec.target))
-
-
-def _parse_time(values: pd.Series, column: str) -> np.ndarray:
-    """The time column as sortable values: numbers and datetimes as they are, text parsed as dates.
-
-    Text is parsed in one format (pandas infers it from the first value), never value by value:
-    sorting date strings as text (``03/15/1995`` before ``12/01/1994``) would put the future first,
-    and parsing each value on its own could read ``01/02`` as January in one row and February in another.
-    """
-    missing = int(values.isna().sum())
-    if missing:
-        raise DataError(f"data.time: column {column!r} has {missing} missing value(s); every row needs a time "
-                        "to be put in order: drop or fill those rows")
-    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_datetime64_any_dtype(values):
-        parsed = values
-    else:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # "could not infer format"; failures raise below
-                try:
-                    parsed = pd.to_datetime(values)
-                except ValueError as exc:
-                    if "timezone" not in str(exc).lower():
-                        raise
-                    parsed = pd.to_datetime(values, utc=True)  # offsets differ between rows: compare in UTC
-        except (ValueError, TypeError, OverflowError) as exc:
-            bad = _unparseable_example(values)
-            raise DataError(
-                f"data.time: column {column!r} cannot be read as dates in one format: got {bad!r} "
-                f"({str(exc).splitlines()[0]}); write every value in one date format (ISO 8601 such as "
-                "1995-03-15 is safest) or as numbers (e.g. a year or a step count)"
-            ) from None
-    if pd.api.types.is_datetime64_any_dtype(parsed) and getattr(parsed.dt, "tz", None) is not None:
-        parsed = parsed.dt.tz_convert(None)  # UTC, without the zone, so the values sort as datetime64
-    return parsed.to_numpy()
-
-
-def _unparseable_example(values: pd.Series) -> object:
-    """A value of `values` that fails the date format pandas infers from the first value."""
-    from pandas.tseries.api import guess_datetime_format
-
-    fmt = guess_datetime_format(str(values.iloc[0]))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        coerced = pd.to_datetime(values, format=fmt or "mixed", errors="coerce", utc=True)
-    bad = values[coerced.isna()]
-    return bad.iloc[0] if len(bad) else values.iloc[0]
+    t = table_parts(spec, kind, path)
+    return _finish(spec.source, t.X, t.y, t.task, t.feature_names, None, groups=t.groups, time_index=t.time_index,
+                   horizon=t.horizon, target_name=str(spec.target), categorical=t.categorical,
+                   allow_nan=spec.impute != "none")
 
 
 def _finish(
@@ -292,12 +209,19 @@ def _finish(
     image_shape: tuple[int, ...] | None = None,
     horizon: int = 1,
     target_name: str = "target",
+    categorical: tuple[int, ...] = (),
+    allow_nan: bool = False,
 ) -> Dataset:
-    X = np.asarray(X, dtype=np.float64)
-    bad = ~np.isfinite(X)
+    """Check X (finite, or NaN where allowed; categorical columns left as they are) and encode the target."""
+    num = [j for j in range(np.shape(X)[1]) if j not in set(categorical)]
+    Xn = np.asarray(np.asarray(X)[:, num], dtype=np.float64)
+    bad = np.isinf(Xn) if allow_nan else ~np.isfinite(Xn)
     if bad.any():
-        cols = sorted({feature_names[j] for j in np.nonzero(bad.any(axis=0))[0]})
-        raise DataError(f"data: feature column(s) {cols} contain NaN or inf; drop or impute those values first")
+        cols = sorted({feature_names[num[j]] for j in np.nonzero(bad.any(axis=0))[0]})
+        what = "inf" if allow_nan else "NaN or inf"
+        raise DataError(f"data: feature column(s) {cols} contain {what}; drop those values, or set data.impute "
+                        "(mean, median or most_frequent) to fill missing ones per training fold")
+    X_out = np.asarray(X, dtype=object) if categorical else Xn.astype(np.float64 if allow_nan else np.float32)
     if task == "classification":
         enc = LabelEncoder()
         codes = enc.fit_transform(np.asarray(y))  # string labels are encoded, not rejected
@@ -316,7 +240,7 @@ def _finish(
         classes = []
     return Dataset(
         name=name,
-        X=X.astype(np.float32),
+        X=X_out,
         y=y_out,
         task=task,
         feature_names=feature_names,
@@ -325,6 +249,7 @@ def _finish(
         time_index=None if time_index is None else np.asarray(time_index),
         image_shape=image_shape,
         horizon=horizon,
+        categorical=tuple(categorical),
     )
 
 

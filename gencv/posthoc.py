@@ -155,22 +155,28 @@ def measure_logged_run(
     prep = prepare(exp, allow_large_loo=True)
     ds = prep.dataset
     est = prep.estimator
-    module = est.build_module(ds.X.shape[1])
-    net_state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
-    try:
-        module.load_state_dict(net_state)
-    except RuntimeError as exc:
-        raise GencvError(f"run {run_id}: the logged weights do not fit the network of its spec: {exc}") from None
-    module.eval()
     # The rows the refit's network was fitted on: the non-test rows (subsampled to data.train_fraction)
     # but its early-stopping split (recovered from the refit's seed, as the refit drew them).
     refit_est = est.set_params(random_state=derive_seed(exp.seed, "refit"))
     given = refit_rows(exp, prep)
     groups = None if ds.groups is None else ds.groups[given]
     rows = given[refit_est.fit_positions(ds.y[given], groups)]
-    # The refit's scaler was fit on the rows given to the refit: (x - shift) / scale in float64, then float32 like the estimator.
-    X = torch.as_tensor(ds.X[rows], dtype=torch.float64)
-    Xs = ((X - state["shift"].double()) / state["scale"].double()).float()
+    if ds.categorical or exp.data.impute != "none":
+        # imputation and encoding are not in the logged buffers: the refit's preprocessor is fitted again
+        # on the rows given to the refit (deterministic), as the refit fitted it
+        refit_est.prepare_fit(ds.X[given], ds.y[given])
+        Xs = torch.as_tensor(refit_est.scaled(ds.X[rows])).float()
+    else:
+        # The refit's scaler was fit on the rows given to the refit: (x - shift) / scale in float64, then float32 like the estimator.
+        X = torch.as_tensor(ds.X[rows], dtype=torch.float64)
+        Xs = ((X - state["shift"].double()) / state["scale"].double()).float()
+    module = est.build_module(Xs.shape[1])
+    net_state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+    try:
+        module.load_state_dict(net_state)
+    except RuntimeError as exc:
+        raise GencvError(f"run {run_id}: the logged weights do not fit the network of its spec: {exc}") from None
+    module.eval()
     if ds.task == "classification":
         y = torch.as_tensor(ds.y[rows], dtype=torch.long)
         loss = torch.nn.functional.cross_entropy

@@ -18,7 +18,7 @@ from gencv import __version__
 from gencv.checksums import sha256_file, tag_key
 from gencv.cv import CVResult, FoldResult, Progress, cross_validate
 from gencv.data import Dataset, holdout_test, load_dataset
-from gencv.engines import NetEstimator, engine_used, estimator_from_spec
+from gencv.engines import NetEstimator, engine_used, estimator_from_spec, export_input
 from gencv.errors import DivergenceError, SpecError, TrackingError
 from gencv.metrics import check_metric_for_task, score_all
 from gencv.report import (
@@ -120,8 +120,8 @@ class HeldOutPredictions:
     kept at a time. Folds reused by `--resume` have no network and so no predictions.
     """
 
-    def __init__(self, X: np.ndarray, y: np.ndarray, folds: Sequence[Fold]) -> None:
-        self.X, self.y, self.folds = X, y, folds
+    def __init__(self, X: np.ndarray, y: np.ndarray, folds: Sequence[Fold], classes: Sequence[str] = ()) -> None:
+        self.X, self.y, self.folds, self.classes = X, y, folds, list(classes)
         self.frames: dict[int, pd.DataFrame] = {}
 
     def __call__(self, res: FoldResult, pos: int) -> None:
@@ -131,8 +131,11 @@ class HeldOutPredictions:
         rows = self.folds[res.index].valid
         proba = est.predict_proba(self.X[rows])
         if np.all(np.isfinite(proba)):
-            self.frames[res.index] = pd.DataFrame({"fold": res.index, "row": rows, "y_true": self.y[rows],
-                                                   "y_pred": proba.argmax(1)})
+            frame = pd.DataFrame({"fold": res.index, "row": rows, "y_true": self.y[rows], "y_pred": proba.argmax(1)})
+            if self.classes:  # the codes mapped back to the data's labels
+                names = np.asarray(self.classes, dtype=object)
+                frame["true_label"], frame["pred_label"] = names[frame["y_true"]], names[frame["y_pred"]]
+            self.frames[res.index] = frame
 
     def table(self) -> pd.DataFrame | None:
         return pd.concat([self.frames[i] for i in sorted(self.frames)], ignore_index=True) if self.frames else None
@@ -141,12 +144,14 @@ class HeldOutPredictions:
 def make_estimator(exp: Experiment, ds: Dataset, seed: int | None = None) -> NetEstimator:
     """The estimator template for this experiment and data."""
     if exp.model.kind == "cnn" and ds.image_shape is None:
-        raise SpecError(f"model.kind: got 'cnn' but data.source={ds.name!r} is not image data; use model.kind=mlp or data.source=digits")
+        raise SpecError(f"model.kind: got 'cnn' but data.source={ds.name!r} is not image data; use model.kind=mlp, "
+                        "data.source=digits, an npz:PATH of (n, C, H, W) images or images:DIR")
     return estimator_from_spec(
         exp.model, exp.train, task=ds.task, n_classes=max(len(ds.classes), 2),
         image_shape=ds.image_shape, scale=exp.data.scale, time_ordered=ds.is_time_series, time_gap=ds.min_gap,
         metric=exp.metric, random_state=exp.seed if seed is None else seed,
-    )
+    ).set_params(impute=exp.data.impute, categorical=exp.data.categorical,  # per-fold feature preprocessing
+                 categorical_features=list(ds.categorical) or None)
 
 
 def prepare(exp: Experiment, *, allow_large_loo: bool = False) -> Prepared:
@@ -274,7 +279,7 @@ def run_experiment(
     outcome_ref: list[RunOutcome] = []
     interrupted: list[BaseException] = []
     failing = False
-    held_out = HeldOutPredictions(ds.X, ds.y, prep.folds) if ds.task == "classification" else None
+    held_out = HeldOutPredictions(ds.X, ds.y, prep.folds, ds.classes) if ds.task == "classification" else None
     try:
         result = cross_validate(
             prep.estimator, ds.X, ds.y, prep.folds, metric=exp.metric, seed=exp.seed,
@@ -432,7 +437,19 @@ def log_refit(tracker: Tracker, run_id: str, prep: Prepared, est: NetEstimator, 
     exp = exp or prep.experiment
     ds = prep.dataset
     tracker.log_metrics(run_id, {f"refit_test_{k}": v for k, v in scores.items()} | {"refit_epochs_run": est.epochs_run_})
-    tracker.log_model(run_id, est.to_torch(), ds.X[prep.cv_idx][:5])
+    # Class names travel with the model (its outputs are the class codes 0..k-1 in this order); with
+    # categorical columns the model takes preprocessed rows and the fitted preprocessor is logged beside it.
+    takes_preprocessed = "columns" in est.preprocess_.named_steps
+    meta = {"task": ds.task, "classes": list(ds.classes), "feature_names": list(ds.feature_names),
+            "input": "preprocessed (model_weights/preprocessor.pkl)" if takes_preprocessed else "raw features"}
+    tracker.log_model(run_id, est.to_torch(), export_input(est.preprocess_, ds.X[prep.cv_idx][:5]), metadata=meta)
+    if takes_preprocessed and not isinstance(tracker, NullTracker):
+        import pickle
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "preprocessor.pkl"
+            path.write_bytes(pickle.dumps(est.preprocess_))
+            tracker.log_artifact(run_id, path, "model_weights")
     # The spec this model was built from (a study's refit: the best trial's), so `gencv measure` and a
     # transfer rebuild the same network.
     tracker.log_text(run_id, exp.to_yaml(), "model_weights/model_spec.yaml")
@@ -468,6 +485,7 @@ def _log_parent(tracker: Tracker, run_id: str, exp: Experiment, out: RunOutcome)
         if out.held_out is not None and len(out.held_out):
             yt, yp = out.held_out["y_true"].to_numpy(), out.held_out["y_pred"].to_numpy()
             per_class_table(yt, yp, out.dataset.classes).to_csv(d / "per_class.csv", index=False)
+            out.held_out.to_csv(d / "held_out_predictions.csv", index=False)  # codes and class names
             plot_confusion_matrix(yt, yp, out.dataset.classes, plots / "confusion_matrix.png")
         for found in out.extras.values():
             found.write_artifacts(d)

@@ -40,6 +40,12 @@ class DataSpec(_Strict):
 
     source: str = "iris"
     target: str | None = None
+    # auto: a non-numeric or bool target, or an integer one with <= 50 distinct values, is classification
+    task: Literal["auto", "classification", "regression"] = "auto"
+    sep: str | None = None  # csv delimiter; None: sniffed from the file's first lines
+    categorical: Literal["onehot", "ordinal"] = "onehot"  # string/category/bool feature columns, per fold
+    impute: Literal["none", "mean", "median", "most_frequent"] = "none"  # missing feature values, per fold
+    image_size: list[int] = Field(default_factory=lambda: [32, 32])  # images:DIR are resized to (height, width)
     group: str | None = None
     time: str | None = None
     features: list[str] | None = None
@@ -50,10 +56,27 @@ class DataSpec(_Strict):
     n_classes: int | None = Field(None, ge=2, le=100)
     n_groups: int | None = Field(None, ge=2, le=10_000)
     noise: float | None = Field(None, ge=0.0)
-    lags: int = Field(12, ge=1, le=1000)
+    # lag windows: built-in series default to 12; a csv/parquet table becomes windows of data.target
+    # (ordered by data.time) only when lags is set
+    lags: int | None = Field(None, ge=1, le=1000)
     horizon: int = Field(1, ge=1, le=1000)
     # Fraction of each training fold (and of the refit's rows) that is fitted on; held-out folds are unchanged.
     train_fraction: float = Field(1.0, gt=0.0, le=1.0)
+
+    @field_validator("sep")
+    @classmethod
+    def _one_char(cls, v: str | None) -> str | None:
+        v = {"tab": "\t", "\\t": "\t"}.get(v, v) if v is not None else None
+        if v is not None and len(v) != 1:
+            raise ValueError(f"got {v!r}; give one character, e.g. ',', ';', '|' or \"\\t\" (or tab)")
+        return v
+
+    @field_validator("image_size")
+    @classmethod
+    def _two_sizes(cls, v: list[int]) -> list[int]:
+        if len(v) != 2 or any(int(s) < 1 or int(s) > 4096 for s in v):
+            raise ValueError(f"got {v}; give [height, width] in pixels, e.g. [32, 32]")
+        return v
 
     @field_validator("features")
     @classmethod

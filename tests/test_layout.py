@@ -16,7 +16,7 @@ PKG = ROOT / "gencv"
 LAYERS: list[tuple[str, ...]] = [
     ("gencv.errors", "gencv.seeds", "gencv.checksums", "gencv.metrics", "gencv.measures.config", "gencv.datasets", "gencv.experiments"),
     ("gencv.spec",),
-    ("gencv.data",),
+    ("gencv.data", "gencv.tables", "gencv.arrays"),
     ("gencv.splits",),
     ("gencv.models",),
     ("gencv.engines",),

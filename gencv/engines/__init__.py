@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from gencv.engines.base import Engine, FittedModel, FoldFit
 from gencv.engines.batched import AutoEngine, BatchedEngine, UnsupportedSettingError, engine_used
-from gencv.engines.estimator import ExportedModel, GencvEstimator, make_preprocessor
+from gencv.engines.estimator import ExportedModel, GencvEstimator, export_input, make_preprocessor
 from gencv.engines.skorch_engine import SkorchEngine
 from gencv.engines.sklearn_api import (
     SKLEARN_EXPECTED_FAILED_CHECKS,
@@ -25,7 +25,7 @@ from gencv.errors import GencvError, did_you_mean
 
 __all__ = ["ENGINES", "SKLEARN_EXPECTED_FAILED_CHECKS", "AutoEngine", "BatchedEngine", "Engine", "ExportedModel",
            "FittedModel", "FoldFit", "GencvEstimator", "NetClassifier", "NetEstimator", "NetRegressor", "SkorchEngine",
-           "UnsupportedSettingError", "engine_used", "estimator_from_spec", "get_engine", "make_preprocessor"]
+           "UnsupportedSettingError", "engine_used", "estimator_from_spec", "export_input", "get_engine", "make_preprocessor"]
 
 #: engine name -> factory. `skorch` is the reference; `batched` stacks the folds; `auto` picks batched when it can.
 ENGINES: dict[str, Callable[[], Engine]] = {"skorch": SkorchEngine, "batched": BatchedEngine, "auto": AutoEngine}

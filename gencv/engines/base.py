@@ -39,7 +39,9 @@ class FittedModel(Protocol):
     def loss(self, X: np.ndarray, y: np.ndarray) -> float: ...  # mean criterion, eval mode, no penalty
     def encode_target(self, y: np.ndarray) -> np.ndarray: ...  # targets as the network is trained on them
     def epoch_history(self) -> list[dict[str, float]]: ...  # one row per epoch (curve_* keys, seconds)
-    def to_torch(self) -> Any: ...  # a self-contained module: raw features in, probabilities/values out
+    # a self-contained module: raw features in (preprocessed rows for categorical data: `export_input`),
+    # probabilities/values out
+    def to_torch(self) -> Any: ...
 
 
 @dataclass

@@ -358,8 +358,9 @@ class BatchedEngine:
                 raise
             except Exception as exc:  # a fold's failure is reported, the other folds go on
                 failed[pos] = exc
-        if members:
-            _train(members, members[0].train, on_epoch)
+        for width in sorted({m.X.shape[1] for m in members}):  # one-hot widths differ when a fold lacks a category
+            group = [m for m in members if m.X.shape[1] == width]
+            _train(group, group[0].train, on_epoch)
         share = (time.perf_counter() - t0) / max(1, len(folds))
         it = iter(members)
         for pos, (fold, seed) in enumerate(zip(folds, seeds)):
@@ -378,7 +379,7 @@ def _prepare(estimator: Any, X: np.ndarray, y: np.ndarray, groups: np.ndarray | 
     yt = est.encode_target(yf)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(est._seed_)  # as NetEstimator.fit: the module's init draws come first ...
-        module = init_weights_(est.build_module(est.n_features_in_), model.init, model.activation)
+        module = init_weights_(est.build_module(est.n_inputs_), model.init, model.activation)
         module = module.to(getattr(torch, t.dtype))
         gen = torch.Generator()
         gen.set_state(torch.get_rng_state())  # ... then TensorBatches' shuffles continue the stream

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer, MinMaxScaler, StandardScaler
+from sklearn.preprocessing import FunctionTransformer, MinMaxScaler, OneHotEncoder, OrdinalEncoder, StandardScaler
 from torch import nn
 
 from gencv.spec import ModelSpec, TrainSpec
 
-__all__ = ["ExportedModel", "GencvEstimator", "make_preprocessor"]
+__all__ = ["ExportedModel", "GencvEstimator", "export_input", "make_preprocessor", "x_checks"]
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +28,59 @@ def _to_float32(X: np.ndarray, dtype: str = "float32") -> np.ndarray:
     return np.asarray(X, dtype=dtype)
 
 
+def _scaler(scale: str) -> Any:
+    return {"standard": StandardScaler(), "minmax": MinMaxScaler(), "none": "passthrough"}[scale]
 
-def make_preprocessor(scale: str, dtype: str = "float32") -> Pipeline:
-    """Scaler (fit on the training fold only) followed by a cast to `dtype` (train.dtype)."""
-    scaler: Any = {"standard": StandardScaler(), "minmax": MinMaxScaler(), "none": "passthrough"}[scale]
-    return Pipeline([("scale", scaler), ("float32", FunctionTransformer(_to_float32, kw_args={"dtype": dtype}))])
 
+def make_preprocessor(scale: str, dtype: str = "float32", *, impute: str = "none", categorical: str = "onehot",
+                      categorical_features: Sequence[int] | None = None, n_features: int | None = None) -> Pipeline:
+    """The per-fit feature preprocessing, fitted on the training fold only, ending in a cast to `dtype`.
+
+    Plain numeric data: scaler (`scale`). With `impute` (mean | median | most_frequent): a SimpleImputer
+    first. With `categorical_features` (column positions among `n_features`): a ColumnTransformer whose
+    numeric part is imputer + scaler and whose categorical part is a most_frequent imputer (when `impute`
+    is set) + OneHotEncoder (`categorical="onehot"`, unseen categories -> all zeros) or OrdinalEncoder
+    (`"ordinal"`, unseen -> -1, then scaled like the numbers).
+    """
+    cast = ("float32", FunctionTransformer(_to_float32, kw_args={"dtype": dtype}))
+    cats = sorted(int(j) for j in (categorical_features or ()))
+    if not cats:
+        steps: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy=impute))] if impute != "none" else []
+        return Pipeline([*steps, ("scale", _scaler(scale)), cast])
+    if n_features is None:
+        raise ValueError("make_preprocessor: categorical_features needs n_features (the number of columns)")
+    nums = [j for j in range(n_features) if j not in set(cats)]
+    num_steps: list[tuple[str, Any]] = [("to_float", FunctionTransformer(_to_float32, kw_args={"dtype": "float64"}))]
+    cat_steps: list[tuple[str, Any]] = []
+    if impute != "none":
+        num_steps.append(("impute", SimpleImputer(strategy=impute)))
+        cat_steps.append(("impute", SimpleImputer(strategy="most_frequent")))
+    num_steps.append(("scale", _scaler(scale)))
+    if categorical == "onehot":
+        cat_steps.append(("encode", OneHotEncoder(handle_unknown="ignore", sparse_output=False)))
+    else:
+        cat_steps.append(("encode", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1)))
+        cat_steps.append(("scale", _scaler(scale)))
+    columns = ColumnTransformer([("num", Pipeline(num_steps), nums), ("cat", Pipeline(cat_steps), cats)],
+                                sparse_threshold=0.0)
+    return Pipeline([("columns", columns), cast])
+
+
+_DTYPES = (np.float64, np.float32)  # float32 data stays float32 (the network's dtype); anything else -> float64
+
+
+def x_checks(categorical_features: Sequence[int] | None, impute: str) -> dict[str, Any]:
+    """`validate_data`'s settings for X: categories stay objects, missing values reach the imputer."""
+    return {"dtype": None if categorical_features else _DTYPES,
+            "ensure_all_finite": "allow-nan" if impute != "none" else True}
+
+
+def export_input(preprocess: Pipeline, X: np.ndarray) -> np.ndarray:
+    """What the exported model (`ExportedModel`) takes for raw rows X: X itself, or for data with categorical
+    columns the preprocessed float32 rows (the fitted preprocessor is logged beside the model)."""
+    if "columns" in preprocess.named_steps:
+        return np.asarray(preprocess.transform(X), dtype=np.float32)
+    return np.asarray(X, dtype=np.float32)
 
 
 def GencvEstimator(  # noqa: N802  (a deprecated class name, kept callable)
@@ -64,10 +114,14 @@ def GencvEstimator(  # noqa: N802  (a deprecated class name, kept callable)
 
 
 class ExportedModel(nn.Module):
-    """Scaler + network (+ softmax or target inverse transform) in one module, for MLflow."""
+    """Imputation + scaler + network (+ softmax or target inverse transform) in one module, for MLflow.
+
+    For data with categorical columns the module takes the preprocessed rows (`export_input`): the
+    encoding is not a tensor operation, so the fitted preprocessor is logged beside the model.
+    """
 
     def __init__(self, net: nn.Module, shift: torch.Tensor, scale: torch.Tensor, task: str,
-                 y_mean: float = 0.0, y_std: float = 1.0) -> None:
+                 y_mean: float = 0.0, y_std: float = 1.0, fill: torch.Tensor | None = None) -> None:
         super().__init__()
         self.net = net
         self.task = task
@@ -75,13 +129,15 @@ class ExportedModel(nn.Module):
         self.register_buffer("scale", scale.float())
         self.register_buffer("y_mean", torch.tensor(float(y_mean)))
         self.register_buffer("y_std", torch.tensor(float(y_std)))
+        self.register_buffer("fill", None if fill is None else fill.float())  # per-column values for NaN
 
     @classmethod
     def from_estimator(cls, est: Any) -> ExportedModel:
         import copy
 
-        scaler = est.preprocess_.named_steps["scale"]
-        d = est.n_features_in_
+        steps = est.preprocess_.named_steps
+        scaler = steps.get("scale", "passthrough")
+        d = getattr(est, "n_inputs_", est.n_features_in_)
         if isinstance(scaler, StandardScaler):
             shift, scale = torch.as_tensor(scaler.mean_), torch.as_tensor(scaler.scale_)
         elif isinstance(scaler, MinMaxScaler):
@@ -90,12 +146,15 @@ class ExportedModel(nn.Module):
             shift = -torch.as_tensor(scaler.min_) * scale
         else:
             shift, scale = torch.zeros(d), torch.ones(d)
+        fill = torch.as_tensor(steps["impute"].statistics_.astype(np.float64)) if "impute" in steps else None
         net = copy.deepcopy(est.net_.module_).cpu().float().eval()
-        return cls(net, shift, scale, est.task, getattr(est, "y_mean_", 0.0), getattr(est, "y_std_", 1.0))
+        return cls(net, shift, scale, est.task, getattr(est, "y_mean_", 0.0), getattr(est, "y_std_", 1.0), fill)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.net((x.float() - self.shift) / self.scale)
+        x = x.float()
+        if self.fill is not None:
+            x = torch.where(torch.isnan(x), self.fill, x)
+        out = self.net((x - self.shift) / self.scale)
         if self.task == "classification":
             return torch.softmax(out, dim=1)
         return out * self.y_std + self.y_mean
-

@@ -22,7 +22,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from skorch.callbacks import Callback, GradientNormClipping
 from torch import nn
 
-from gencv.engines.estimator import ExportedModel, make_preprocessor
+from gencv.engines.estimator import ExportedModel, make_preprocessor, x_checks
 from gencv.engines.optim import make_optimizer, make_schedule
 from gencv.engines.skorch_net import (
     FoldEarlyStopping,
@@ -51,7 +51,6 @@ SKLEARN_EXPECTED_FAILED_CHECKS: dict[str, str] = {
 }
 
 _BUILTIN = {"mlp": MLP, "cnn": CNN, "rnn": RNN}
-_DTYPES = (np.float64, np.float32)  # float32 data stays float32 (the network's dtype); anything else -> float64
 
 
 def _early_stopping(value: Any) -> EarlyStoppingSpec | None:
@@ -123,6 +122,7 @@ class NetEstimator(BaseEstimator):
         after every epoch, or ``max_epochs``; needs ``early_stopping=False``. Sets ``stop_reached_``, ``stop_epoch_``.
     scale : "standard", "minmax" or "none"
         Feature scaling, fitted on the data given to ``fit`` only.
+    impute, categorical, categorical_features : as `make_preprocessor` (missing values, category encoding)
     time_ordered, time_gap
         Rows are in time order: early stopping holds out the last block, ``time_gap`` rows before it left out.
     image_shape : (C, H, W) for ``module="cnn"``
@@ -163,6 +163,9 @@ class NetEstimator(BaseEstimator):
         device: str = "cpu",
         dtype: str = "float32",
         scale: str = "standard",
+        impute: str = "none",
+        categorical: str = "onehot",
+        categorical_features: Sequence[int] | None = None,
         time_ordered: bool = False,
         time_gap: int = 0,
         image_shape: tuple[int, ...] | None = None,
@@ -195,6 +198,9 @@ class NetEstimator(BaseEstimator):
         self.device = device
         self.dtype = dtype
         self.scale = scale
+        self.impute = impute
+        self.categorical = categorical
+        self.categorical_features = categorical_features
         self.time_ordered = time_ordered
         self.time_gap = time_gap
         self.image_shape = image_shape
@@ -298,7 +304,7 @@ class NetEstimator(BaseEstimator):
     def _net(self, model: ModelSpec, train: TrainSpec, X_eval: Any, y_eval: Any,
              on_epoch: Callable[..., None] | None, groups: np.ndarray | None) -> Any:
         t = train
-        module, margs = self._module(model, self.n_features_in_)
+        module, margs = self._module(model, self.n_inputs_)
         opt, oargs = make_optimizer(t)
         es = t.early_stopping
         # The held-out curve comes first among the epoch-end callbacks: early stopping ends training by
@@ -372,15 +378,20 @@ class NetEstimator(BaseEstimator):
         network itself (the batched engine) starts from here."""
         self._check_kwargs()
         model, train = self._specs()
-        X, y = validate_data(self, X, y, dtype=_DTYPES, ensure_min_samples=2, y_numeric=self.task == "regression")
+        X, y = validate_data(self, X, y, ensure_min_samples=2, y_numeric=self.task == "regression",
+                             **x_checks(self.categorical_features, self.impute))
         self._seed_ = self._seed()
         self._set_target_(y)
-        self.preprocess_ = make_preprocessor(self.scale, train.dtype).fit(X)
-        return model, train, self.preprocess_.transform(X), y
+        self.preprocess_ = make_preprocessor(self.scale, train.dtype, impute=self.impute, categorical=self.categorical,
+                                             categorical_features=self.categorical_features, n_features=X.shape[1])
+        Xt = self.preprocess_.fit_transform(X)
+        self.n_inputs_ = int(Xt.shape[1])  # the network's input width (one-hot columns included)
+        return model, train, Xt, y
 
     def scaled(self, X: Any) -> np.ndarray:
         """X checked and scaled as the fitted network takes it."""
-        return self.preprocess_.transform(validate_data(self, X, reset=False, dtype=_DTYPES))
+        return self.preprocess_.transform(validate_data(self, X, reset=False,
+                                                           **x_checks(self.categorical_features, self.impute)))
 
     def fit(
         self,

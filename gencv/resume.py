@@ -38,6 +38,10 @@ def _check_same_spec(client: Any, parent: Any, exp: Experiment) -> None:
             old = Experiment.model_validate(raw)
         except ValueError as exc:  # a key removed since, or a value today's model refuses
             log.info("resume: the spec of run %s does not validate today: %s", run_id, exc)
+    if old is not None and old.data.lags == 12 and exp.data.lags is None:
+        # data.lags defaulted to 12 before tables could be windowed: built-in series still use 12 when it
+        # is unset, and nothing else read it, so an old run's 12 is today's unset value
+        old = old.model_copy(update={"data": old.data.model_copy(update={"lags": None})})
     if old is not None and old.digest() == exp.digest():
         log.info("resume: run %s was made by gencv %s; spec keys added since take their defaults", run_id,
                  parent.data.tags.get("gencv.version", "?"))

@@ -135,10 +135,12 @@ def test_resume_of_a_run_made_before_a_spec_key_existed(tracking_uri: str, logge
     (parent,) = client.search_runs([tracker.experiment_id("tiny")], filter_string="tags.`gencv.kind` = 'cv'")
     old = exp.model_dump(mode="json")
     del old["cv"]["max_loo_samples"]
+    old["data"]["lags"] = 12  # data.lags defaulted to 12 before tables could be windowed
     client.set_tag(parent.info.run_id, "gencv.spec_digest",
                    hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16])
     with sqlite3.connect(tracking_uri.removeprefix("sqlite:///")) as db:
         db.execute("DELETE FROM params WHERE run_uuid = ? AND key = 'cv.max_loo_samples'", (parent.info.run_id,))
+        db.execute("UPDATE params SET value = '12' WHERE run_uuid = ? AND key = 'data.lags'", (parent.info.run_id,))
     spec_file = Path(urlparse(parent.info.artifact_uri).path) / "spec.yaml"
     assert spec_file.exists()
     if logged == "spec.yaml":

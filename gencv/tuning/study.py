@@ -33,7 +33,10 @@ log = logging.getLogger(__name__)
 #: spec keys added after studies were first stored, with their defaults: a study stored before a key
 #: existed was run as if the key had its default, so its digest is computed without the key.
 _ADDED_KEYS: dict[tuple[str, ...], Any] = {("train", "engine"): "skorch", ("train", "dtype"): "float32",
-                                           ("train", "stop_at_train_loss"): None, ("data", "train_fraction"): 1.0}
+                                           ("train", "stop_at_train_loss"): None, ("data", "train_fraction"): 1.0,
+                                           ("data", "task"): "auto", ("data", "sep"): None,
+                                           ("data", "categorical"): "onehot", ("data", "impute"): "none",
+                                           ("data", "image_size"): [32, 32]}
 
 
 def study_digest(exp: Experiment, *, legacy: bool = False) -> str:
@@ -52,6 +55,8 @@ def study_digest(exp: Experiment, *, legacy: bool = False) -> str:
         (raw.get("tune") or {}).pop(k, None)
     raw.pop("name", None)
     if legacy:
+        if raw.get("data", {}).get("lags") is None:  # data.lags defaulted to 12 (unused outside series) before
+            raw["data"]["lags"] = 12
         for (section, key), default in _ADDED_KEYS.items():
             if raw.get(section, {}).get(key, default) != default:
                 return ""

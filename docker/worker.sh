@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# One tuning worker: joins the shared Optuna study and logs to the shared MLflow server.
+# One worker: joins the shared Optuna study (a tuning study, or a sweep's queue of levels) and logs to the
+# shared MLflow server.
 # Usage: worker.sh            run the worker
 #        worker.sh --health   exit 0 when the study database and the MLflow server answer (compose healthcheck)
 # Environment:
+#   GENCV_COMMAND    tune (default) or sweep: `gencv sweep SPEC --storage ...` shares the spec's sweep levels
 #   GENCV_SPEC       spec path inside the image (default: experiments/tune_iris.yaml)
-#   GENCV_STUDY      study name shared by all workers (default: the spec's `name`, so that workers
-#                    started without it still share one study)
+#   GENCV_STUDY      study name shared by all workers (default: tune: the spec's `name`, so that workers
+#                    started without it still share one study; sweep: gencv's own, the same on every worker)
 #   GENCV_TRIALS     total trials for the whole study, not per worker (default: the spec's tune.trials)
 #   OPTUNA_STORAGE   postgresql+psycopg2://user@host:5432/optuna   (required; no password in it: the URL
 #                    goes on gencv's command line, which `ps` shows to everyone)
@@ -49,15 +51,25 @@ if tracking.startswith("http"):
         sys.exit(f"worker.sh --health: MLflow server {tracking}: {exc}")
 PY
 fi
+command="${GENCV_COMMAND:-tune}"
+if [[ "$command" != tune && "$command" != sweep ]]; then
+    echo "worker.sh: GENCV_COMMAND must be tune or sweep, got '$command'" >&2
+    exit 2
+fi
 spec="${GENCV_SPEC:-experiments/tune_iris.yaml}"
 study="${GENCV_STUDY:-}"
-if [[ -z "$study" ]]; then
+if [[ "$command" == sweep ]]; then
+    args=(sweep "$spec" --storage "$OPTUNA_STORAGE" --quiet)
+    [[ -n "$study" ]] && args+=(--study "$study")
+elif [[ -z "$study" ]]; then
     # Without --study every worker would start its own study (name-time-pid): use the spec's name.
     study="$(python -c 'import sys; from gencv.spec import load_experiment; print(load_experiment(sys.argv[1]).name)' \
              "$spec")" || { echo "cannot read the study name from $spec; set GENCV_STUDY" >&2; exit 2; }
 fi
-args=(tune "$spec" --storage "$OPTUNA_STORAGE" --study "$study" --quiet)
-[[ -n "${GENCV_TRIALS:-}" ]] && args+=(--trials "$GENCV_TRIALS")
+if [[ "$command" == tune ]]; then
+    args=(tune "$spec" --storage "$OPTUNA_STORAGE" --study "$study" --quiet)
+    [[ -n "${GENCV_TRIALS:-}" ]] && args+=(--trials "$GENCV_TRIALS")
+fi
 if [[ "${MLFLOW_TRACKING_URI:-}" == http* ]]; then
     deadline=$(( $(date +%s) + ${GENCV_WAIT_SECONDS:-120} ))
     until python -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + '/health', timeout=3)" \

@@ -363,6 +363,14 @@ def test_worker_script_defaults_the_study_to_the_spec_name(tmp_path: Path) -> No
                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
     args = named.stdout.split("\n")
     assert named.returncode == 0 and args[args.index("--study") + 1] == "given"
+    sweep = subprocess.run(["bash", str(ROOT / "docker" / "worker.sh")], env={**env, "GENCV_COMMAND": "sweep"},
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    args = sweep.stdout.split("\n")
+    assert sweep.returncode == 0 and args[:2] == ["sweep", str(spec)] and "--study" not in args  # gencv's own name
+    assert args[args.index("--storage") + 1] == "postgresql+psycopg2://u@db/optuna"
+    bad = subprocess.run(["bash", str(ROOT / "docker" / "worker.sh")], env={**env, "GENCV_COMMAND": "run"},
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "GENCV_COMMAND must be tune or sweep, got 'run'" in bad.stderr
 
 
 def test_compose_database_urls_name_the_installed_driver_and_hold_no_password() -> None:

@@ -118,12 +118,16 @@ def test_a_different_sweep_cannot_join_a_study_or_run_untracked(tmp_path: Path) 
 
 
 @pytest.mark.slow
-def test_two_worker_processes_share_the_levels_and_one_writes_the_report(tmp_path: Path) -> None:
-    uri, storage = f"sqlite:///{tmp_path}/mlflow.db", f"sqlite:///{tmp_path}/optuna.db"
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_two_worker_processes_share_the_levels_and_one_writes_the_report(tmp_path: Path, backend: str,
+                                                                       request: pytest.FixtureRequest) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    storage = f"sqlite:///{tmp_path}/optuna.db" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    study_name = f"shared-{backend}-{time.time_ns()}"  # the PostgreSQL server is shared by the whole session
     spec = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.yaml"
     cmd = [sys.executable, "-m", "gencv.cli", "sweep", str(spec), "--grid", "model.dropout=0,0.2,0.4,0.6",
            "--set", "train.max_epochs=3", "--set", "cv.n_splits=2", "--storage", storage, "--tracking-uri", uri,
-           "--study", "shared", "--json"]
+           "--study", study_name, "--json"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]

@@ -88,7 +88,7 @@ def sweep(
         if not levels:
             raise SpecError("sweep: no levels; give --grid PATH=V1,V2 or a `sweep: {grid: {PATH: [V1, V2]}}` section")
         baseline = exp.sweep.baseline if exp.sweep and not grid else None
-        tracker = make_tracker(not no_track, tracking_uri)
+        tracker = make_tracker(not no_track, tracking_uri, exp.name)  # a store that cannot be used fails now
         result = run_sweep(exp, levels, baseline=baseline, tracker=tracker, refit=refit, resume=resume,
                            progress=RichSweepProgress(exp.metric, quiet or json_out), storage=storage,
                            study_name=study, heartbeat_interval=heartbeat)

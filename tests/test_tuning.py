@@ -474,11 +474,12 @@ class _Recorder:
     def log_text(self, *a: Any, **k: Any) -> None: ...
     def end_run(self, *a: Any, **k: Any) -> None: ...
     def log_all(self, *a: Any, **k: Any) -> None: ...
+    def log_inputs(self, *a: Any, **k: Any) -> None: ...
 
     def log_metrics(self, run_id: str, metrics: Any, step: int = 0) -> None:
         self.metrics.setdefault(run_id, {}).update(metrics)
 
-    def log_model(self, run_id: str, module: Any, input_example: Any, name: str = "model") -> None:
+    def log_model(self, run_id: str, module: Any, input_example: Any, name: str = "model", **k: Any) -> None:
         self.models.append(run_id)
 
     def log_artifact(self, run_id: str, path: Any, artifact_path: str | None = None) -> None:

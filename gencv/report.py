@@ -160,14 +160,14 @@ def plot_learning_curves(result: CVResult, path: str | Path, *, title: str = "Le
             axes[0].plot(ep, [r.get("curve_es_loss", np.nan) for r in f.history], ":", color=colour, linewidth=1)
         axes[0].plot(ep, [r.get("curve_valid_loss", np.nan) for r in f.history], "--", color=colour)
         best = int(f.best_epoch or 0)
-        if 0 < best < max(ep):  # stopped early or restored an earlier epoch: mark the epoch kept
+        if best > 0:  # the epoch whose weights were kept
             axes[0].plot([best], [_at_epoch(f.history, best, "curve_valid_loss")], "*", color=colour, markersize=11,
                          markeredgecolor="black", zorder=4)
         score_key = next((k for k in f.history[0] if k.startswith("curve_valid_") and k != "curve_valid_loss"), None)
         if score_key:
             has_score = True
             axes[1].plot(ep, [r.get(score_key, np.nan) for r in f.history], color=colour)
-            if 0 < best < max(ep):
+            if best > 0:
                 axes[1].plot([best], [_at_epoch(f.history, best, score_key)], "*", color=colour, markersize=11,
                              markeredgecolor="black", zorder=4)
             axes[1].set_ylabel(score_key.removeprefix("curve_valid_") + " (held-out fold)")
@@ -182,11 +182,13 @@ def plot_learning_curves(result: CVResult, path: str | Path, *, title: str = "Le
     styles += [Line2D([], [], color="grey", linestyle="--", label="held-out fold loss"),
                Line2D([], [], color="grey", marker="*", linestyle="", markersize=11, markeredgecolor="black",
                       label="best epoch (early stopping)")]
+    # Two rows under both panels: the line styles, then the folds' colours.
+    fig.legend(handles=styles, loc="lower center", ncol=len(styles), fontsize=8, frameon=False)
     shown = fold_handles if len(fold_handles) <= max_legend_folds else []
-    handles = shown + styles
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
-    rows_of_legend = (len(handles) + 5) // 6
-    fig.tight_layout(rect=(0, 0.06 * rows_of_legend, 1, 1))
+    if shown:
+        fig.legend(handles=shown, loc="lower center", bbox_to_anchor=(0.5, 0.055), ncol=len(shown), fontsize=8,
+                   frameon=False)
+    fig.tight_layout(rect=(0, 0.12 if shown else 0.07, 1, 1))
     out = Path(path)
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -220,7 +222,8 @@ def plot_fold_scores(result: CVResult, path: str | Path) -> Path:
 
 
 # Measure outputs that are bookkeeping (iteration counts, standard errors, flags), not measures of the network.
-BOOKKEEPING_SUFFIXES = ("_iterations", "_probes", "_se", "sample_size", "n_params", "_converged")
+BOOKKEEPING_SUFFIXES = ("_iterations", "_probes", "_evals", "_mc_draws", "_mc_draws_mag", "_se", "sample_size", "n_params",
+                        "_converged")
 
 
 def varying_measures(rows: Sequence[Mapping[str, float]]) -> list[str]:
@@ -257,8 +260,8 @@ def scatter_grid(xs: Mapping[str, Sequence[float]], y: Sequence[float], path: st
             ax.set_title(titles[name], fontsize=9)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    fig.suptitle(title)
-    fig.tight_layout()
+    fig.suptitle(title, fontsize=9 if cols <= 2 else 12)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (3.0 * rows + 0.6)))  # room for the title
     out = Path(path)
     fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -52,7 +52,7 @@ def study_plots(study: Any, out_dir: Path, *, min_importance_trials: int = MIN_I
             first = np.ravel(np.asarray(ax, dtype=object))[0]
             fig = first.figure
             if name == "param_importances":
-                first.set_title(f"Hyperparameter importances (fANOVA), from {n_complete} completed trials")
+                first.set_title(f"Hyperparameter importances (fANOVA), from {n_complete} completed trials", loc="left")
             fig.set_size_inches(max(fig.get_size_inches()[0], 6.0), max(fig.get_size_inches()[1], 4.0))
             path = out_dir / f"{name}.png"
             fig.savefig(path, dpi=90, bbox_inches="tight")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -118,7 +120,7 @@ def test_datasets_are_run_inputs_whole_on_the_parent_parts_on_each_fold(tracking
     assert schema == [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 4]}}]
     for child in _children(client, client.get_run(out.run_id)):
         fold = int(child.data.tags["gencv.fold"])
-        rows = json.loads(open(client.download_artifacts(child.info.run_id, "fold_rows.json")).read())
+        rows = json.loads(Path(client.download_artifacts(child.info.run_id, "fold_rows.json")).read_text())
         assert set(rows) == {"training", "early_stopping", "validation"}
         parts = [set(v) for v in rows.values()]
         assert sum(map(len, parts)) == len(set().union(*parts))  # disjoint

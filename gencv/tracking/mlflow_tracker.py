@@ -258,7 +258,7 @@ class MlflowTracker:
             out = module(torch.as_tensor(example)).numpy()
         signature = infer_signature(example, out)
         info = {"gencv.version": __version__, "gencv.classes": json.dumps([str(c) for c in classes])}
-        params = dict(itertools.islice(run.data.params.items(), _MAX_PARAMS))
+        params = dict(run.data.params)  # the spec, flattened: shown on the model's page
         model = self.client.create_logged_model(run.info.experiment_id, name=name, source_run_id=real,
                                                 tags=info, params=params, model_type="gencv")
         try:

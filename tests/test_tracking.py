@@ -243,3 +243,20 @@ def test_file_store_is_refused_with_a_fix() -> None:
 
     with pytest.raises(TrackingError, match="use sqlite:///mlruns/mlflow.db"):
         resolve_tracking_uri("./mlruns")
+
+
+def test_data_ref_of_a_file_is_its_uri_and_parts_are_digests_of_their_rows(tmp_path: Path) -> None:
+    import json
+    from types import SimpleNamespace
+
+    from gencv.tracking import DataRef
+
+    ds = SimpleNamespace(name="table", digest="abc123", X=np.zeros((10, 3), np.float32), y=np.zeros(10, np.int64))
+    ref = DataRef.of(ds, f"csv:{tmp_path}/t.csv")
+    assert (ref.source_type, json.loads(ref.source)) == ("local", {"uri": (tmp_path / "t.csv").as_uri()})
+    assert (ref.n_rows, ref.row_shape, ref.features_dtype, ref.targets_dtype) == (10, (3,), "float32", "int64")
+    parts = ref.fold_parts(2, {"validation": np.array([7, 8]), "training": np.arange(7), "early_stopping": np.array([])})
+    assert [(p.name, p.context, p.n_rows) for p in parts] == [("table[fold 2 training]", "training", 7),
+                                                              ("table[fold 2 validation]", "validation", 2)]
+    assert parts[1].digest != ref.part("x", np.array([7, 9]), "validation").digest  # other rows, other digest
+    assert parts[1].digest == ref.part("x", np.array([7, 8]), "validation").digest

@@ -15,7 +15,7 @@ from gencv.errors import DivergenceError
 from gencv.metrics import METRICS, score_all
 from gencv.seeds import derive_seed
 from gencv.splits import Fold, subsample_train
-from gencv.tracking import NullTracker, Tracker
+from gencv.tracking import DataRef, NullTracker, Tracker
 
 __all__ = ["CVResult", "FoldResult", "Progress", "cross_validate", "fit_and_score", "gaps", "score_fold"]
 
@@ -212,6 +212,7 @@ def score_fold(
     fold, seed = fit.fold, fit.seed
     res = FoldResult(index=fold.index, seed=seed, n_train=len(fold.train), n_valid=len(fold.valid))
     res.fit_seconds = fit.seconds
+    res.artifacts["rows"] = {"training": fold.train, "validation": fold.valid}  # refined below once fitted
     if fit.estimator is None:
         exc = fit.error
         if isinstance(exc, DivergenceError):
@@ -232,8 +233,10 @@ def score_fold(
         res.stop_reached, res.stop_epoch = int(reached), getattr(est, "stop_epoch_", None)
     res.history = est.epoch_history()
     labels = list(range(est.n_classes)) if est.task == "classification" else []
+    res.artifacts["rows"]["training"] = fit_rows
     if est.inner_valid_positions_ is not None:
         res.inner_valid_idx = fold.train[est.inner_valid_positions_]
+        res.artifacts["rows"]["early_stopping"] = res.inner_valid_idx
         res.es_scores, res.es_loss = _score(est, X[res.inner_valid_idx], y[res.inner_valid_idx], labels)
     res.train_scores, res.train_loss = _score(est, Xtr, ytr, labels)
     res.valid_scores, res.valid_loss = _score(est, Xva, yva, labels)
@@ -320,6 +323,7 @@ def cross_validate(
     engine: str = "skorch",
     groups: np.ndarray | None = None,
     train_fraction: float = 1.0,
+    data: DataRef | None = None,
 ) -> CVResult:
     """Fit and score one clone of `estimator` per fold; log each fold as a child run of `parent_run`.
 
@@ -332,6 +336,8 @@ def cross_validate(
         then holds out whole groups, as the folds themselves do.
     train_fraction : `data.train_fraction`: each training fold is subsampled to this fraction
         (`splits.subsample_train`, seeded per fold) before it is fitted; held-out folds are unchanged.
+    data : what `X`, `y` are (`DataRef.of`): each fold run then gets its parts as run inputs (contexts
+        training, early_stopping, validation) and `fold_rows.json` with their row indices.
     """
     eng = get_engine(engine)
     if train_fraction < 1.0:
@@ -370,7 +376,7 @@ def cross_validate(
             res.run_id = run_id
             status = "FAILED"
             try:
-                _log_fold(tracker, run_id, res)
+                _log_fold(tracker, run_id, res, data)
                 status = "FINISHED" if res.ok else "FAILED"
             finally:
                 tracker.end_run(run_id, status)
@@ -396,7 +402,7 @@ def cross_validate(
                     task=estimator.task, seed=seed)
 
 
-def _log_fold(tracker: Tracker, run_id: str, res: FoldResult) -> None:
+def _log_fold(tracker: Tracker, run_id: str, res: FoldResult, data: DataRef | None = None) -> None:
     import json
 
     series = {}
@@ -412,3 +418,8 @@ def _log_fold(tracker: Tracker, run_id: str, res: FoldResult) -> None:
                                     "n_valid": res.n_valid},
                     metrics=res.flat_metrics(), series=series, tags=tags)
     tracker.log_text(run_id, json.dumps(res.to_json()), "fold_result.json")
+    rows = res.artifacts.get("rows")
+    if rows:  # the link back to the data: which rows of it each part of the fold holds
+        tracker.log_text(run_id, json.dumps({k: np.asarray(v).tolist() for k, v in rows.items()}), "fold_rows.json")
+        if data is not None:
+            tracker.log_inputs(run_id, data.fold_parts(res.index, rows))

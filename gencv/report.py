@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +13,9 @@ from gencv.cv import CVResult
 from gencv.metrics import METRICS
 
 __all__ = [
-    "confusion_counts", "fold_table", "per_class_table", "plot_confusion_matrix", "plot_fold_scores", "plot_learning_curves",
-    "summarize", "summary_markdown", "summary_table", "value_bounds",
+    "BOOKKEEPING_SUFFIXES", "confusion_counts", "fold_table", "per_class_table", "plot_confusion_matrix",
+    "plot_fold_scores", "plot_learning_curves", "plot_measures_vs_gap", "scatter_grid", "summarize",
+    "summary_markdown", "summary_table", "value_bounds", "varying_measures",
 ]
 
 
@@ -132,30 +133,62 @@ def pyplot():  # type: ignore[no-untyped-def]
     return plt
 
 
-def plot_learning_curves(result: CVResult, path: str | Path) -> Path:
-    """Train and held-out loss per epoch for every fold, one line per fold."""
+def _at_epoch(history: Sequence[dict[str, float]], epoch: int, key: str) -> float:
+    """The history's `key` at `epoch` (NaN when that epoch or key is missing)."""
+    return next((float(r.get(key, np.nan)) for r in history if int(r.get("epoch", -1)) == epoch), np.nan)
+
+
+def plot_learning_curves(result: CVResult, path: str | Path, *, title: str = "Learning curves",
+                         max_legend_folds: int = 10) -> Path:
+    """Train, early-stopping and held-out loss per epoch (left) and the held-out score (right), one colour
+    per fold; a star marks each fold's best (early-stopping) epoch. One legend below both panels names
+    the folds (up to `max_legend_folds`) and the line styles."""
+    from matplotlib.lines import Line2D
+
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for f in result.ok_folds:
-        if not f.history:
-            continue
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    folds = [f for f in result.ok_folds if f.history]
+    fold_handles = []
+    has_es = has_score = False
+    for f in folds:
         ep = [r["epoch"] for r in f.history]
-        line = axes[0].plot(ep, [r.get("curve_train_loss", np.nan) for r in f.history], label=f"fold {f.index} train")
-        axes[0].plot(ep, [r.get("curve_valid_loss", np.nan) for r in f.history], "--", color=line[0].get_color(),
-                     label=f"fold {f.index} held-out")
+        line = axes[0].plot(ep, [r.get("curve_train_loss", np.nan) for r in f.history], label=f"fold {f.index}")[0]
+        colour = line.get_color()
+        fold_handles.append(line)
+        if any("curve_es_loss" in r for r in f.history):
+            has_es = True
+            axes[0].plot(ep, [r.get("curve_es_loss", np.nan) for r in f.history], ":", color=colour, linewidth=1)
+        axes[0].plot(ep, [r.get("curve_valid_loss", np.nan) for r in f.history], "--", color=colour)
+        best = int(f.best_epoch or 0)
+        if best > 0:  # the epoch whose weights were kept
+            axes[0].plot([best], [_at_epoch(f.history, best, "curve_valid_loss")], "*", color=colour, markersize=11,
+                         markeredgecolor="black", zorder=4)
         score_key = next((k for k in f.history[0] if k.startswith("curve_valid_") and k != "curve_valid_loss"), None)
         if score_key:
-            axes[1].plot(ep, [r.get(score_key, np.nan) for r in f.history], color=line[0].get_color(),
-                         label=f"fold {f.index}")
+            has_score = True
+            axes[1].plot(ep, [r.get(score_key, np.nan) for r in f.history], color=colour)
+            if best > 0:
+                axes[1].plot([best], [_at_epoch(f.history, best, score_key)], "*", color=colour, markersize=11,
+                             markeredgecolor="black", zorder=4)
             axes[1].set_ylabel(score_key.removeprefix("curve_valid_") + " (held-out fold)")
     axes[0].set_xlabel("epoch")
-    axes[0].set_ylabel("loss (solid: train, dashed: held-out)")
+    axes[0].set_ylabel("loss")
     axes[1].set_xlabel("epoch")
-    axes[0].set_title("Learning curves")
-    axes[1].set_title("Held-out score per epoch")
-    if len(result.ok_folds) <= 10:
-        axes[1].legend(fontsize=7)
-    fig.tight_layout()
+    axes[0].set_title(title)
+    axes[1].set_title("Held-out score per epoch" if has_score else "(no held-out score recorded)")
+    styles = [Line2D([], [], color="grey", label="train loss (fitted rows)")]
+    if has_es:
+        styles.append(Line2D([], [], color="grey", linestyle=":", label="early-stopping split loss"))
+    styles += [Line2D([], [], color="grey", linestyle="--", label="held-out fold loss"),
+               Line2D([], [], color="grey", marker="*", linestyle="", markersize=11, markeredgecolor="black",
+                      label="best epoch (early stopping)")]
+    # Two rows under both panels: the line styles, then the folds' colours.
+    fig.legend(handles=styles, loc="lower center", ncol=len(styles), fontsize=8, frameon=False)
+    shown = fold_handles if len(fold_handles) <= max_legend_folds else []
+    if shown:
+        fig.legend(handles=shown, loc="lower center", bbox_to_anchor=(0.5, 0.055), ncol=len(shown), fontsize=8,
+                   frameon=False)
+    fig.tight_layout(rect=(0, 0.12 if shown else 0.07, 1, 1))
     out = Path(path)
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -188,33 +221,64 @@ def plot_fold_scores(result: CVResult, path: str | Path) -> Path:
     return out
 
 
-def plot_measures_vs_gap(result: CVResult, path: str | Path) -> Path | None:
-    """One scatter per measure: the measure against the fold's generalization gap (primary metric)."""
-    folds = [f for f in result.ok_folds if f.measures]
-    if not folds:
-        return None
-    names = [k for k in folds[0].measures if all(np.isfinite(f.measures.get(k, np.nan)) for f in folds)]
-    names = [k for k in names if not k.endswith(("_iterations", "_probes", "_se", "sample_size", "n_params"))][:12]
-    if not names:
-        return None
+# Measure outputs that are bookkeeping (iteration counts, standard errors, flags), not measures of the network.
+BOOKKEEPING_SUFFIXES = ("_iterations", "_probes", "_evals", "_mc_draws", "_mc_draws_mag", "_se", "sample_size", "n_params",
+                        "_converged")
+
+
+def varying_measures(rows: Sequence[Mapping[str, float]]) -> list[str]:
+    """Measures worth a scatter: finite in every row, not bookkeeping, and not the same in all rows.
+
+    `rows` are per-fold (or per-trial) measure dicts; the order is the first row's.
+    """
+    if not rows:
+        return []
+    names = []
+    for k in rows[0]:
+        if k.endswith(BOOKKEEPING_SUFFIXES):
+            continue
+        v = np.array([r.get(k, np.nan) for r in rows], dtype=float)
+        if np.all(np.isfinite(v)) and np.ptp(v) > 1e-12 * max(1.0, float(np.abs(v).max())):
+            names.append(k)
+    return names
+
+
+def scatter_grid(xs: Mapping[str, Sequence[float]], y: Sequence[float], path: str | Path, *, ylabel: str,
+                 title: str, titles: Mapping[str, str] | None = None, cols: int = 4) -> Path:
+    """One scatter per entry of `xs` against `y`, in a grid of `cols` columns and as many rows as needed."""
     plt = pyplot()
-    m = result.metric
-    cols = min(4, len(names))
+    names = list(xs)
+    cols = min(cols, len(names))
     rows = (len(names) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
-    gap = [f.gaps.get(m, np.nan) for f in folds]
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows + 0.6), squeeze=False)
     for ax, name in zip(axes.flat, names):
-        ax.scatter([f.measures[name] for f in folds], gap)
+        ax.scatter(xs[name], y, s=16)
         ax.set_xlabel(name, fontsize=8)
-        ax.set_ylabel(f"gap ({m})", fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+        if titles and name in titles:
+            ax.set_title(titles[name], fontsize=9)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    fig.suptitle("Measures vs generalization gap, one point per fold")
-    fig.tight_layout()
+    fig.suptitle(title, fontsize=9 if cols <= 2 else 12)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (3.0 * rows + 0.6)))  # room for the title
     out = Path(path)
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def plot_measures_vs_gap(result: CVResult, path: str | Path) -> list[str]:
+    """One scatter per measure that varies over folds against the fold's generalization gap (primary
+    metric), in a grid that grows with their number; returns the measures plotted (none: no file)."""
+    folds = [f for f in result.ok_folds if f.measures]
+    names = varying_measures([f.measures for f in folds])
+    if not names:
+        return []
+    m = result.metric
+    scatter_grid({k: [f.measures[k] for f in folds] for k in names}, [f.gaps.get(m, np.nan) for f in folds], path,
+                 ylabel=f"gap ({m})", title=f"Measures vs generalization gap, one point per fold ({len(folds)} folds)")
+    return names
 
 
 def per_class_table(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import subprocess
 import tempfile
@@ -41,7 +42,7 @@ from gencv.splits import (
     scheme_warnings,
     subsample_train,
 )
-from gencv.tracking import MlflowTracker, NullTracker, Tracker
+from gencv.tracking import DataRef, MlflowTracker, NullTracker, Tracker
 
 __all__ = ["AfterCV", "HeldOutPredictions", "Prepared", "RunExtra", "RunOutcome", "make_estimator", "prepare",
            "run_experiment"]
@@ -60,6 +61,11 @@ class Prepared:
     folds: list[Fold]
     estimator: NetEstimator
     warnings: list[str] = field(default_factory=list)  # about the CV scheme on this data (splits.scheme_warnings)
+
+    @functools.cached_property
+    def data_ref(self) -> DataRef:
+        """The data set as a run input (name, digest, source; no rows)."""
+        return DataRef.of(self.dataset, self.experiment.data.source)
 
     @property
     def X_test(self) -> np.ndarray | None:
@@ -248,6 +254,7 @@ def run_experiment(
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
     after_cv: Sequence[AfterCV] = (),
+    register: str | None = None,
 ) -> RunOutcome:
     """Cross-validate the experiment, refit on all non-test data, score the test set, log everything.
 
@@ -255,6 +262,7 @@ def run_experiment(
     `parent_run`, `run_name`, `tags`: where the run goes in MLflow (a sweep nests its levels under it).
     `after_cv`: steps run on the folds after the CV (`gencv.studies.permutation.PermutationTest`),
     each checked before any training; what they find goes to `outcome.extras` and the parent run.
+    `register`: the refit model also becomes a new version of the registered model of that name.
     """
     tracker = tracker or NullTracker()
     prep = prepared or prepare(exp, allow_large_loo=allow_large_loo)
@@ -275,6 +283,7 @@ def run_experiment(
         tracker.log_params(run_id, {**exp.flat_params(), "n_samples": ds.n_samples, "n_test": len(prep.test_idx),
                                     "n_folds": len(prep.folds)})
         tracker.log_text(run_id, exp.to_yaml(), "spec.yaml")  # now: --resume compares with it
+        tracker.log_inputs(run_id, [prep.data_ref])
     status = "FAILED"
     outcome_ref: list[RunOutcome] = []
     interrupted: list[BaseException] = []
@@ -286,7 +295,7 @@ def run_experiment(
             X_test=prep.X_test, y_test=prep.y_test, measures=exp.measures, measure_config=measure_config,
             tracker=tracker, experiment=exp.name, parent_run=run_id, progress=progress, done=done,
             keep_estimators=held_out is not None, on_fold_end=held_out, groups=ds.groups, engine=exp.train.engine,
-            train_fraction=exp.data.train_fraction,
+            train_fraction=exp.data.train_fraction, data=prep.data_ref,
         )
         tracked = not isinstance(tracker, NullTracker)
         outcome = RunOutcome(exp, ds, result, summary_table(result), fold_table(result),
@@ -316,7 +325,8 @@ def run_experiment(
                 tracker.set_tags(run_id, {"gencv.refit": "failed"})
             else:
                 try:
-                    log_refit(tracker, run_id, prep, outcome.refit_estimator, outcome.refit_test_scores)
+                    log_refit(tracker, run_id, prep, outcome.refit_estimator, outcome.refit_test_scores,
+                              register=register)
                 except TrackingError as exc:  # the refit worked: only its record failed
                     tracking_errors.append(str(exc))
         try:
@@ -398,10 +408,11 @@ def measure_config_for(exp: Experiment) -> Any:
     return MeasureConfig(**exp.measure_options)
 
 
-def refit_model(exp: Experiment, prep: Prepared, tracker: Tracker, run_id: str) -> tuple[NetEstimator, dict[str, float]]:
+def refit_model(exp: Experiment, prep: Prepared, tracker: Tracker, run_id: str,
+                register: str | None = None) -> tuple[NetEstimator, dict[str, float]]:
     """Fit on every non-test sample (early stopping still validates inside it), score the test set, log the model."""
     est, scores = fit_refit(exp, prep)
-    log_refit(tracker, run_id, prep, est, scores, exp)
+    log_refit(tracker, run_id, prep, est, scores, exp, register=register)
     return est, scores
 
 
@@ -432,8 +443,9 @@ def refit_rows(exp: Experiment, prep: Prepared) -> np.ndarray:
 
 
 def log_refit(tracker: Tracker, run_id: str, prep: Prepared, est: NetEstimator, scores: dict[str, float],
-              exp: Experiment | None = None) -> None:
-    """Log the refit's test scores, model, its spec (`exp`, default the prepared one) and initial weights."""
+              exp: Experiment | None = None, *, register: str | None = None) -> None:
+    """Log the refit's test scores, model (a LoggedModel of the run, registered as `register` if given),
+    its spec (`exp`, default the prepared one) and initial weights."""
     exp = exp or prep.experiment
     ds = prep.dataset
     tracker.log_metrics(run_id, {f"refit_test_{k}": v for k, v in scores.items()} | {"refit_epochs_run": est.epochs_run_})
@@ -442,7 +454,8 @@ def log_refit(tracker: Tracker, run_id: str, prep: Prepared, est: NetEstimator, 
     takes_preprocessed = "columns" in est.preprocess_.named_steps
     meta = {"task": ds.task, "classes": list(ds.classes), "feature_names": list(ds.feature_names),
             "input": "preprocessed (model_weights/preprocessor.pkl)" if takes_preprocessed else "raw features"}
-    tracker.log_model(run_id, est.to_torch(), export_input(est.preprocess_, ds.X[prep.cv_idx][:5]), metadata=meta)
+    tracker.log_model(run_id, est.to_torch(), export_input(est.preprocess_, ds.X[prep.cv_idx][:5]), metadata=meta,
+                      register=register)
     if takes_preprocessed and not isinstance(tracker, NullTracker):
         import pickle
 
@@ -491,6 +504,25 @@ def _log_parent(tracker: Tracker, run_id: str, exp: Experiment, out: RunOutcome)
             found.write_artifacts(d)
         for p in d.iterdir():
             tracker.log_artifact(run_id, p, p.name if p.is_dir() else None)
+        _fold_plots(tracker, out.cv, d / "fold_plots")
+
+
+#: fold runs that get their own learning-curve plot (beyond it, e.g. leave-one-out, the parent's plot serves)
+MAX_FOLD_PLOTS = 50
+
+
+def _fold_plots(tracker: Tracker, result: CVResult, tmp: Path) -> None:
+    """Each fold run's learning curve (`plots/learning_curve.png`), for up to `MAX_FOLD_PLOTS` folds."""
+    folds = [f for f in result.ok_folds if f.history and f.run_id is not None]
+    if len(folds) > MAX_FOLD_PLOTS:
+        log.info("%d folds: no per-fold learning-curve plots (at most %d)", len(folds), MAX_FOLD_PLOTS)
+        return
+    tmp.mkdir(exist_ok=True)
+    for f in folds:
+        (tmp / f"fold{f.index}").mkdir()
+        path = plot_learning_curves(dataclasses.replace(result, folds=[f]), tmp / f"fold{f.index}" / "learning_curve.png",
+                                    title=f"Fold {f.index}")
+        tracker.log_artifact(f.run_id, path, "plots")  # type: ignore[arg-type]
 
 
 def _measure_plots(result: CVResult, plots: Path) -> None:

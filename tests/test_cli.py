@@ -26,7 +26,7 @@ FAST = ["--set", "train.max_epochs=3", "--set", "cv.n_splits=3"]
 
 
 def test_run_prints_fold_table_and_summary_and_tracks(tracking_uri: str) -> None:
-    res = runner.invoke(app, ["run", QUICK, *FAST, "--tracking-uri", tracking_uri, "-q"])
+    res = runner.invoke(app, ["run", QUICK, *FAST, "--tracking-uri", tracking_uri, "-q", "--register", "quick-net"])
     assert res.exit_code == 0, res.output
     assert "per-fold accuracy" in res.stdout and "valid_accuracy" in res.stdout and "95% CI" in res.stdout
     assert "held-out test set: accuracy" in res.stdout
@@ -38,6 +38,8 @@ def test_run_prints_fold_table_and_summary_and_tracks(tracking_uri: str) -> None
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert re.fullmatch(r"quickstart max_epochs=3 n_splits=3 \d\d-\d\d \d\d:\d\d:\d\d", parent.info.run_name)
     assert sorted(r.info.run_name for r in runs if r is not parent) == ["fold-0", "fold-1", "fold-2"]
+    (version,) = client.search_model_versions("name = 'quick-net'")  # --register: the refit, from this run
+    assert version.run_id == parent.info.run_id and parent.data.tags["gencv.registered_model"] == "quick-net/1"
 
 
 def test_run_json_and_no_track(tmp_path: Path) -> None:
@@ -53,6 +55,7 @@ def test_run_json_and_no_track(tmp_path: Path) -> None:
     [
         (["run", "missing.yaml"], "does not exist"),
         (["run", QUICK, "--set", "trian.lr=1"], "trian: unknown key. Did you mean 'train'?"),
+        (["run", QUICK, "--register", "q", "--no-track"], "--register: got 'q' with --no-track"),
         (["run", QUICK, "--set", "cv.n_splits=100", "--no-track"], "cv.n_splits: got 100, but class"),
         (["run", QUICK, "--set", "cv.kind=group", "--no-track"], "needs a group column"),
         (["run", QUICK, "--set", "cv.kind=loo", "--set", "cv.max_loo_samples=50", "--no-track"], "--allow-large-loo"),

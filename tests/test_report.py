@@ -87,3 +87,64 @@ def test_confusion_counts_and_per_class_table_match_sklearn(n_classes: int, tmp_
     for col, values in zip(("precision", "recall", "f1", "support"), ref):
         np.testing.assert_allclose(table[col], values, atol=1e-12, err_msg=col)
     assert plot_confusion_matrix(y_true, y_pred, classes, tmp_path / "cm.png").stat().st_size > 0
+
+
+def _measured_fold(i: int, n_measures: int) -> FoldResult:
+    f = _fold(i, 0.9 + 0.01 * i, 0.8)
+    f.history = [{"epoch": e, "curve_train_loss": 1 / e, "curve_es_loss": 1.1 / e + 0.01 * e,
+                  "curve_valid_loss": 1.2 / e, "curve_valid_accuracy": 0.5 + 0.04 * e} for e in range(1, 6)]
+    f.best_epoch = 3 + i % 2
+    f.measures = {f"varies_{k}": float(k * i + i * i) for k in range(n_measures)}
+    f.measures |= {"norm_l2": 5.0 + i, "dist_from_init": 2.0 + 0.3 * i,
+                   "hessian_top_converged": 1.0, "constant": 3.0,  # the same in every fold
+                   "hessian_trace_se": 0.1 * i, "hessian_top_iterations": float(i), "pacbayes_evals": 30.0 + i}
+    return f
+
+
+def test_measures_vs_gap_plots_every_varying_measure_and_no_constant_or_bookkeeping(tmp_path: Path) -> None:
+    from gencv.report import plot_measures_vs_gap, varying_measures
+
+    result = CVResult(folds=[_measured_fold(i, 15) for i in range(4)], metric="accuracy", task="classification", seed=0)
+    plotted = plot_measures_vs_gap(result, tmp_path / "m.png")
+    assert plotted == [f"varies_{k}" for k in range(15)] + ["norm_l2", "dist_from_init"]  # 17 panels: no cap at 12
+    assert (tmp_path / "m.png").stat().st_size > 0
+    assert varying_measures([{"a": 1.0, "b": 2.0}, {"a": 1.0, "b": float("nan")}]) == []  # constant; not finite
+    flat = CVResult(folds=[_fold(i, 0.9, 0.8) for i in range(3)], metric="accuracy", task="classification", seed=0)
+    assert plot_measures_vs_gap(flat, tmp_path / "none.png") == [] and not (tmp_path / "none.png").exists()
+
+
+def test_learning_curves_draw_one_fold_or_many(tmp_path: Path) -> None:
+    from gencv.report import plot_learning_curves
+
+    folds = [_measured_fold(i, 1) for i in range(12)]  # more folds than the legend names
+    for n in (1, 12):
+        result = CVResult(folds=folds[:n], metric="accuracy", task="classification", seed=0)
+        assert plot_learning_curves(result, tmp_path / f"lc{n}.png", title=f"{n} folds").stat().st_size > 0
+
+
+def test_importance_plot_needs_enough_completed_trials(tmp_path: Path) -> None:
+    import optuna
+
+    from gencv.tuning.report import MIN_IMPORTANCE_TRIALS, study_plots
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: (t.suggest_float("a", -1, 1) - 0.2) ** 2 + 0.1 * t.suggest_float("b", -1, 1), n_trials=3)
+    names = {p.name for p in study_plots(study, tmp_path / "three")}
+    assert MIN_IMPORTANCE_TRIALS == 10 and names == {"optimization_history.png", "slice.png"}
+    names = {p.name for p in study_plots(study, tmp_path / "low_bar", min_importance_trials=3)}
+    assert "param_importances.png" in names
+
+
+def test_trial_measure_plot_skips_constant_measures(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from gencv.tuning.report import plot_measures_vs_gap_trials
+
+    records = [SimpleNamespace(measures={"norm_l2": 1.0 + i, "flat": 2.0, "dist_from_init": 0.5 * i * i},
+                               gap=0.1 * i, params={}) for i in range(4)]
+    report = pd.DataFrame({"measure": ["dist_from_init", "flat", "norm_l2"], "tau": [1.0, np.nan, 1.0]})
+    assert plot_measures_vs_gap_trials(records, report, tmp_path / "t.png", "accuracy") == ["norm_l2", "dist_from_init"]
+    assert (tmp_path / "t.png").stat().st_size > 0

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -44,22 +46,91 @@ def test_run_tree_metrics_artifacts_and_reloadable_model(tracking_uri: str) -> N
             assert len(client.get_metric_history(child.info.run_id, curve)) == fold.epochs_run
         assert child.data.metrics["valid_accuracy"] == pytest.approx(fold.valid_scores["accuracy"])
     arts = {a.path for a in client.list_artifacts(out.run_id)}
-    assert {"spec.yaml", "folds.csv", "summary.md", "summary.csv", "plots", "model", "model_weights"} <= arts
+    assert {"spec.yaml", "folds.csv", "summary.md", "summary.csv", "plots", "model_weights"} <= arts
+    assert "model" not in arts  # the model lives in its LoggedModel, not copied into the run's artifacts
     assert {a.path for a in client.list_artifacts(out.run_id, "plots")} == {
         "plots/fold_scores.png", "plots/learning_curves.png", "plots/confusion_matrix.png"}
-    from mlflow.models import Model
-
-    mlmodel = Model.load(client.download_artifacts(out.run_id, "model/MLmodel"))
-    assert mlmodel.signature is not None and mlmodel.saved_input_example_info is not None
-    assert mlmodel.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] in ([-1, 4], (-1, 4))
+    for child in children:
+        assert {a.path for a in client.list_artifacts(child.info.run_id, "plots")} == {"plots/learning_curve.png"}
+    sd_path = client.download_artifacts(out.run_id, "model_weights/state_dict.pt")
+    state = torch.load(sd_path, weights_only=True)
     model = load_logged_model(tracker, out.run_id)
+    assert set(state) == set(model.state_dict())
     X = out.dataset.X[:20]
     with torch.no_grad():
         reloaded = model(torch.as_tensor(X)).numpy()
     np.testing.assert_allclose(reloaded, out.refit_estimator.predict_proba(X), atol=1e-5)
-    sd_path = client.download_artifacts(out.run_id, "model_weights/state_dict.pt")
-    state = torch.load(sd_path, weights_only=True)
-    assert set(state) == set(model.state_dict())
+
+
+def test_refit_is_a_logged_model_of_the_parent_run_and_registered(tracking_uri: str) -> None:
+    import json
+
+    from mlflow.artifacts import download_artifacts
+    from mlflow.models import Model
+
+    from gencv import __version__
+
+    tracker = MlflowTracker(tracking_uri)
+    out = run_experiment(tiny(), tracker=tracker, register="tiny-net")
+    client = MlflowClient(tracking_uri)
+    parent = client.get_run(out.run_id)
+    (lm,) = client.search_logged_models([parent.info.experiment_id])
+    assert lm.source_run_id == out.run_id and lm.name == "model" and str(lm.status) == "READY"
+    assert lm.tags["gencv.version"] == __version__
+    assert json.loads(lm.tags["gencv.classes"]) == ["setosa", "versicolor", "virginica"] == out.dataset.classes
+    assert lm.params["train.lr"] == "0.02"  # the run's spec, on the model page too
+    assert [o.model_id for o in parent.outputs.model_outputs] == [lm.model_id]  # the run's Models column
+    assert parent.data.tags["gencv.model_id"] == lm.model_id
+    mlmodel = Model.load(download_artifacts(artifact_uri=f"{lm.artifact_location}/MLmodel"))
+    assert mlmodel.model_id == lm.model_id and mlmodel.run_id == out.run_id
+    assert mlmodel.signature is not None and mlmodel.saved_input_example_info is not None
+    assert mlmodel.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] in ([-1, 4], (-1, 4))
+    assert mlmodel.metadata == {"gencv_version": __version__, "classes": ["setosa", "versicolor", "virginica"]}
+    (version,) = client.search_model_versions("name = 'tiny-net'")
+    assert int(version.version) == 1 and version.source == lm.artifact_location and version.run_id == out.run_id
+    lm = client.get_logged_model(lm.model_id)
+    assert json.loads(lm.tags["mlflow.modelVersions"]) == [{"name": "tiny-net", "version": 1}]
+    assert parent.data.tags["gencv.registered_model"] == "tiny-net/1"
+    # through the registry, MLflow's own loader predicts as the in-memory refit does
+    import mlflow.pytorch
+
+    with torch.no_grad():
+        via_registry = mlflow.pytorch.load_model(
+            download_artifacts(artifact_uri=version.source, tracking_uri=tracking_uri))(torch.as_tensor(out.dataset.X))
+    np.testing.assert_allclose(via_registry.numpy(), out.refit_estimator.predict_proba(out.dataset.X), atol=1e-5)
+
+
+def test_datasets_are_run_inputs_whole_on_the_parent_parts_on_each_fold(tracking_uri: str) -> None:
+    import json
+
+    from gencv.checksums import rows_digest
+
+    tracker = MlflowTracker(tracking_uri)
+    out = run_experiment(tiny(), tracker=tracker, refit=False)
+    client = MlflowClient(tracking_uri)
+    ds = out.dataset
+    (whole,) = client.get_run(out.run_id).inputs.dataset_inputs
+    assert (whole.dataset.name, whole.dataset.digest, whole.tags) == ("iris", ds.digest, [])
+    assert whole.dataset.source_type == "code"
+    assert json.loads(whole.dataset.source)["tags"]["loader"] == "sklearn.datasets.load_iris"
+    assert json.loads(whole.dataset.profile) == {"features_shape": [150, 4], "features_size": 600,
+                                                 "features_nbytes": 2400, "targets_shape": [150], "targets_size": 150,
+                                                 "targets_nbytes": 1200}
+    schema = json.loads(json.loads(whole.dataset.schema)["mlflow_tensorspec"]["features"])
+    assert schema == [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 4]}}]
+    for child in _children(client, client.get_run(out.run_id)):
+        fold = int(child.data.tags["gencv.fold"])
+        rows = json.loads(Path(client.download_artifacts(child.info.run_id, "fold_rows.json")).read_text())
+        assert set(rows) == {"training", "early_stopping", "validation"}
+        parts = [set(v) for v in rows.values()]
+        assert sum(map(len, parts)) == len(set().union(*parts))  # disjoint
+        assert len(rows["training"]) == out.cv.folds[fold].n_fit and len(rows["validation"]) == out.cv.folds[fold].n_valid
+        inputs = {i.tags[0].value: i.dataset for i in child.inputs.dataset_inputs}
+        assert set(inputs) == {"training", "early_stopping", "validation"}
+        for ctx, d in inputs.items():
+            assert d.name == f"iris[fold {fold} {ctx}]" and d.digest == rows_digest(np.array(rows[ctx]), of=ds.digest)
+            assert json.loads(d.profile)["features_shape"] == [len(rows[ctx]), 4]  # counts, never the rows
+            assert d.source == whole.dataset.source
 
 
 class _Interrupt:
@@ -174,3 +245,20 @@ def test_file_store_is_refused_with_a_fix() -> None:
 
     with pytest.raises(TrackingError, match="use sqlite:///mlruns/mlflow.db"):
         resolve_tracking_uri("./mlruns")
+
+
+def test_data_ref_of_a_file_is_its_uri_and_parts_are_digests_of_their_rows(tmp_path: Path) -> None:
+    import json
+    from types import SimpleNamespace
+
+    from gencv.tracking import DataRef
+
+    ds = SimpleNamespace(name="table", digest="abc123", X=np.zeros((10, 3), np.float32), y=np.zeros(10, np.int64))
+    ref = DataRef.of(ds, f"csv:{tmp_path}/t.csv")
+    assert (ref.source_type, json.loads(ref.source)) == ("local", {"uri": (tmp_path / "t.csv").as_uri()})
+    assert (ref.n_rows, ref.row_shape, ref.features_dtype, ref.targets_dtype) == (10, (3,), "float32", "int64")
+    parts = ref.fold_parts(2, {"validation": np.array([7, 8]), "training": np.arange(7), "early_stopping": np.array([])})
+    assert [(p.name, p.context, p.n_rows) for p in parts] == [("table[fold 2 training]", "training", 7),
+                                                              ("table[fold 2 validation]", "validation", 2)]
+    assert parts[1].digest != ref.part("x", np.array([7, 9]), "validation").digest  # other rows, other digest
+    assert parts[1].digest == ref.part("x", np.array([7, 8]), "validation").digest

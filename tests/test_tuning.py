@@ -477,11 +477,12 @@ class _Recorder:
     def log_text(self, *a: Any, **k: Any) -> None: ...
     def end_run(self, *a: Any, **k: Any) -> None: ...
     def log_all(self, *a: Any, **k: Any) -> None: ...
+    def log_inputs(self, *a: Any, **k: Any) -> None: ...
 
     def log_metrics(self, run_id: str, metrics: Any, step: int = 0) -> None:
         self.metrics.setdefault(run_id, {}).update(metrics)
 
-    def log_model(self, run_id: str, module: Any, input_example: Any, name: str = "model") -> None:
+    def log_model(self, run_id: str, module: Any, input_example: Any, name: str = "model", **k: Any) -> None:
         self.models.append(run_id)
 
     def log_artifact(self, run_id: str, path: Any, artifact_path: str | None = None) -> None:
@@ -597,8 +598,15 @@ def test_mlflow_run_tree(tmp_path: Path) -> None:
     best = [r for r in trial_runs if r.data.tags.get("gencv.best_trial") == "true"]
     assert len(best) == 1 and int(best[0].data.tags["gencv.trial"]) == out.best.number
     arts = {a.path for a in c.list_artifacts(out.run_id)} | {a.path for a in c.list_artifacts(out.run_id, "plots")}
-    assert {"trials.csv", "summary.md", "model", "measures_vs_gap.csv", "plots/optimization_history.png",
+    assert {"trials.csv", "summary.md", "model_weights", "measures_vs_gap.csv", "plots/optimization_history.png",
             "plots/slice.png", "plots/measures_vs_gap_trials.png"} <= arts
+    assert "plots/param_importances.png" not in arts  # 6 trials: fewer than MIN_IMPORTANCE_TRIALS
+    (model,) = c.search_logged_models([study_run.info.experiment_id])
+    assert model.source_run_id == out.run_id  # the refit best configuration, a LoggedModel of the study run
+    (data,) = study_run.inputs.dataset_inputs  # the whole data set on the study run
+    assert data.dataset.name == "iris" and data.dataset.digest == trial_runs[0].data.tags["gencv.data_digest"]
+    fold_run = next(f for t in trial_runs for f in by_parent.get(t.info.run_id, []))
+    assert {i.tags[0].value for i in fold_run.inputs.dataset_inputs} == {"training", "validation"}  # no early stopping
     assert "refit_test_accuracy" in study_run.data.metrics
     assert out.measure_report is not None and {"tau", "granulated_tau"} <= set(out.measure_report.columns)
 

@@ -25,7 +25,7 @@ from gencv.cli.common import (
     sigterm_to_interrupt,
     spec_path,
 )
-from gencv.errors import TrackingError
+from gencv.errors import GencvError, TrackingError
 
 
 class RichProgress:
@@ -150,6 +150,8 @@ def run(
     permutations: Annotated[int, typer.Option("--permutations", min=0, help=(
         "N: also cross-validate N times with the target permuted (same folds) and report the p-value of "
         "the true score"))] = 0,
+    register: Annotated[str | None, typer.Option("--register", metavar="NAME", help=(
+        "also register the refit model in MLflow's model registry as a new version of NAME"))] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the results as JSON on stdout")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress display")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
@@ -169,6 +171,10 @@ def run(
         from gencv.tracking.store import check_tracking_uri
 
         exp = load_spec(spec, set_)
+        if register is not None and (no_track or not register.strip()):
+            raise GencvError(f"--register: got {register!r}{' with --no-track' if no_track else ''}; the model "
+                             "registry lives in the tracking store: drop --no-track and give a non-empty name, "
+                             "e.g. --register iris-mlp")
         if not no_track:
             check_tracking_uri(tracking_uri)  # the quick checks, before data and torch are loaded
         prep = prepare(exp, allow_large_loo=allow_large_loo)
@@ -193,11 +199,11 @@ def run(
         try:
             if quiet or json_out:
                 outcome = run_experiment(exp, tracker=tracker, prepared=prep, resume=resume, after_cv=after_cv,
-                                         run_name=name)
+                                         run_name=name, register=register)
             else:
                 with RichProgress(err, exp.metric) as progress:
                     outcome = run_experiment(exp, tracker=tracker, prepared=prep, progress=progress, resume=resume,
-                                             after_cv=after_cv, run_name=name)
+                                             after_cv=after_cv, run_name=name, register=register)
         except TrackingError as exc:  # computed, but not (fully) recorded: show the results, then the error
             if getattr(exc, "outcome", None) is not None:
                 show(exc.outcome)  # type: ignore[attr-defined]
@@ -209,7 +215,7 @@ def run(
         run_id = getattr(exc, "gencv_run_id", None) or resume
         cmd = command("run", spec_path(spec), set_, ("--tracking-uri", redacted(tracking_uri)), ("--no-track", no_track),
                       ("--allow-large-loo", allow_large_loo), ("--permutations", permutations or None),
-                      ("--resume", run_id))
+                      ("--register", register), ("--resume", run_id))
         return cmd if run_id else f"{cmd}  (no run was recorded yet: this starts afresh)"
 
     outcome = guard(go, resume_hint)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import shutil
 import tempfile
@@ -17,7 +18,7 @@ import numpy as np
 
 from gencv.checksums import sha256_file, tag_key
 from gencv.errors import TrackingError
-from gencv.tracking.base import NullTracker, Tracker, resolve_tracking_uri
+from gencv.tracking.base import DataRef, NullTracker, Tracker, resolve_tracking_uri
 from gencv.tracking.store import bound_http_retries, check_sqlite_file, explain, store_lock
 from gencv.tracking.writers import ProcessWriter, ThreadWriter
 
@@ -231,31 +232,84 @@ class MlflowTracker:
     def _log_text_now(self, run_id: str, text: str, artifact_file: str) -> None:
         self.client.log_text(self._real(run_id), text, artifact_file)
 
+    def _log_inputs_now(self, run_id: str, inputs: Sequence[DataRef]) -> None:
+        self.client.log_inputs(self._real(run_id), datasets=[_dataset_input(ref) for ref in inputs])
+
     def _log_model_now(self, run_id: str, module: Any, input_example: np.ndarray, name: str = "model",
-                       metadata: Mapping[str, Any] | None = None) -> None:
-        """Save an `mlflow.pytorch` model (signature + input example + `metadata`, e.g. the class names) and its
-        state_dict under the run."""
+                       metadata: Mapping[str, Any] | None = None, register: str | None = None) -> str:
+        """Log an `mlflow.pytorch` model as a LoggedModel whose source run is `run_id`, plus its state_dict.
+
+        The model carries a signature, an input example, `metadata` (task, class labels, feature names,
+        what it takes as input) in its MLmodel file, and as tags the class labels and gencv's version; it is the run's output (the run's Models column). With `register`,
+        a version of the registered model of that name is created from it. Returns the model id.
+        """
         import mlflow.pytorch
         import torch
-        from mlflow.models import infer_signature
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+        from mlflow.models import Model, infer_signature
 
+        from gencv import __version__
+
+        real = self._real(run_id)
+        run = self.client.get_run(real)
         module = module.eval()
+        example = input_example.astype(np.float32)
         with torch.no_grad():
-            out = module(torch.as_tensor(input_example, dtype=torch.float32)).numpy()
-        signature = infer_signature(input_example.astype(np.float32), out)
-        with tempfile.TemporaryDirectory() as tmp:
-            target = Path(tmp) / name
-            # Explicit requirements: MLflow's inference imports the model in a subprocess (~9 s).
-            reqs = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"]
-            mlflow.pytorch.save_model(module, str(target), signature=signature,
-                                      input_example=input_example.astype(np.float32), pip_requirements=reqs,
-                                      metadata=dict(metadata) if metadata else None)
-            self.client.log_artifacts(self._real(run_id), str(target), name)
-            sd = Path(tmp) / "state_dict.pt"
-            torch.save(module.state_dict(), sd)
-            self.client.log_artifact(self._real(run_id), str(sd), name + "_weights")
-            # checked by `gencv measure` and transfer before the weights are used
-            self.client.set_tag(self._real(run_id), tag_key(f"{name}_weights/state_dict.pt"), sha256_file(sd))
+            out = module(torch.as_tensor(example)).numpy()
+        signature = infer_signature(example, out)
+        meta = dict(metadata or {})
+        classes = [str(c) for c in meta.get("classes", [])]
+        info = {"gencv.version": __version__, "gencv.classes": json.dumps(classes)}
+        params = dict(run.data.params)  # the spec, flattened: shown on the model's page
+        model = self.client.create_logged_model(run.info.experiment_id, name=name, source_run_id=real,
+                                                tags=info, params=params, model_type="gencv")
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                target = Path(tmp) / name
+                mlmodel = Model(artifact_path=model.artifact_location, model_uuid=model.model_id, run_id=real,
+                                model_id=model.model_id)
+                # Explicit requirements: MLflow's inference imports the model in a subprocess (~9 s).
+                reqs = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"]
+                mlflow.pytorch.save_model(module, str(target), mlflow_model=mlmodel, signature=signature,
+                                          input_example=example, pip_requirements=reqs,
+                                          metadata={"gencv_version": __version__, **meta})
+                self.client.log_model_artifacts(model.model_id, str(target))
+                sd = Path(tmp) / "state_dict.pt"
+                torch.save(module.state_dict(), sd)
+                self.client.log_artifact(real, str(sd), name + "_weights")
+                # checked by `gencv measure` and transfer before the weights are used
+                self.client.set_tag(real, tag_key(f"{name}_weights/state_dict.pt"), sha256_file(sd))
+        except BaseException:
+            self.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+            raise
+        self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+        self.client.log_outputs(real, [LoggedModelOutput(model.model_id, step=0)])
+        self.client.set_tag(real, "gencv.model_id", model.model_id)
+        if register:
+            self._register_now(register, model.model_id, real)
+        return str(model.model_id)
+
+    def _register_now(self, name: str, model_id: str, run_id: str) -> None:
+        """A new version of registered model `name` (created when missing) from logged model `model_id`."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+        # The model's artifact location, not `models:/<id>`: MLflow's registry resolves that with the global
+        # tracking URI, not this client's (a TODO in its SQLAlchemy store), and would not find the model.
+        location = self.client.get_logged_model(model_id).artifact_location
+        version = self.client.create_model_version(name, source=location, run_id=run_id, model_id=model_id)
+        # as MLflow's own `register_model` does: the logged model lists its registered versions (Models page)
+        from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+        listed = json.loads(self.client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS, "[]"))
+        listed.append({"name": name, "version": version.version})
+        self.client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(listed)})
+        self.client.set_tag(run_id, "gencv.registered_model", f"{name}/{version.version}")
+        log.info("registered model %s version %s", name, version.version)
 
     # ---------------------------------------------------------------- queued writes
     def log_all(self, run_id: str, *, params: Mapping[str, Any] | None = None,
@@ -301,26 +355,66 @@ class MlflowTracker:
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self._submit("_log_text_now", run_id, text, artifact_file)
 
-    def log_model(self, run_id: str, module: Any, input_example: np.ndarray, name: str = "model",
-                  metadata: Mapping[str, Any] | None = None) -> None:
+    def log_inputs(self, run_id: str, inputs: Sequence[DataRef]) -> None:
+        """Data sets (or parts of them) as the run's inputs: name, digest, source, schema, row counts; no rows."""
+        self._submit("_log_inputs_now", run_id, list(inputs))
+
+    def log_model(self, run_id: str, module: Any, input_example: np.ndarray, name: str = "model", *,
+                  metadata: Mapping[str, Any] | None = None, register: str | None = None) -> None:
         """Written here, after the queued writes (the run must exist): torch modules stay in this process."""
         self.flush()
         try:
-            self._log_model_now(run_id, module, np.array(input_example), name, metadata)
+            self._log_model_now(run_id, module, np.array(input_example), name, metadata, register)
         except Exception as exc:  # the model was fitted: a write failure is tracking's, not the refit's
             raise TrackingError(f"tracking URI {self.tracking_uri!r}: logging the model {name!r} failed "
                                 f"({type(exc).__name__}: {' '.join(str(exc).split())[:500]}); check the artifact "
                                 "location and free disk space") from None
 
 
-def load_logged_model(tracker: MlflowTracker, run_id: str, name: str = "model") -> Any:
-    """Download and load an `mlflow.pytorch` model logged by `MlflowTracker.log_model`."""
-    import mlflow.pytorch
-
+def logged_model_id(tracker: MlflowTracker, run_id: str, name: str = "model") -> str:
+    """The id of the model called `name` that run `run_id` logged (its newest, if several)."""
     run_id = tracker.resolve(run_id)
+    run = tracker.client.get_run(run_id)
+    found = tracker.client.search_logged_models([run.info.experiment_id],
+                                                filter_string=f"source_run_id = '{run_id}' AND name = '{name}'",
+                                                order_by=[{"field_name": "creation_time", "ascending": False}])
+    if not found:
+        raise TrackingError(f"run {run_id}: no logged model called {name!r}; it was run without a refit "
+                            "(or before gencv logged models as MLflow LoggedModels), so load its "
+                            f"{name}_weights/state_dict.pt instead")
+    return str(found[0].model_id)
+
+
+def load_logged_model(tracker: MlflowTracker, run_id: str, name: str = "model") -> Any:
+    """Download and load the `mlflow.pytorch` model run `run_id` logged with `MlflowTracker.log_model`."""
+    import mlflow.pytorch
+    from mlflow.artifacts import download_artifacts
+
+    model = tracker.client.get_logged_model(logged_model_id(tracker, run_id, name))
     with tempfile.TemporaryDirectory() as tmp:
-        local = tracker.client.download_artifacts(run_id, name, tmp)
+        local = download_artifacts(artifact_uri=model.artifact_location, dst_path=tmp,
+                                   tracking_uri=tracker.tracking_uri)
         return mlflow.pytorch.load_model(local)
+
+
+def _dataset_input(ref: DataRef) -> Any:
+    """MLflow's DatasetInput for `ref`: schema and profile from shapes and dtypes (as `mlflow.data.from_numpy`
+    would give), with the input's context tag; no rows are read or copied."""
+    from mlflow.data.schema import TensorDatasetSchema
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.types.utils import _infer_schema
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    feats = np.empty((0, *ref.row_shape), dtype=ref.features_dtype)
+    targets = np.empty((0,), dtype=ref.targets_dtype)
+    schema = TensorDatasetSchema(features=_infer_schema(feats), targets=_infer_schema(targets)).to_dict()
+    per_row = int(np.prod(ref.row_shape)) if ref.row_shape else 1
+    profile = {"features_shape": [ref.n_rows, *ref.row_shape], "features_size": ref.n_rows * per_row,
+               "features_nbytes": ref.n_rows * per_row * feats.itemsize, "targets_shape": [ref.n_rows],
+               "targets_size": ref.n_rows, "targets_nbytes": ref.n_rows * targets.itemsize}
+    dataset = Dataset(name=ref.name, digest=ref.digest, source_type=ref.source_type, source=ref.source,
+                      schema=json.dumps(schema), profile=json.dumps(profile))
+    return DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, ref.context)] if ref.context else [])
 
 
 def make_tracker(enabled: bool, tracking_uri: str | None = None, experiment: str | None = None) -> Tracker:

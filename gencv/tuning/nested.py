@@ -68,6 +68,7 @@ def tune_nested(exp: Experiment, prep: Prepared, dims: list[Dimension], store: A
     _check_nested_alone(store, study_name)  # before any run is created or any outer fold refit again
     root_run = real_run_id(tracker, tracker.start_run(exp.name, study_name, tags=tags))
     tracker.log_params(root_run, {**exp.flat_params(), "study": study_name, "storage": redact_url(storage_url)})
+    tracker.log_inputs(root_run, [prep.data_ref])
     folds_out: list[NestedFold] = []
     all_records: list[TrialRecord] = []
     studies: list[tuple[int, Any]] = []

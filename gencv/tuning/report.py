@@ -14,32 +14,45 @@ import pandas as pd
 from gencv.stats import granulated_kendall, kendall_tau
 from gencv.tuning.space import Dimension
 
-__all__ = ["measure_gap_report", "plot_measures_vs_gap_trials", "study_plots"]
+__all__ = ["MIN_IMPORTANCE_TRIALS", "measure_gap_report", "plot_measures_vs_gap_trials", "study_plots"]
 
 log = logging.getLogger(__name__)
 
-# Measure outputs that are bookkeeping, not measures of the network.
-_SKIP_SUFFIXES = ("_iterations", "_probes", "_se", "sample_size", "n_params", "_converged")
+#: fewest completed trials a parameter-importance plot is drawn from: below it, fANOVA's importances
+#: are mostly noise (with 3 trials any ranking is possible)
+MIN_IMPORTANCE_TRIALS = 10
 
 
-def study_plots(study: Any, out_dir: Path) -> list[Path]:
-    """Optimization history, parameter importances and slice plots (matplotlib PNG); skips what cannot be drawn."""
+def study_plots(study: Any, out_dir: Path, *, min_importance_trials: int = MIN_IMPORTANCE_TRIALS) -> list[Path]:
+    """Optimization history, parameter importances and slice plots (matplotlib PNG); skips what cannot be drawn.
+
+    The importance plot says how many completed trials it rests on, and is skipped (logged) below
+    `min_importance_trials`.
+    """
     from gencv.report import pyplot
 
     plt = pyplot()
+    import optuna
     from optuna.visualization import matplotlib as ovm
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    n_complete = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
     for name, fn in (("optimization_history", ovm.plot_optimization_history),
                      ("param_importances", ovm.plot_param_importances),
                      ("slice", ovm.plot_slice)):
+        if name == "param_importances" and n_complete < min_importance_trials:
+            log.info("study plot param_importances skipped: %d completed trial(s), fewer than the %d it needs",
+                     n_complete, min_importance_trials)
+            continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ax = fn(study)
             first = np.ravel(np.asarray(ax, dtype=object))[0]
             fig = first.figure
+            if name == "param_importances":
+                first.set_title(f"Hyperparameter importances (fANOVA), from {n_complete} completed trials", loc="left")
             fig.set_size_inches(max(fig.get_size_inches()[0], 6.0), max(fig.get_size_inches()[1], 4.0))
             path = out_dir / f"{name}.png"
             fig.savefig(path, dpi=90, bbox_inches="tight")
@@ -74,7 +87,9 @@ def measure_gap_report(records: Sequence[Any], dims: Sequence[Dimension], metric
     rows = [r for r in records if r.measures and r.gap is not None and np.isfinite(r.gap)]
     if len(rows) < 3:
         return pd.DataFrame(columns=["measure", "tau", "p_value", "n_trials", "granulated_tau"])
-    names = sorted({k for r in rows for k in r.measures if not k.endswith(_SKIP_SUFFIXES)})
+    from gencv.report import BOOKKEEPING_SUFFIXES
+
+    names = sorted({k for r in rows for k in r.measures if not k.endswith(BOOKKEEPING_SUFFIXES)})
     gap = [float(r.gap) for r in rows]
     by_path = {d.path: d for d in dims}
     paths = [d.path for d in dims]
@@ -110,29 +125,20 @@ def _granulated(m: list[float], gap: list[float], binned: dict[str, list[Any]], 
     return GranulatedTau(per, counts, float(np.mean(defined)) if defined else float("nan"))
 
 
-def plot_measures_vs_gap_trials(records: Sequence[Any], report: pd.DataFrame, path: Path, metric: str) -> Path | None:
-    """One scatter per measure: fold-mean measure vs fold-mean gap, one point per completed trial."""
+def plot_measures_vs_gap_trials(records: Sequence[Any], report: pd.DataFrame, path: Path, metric: str) -> list[str]:
+    """One scatter per measure that varies over trials: fold-mean measure vs fold-mean gap, one point per
+    completed trial, in a grid that grows; returns the measures plotted (none: no file)."""
     rows = [r for r in records if r.measures and r.gap is not None and np.isfinite(r.gap)]
     if not rows or report.empty:
-        return None
-    from gencv.report import pyplot
+        return []
+    from gencv.report import scatter_grid, varying_measures
 
-    plt = pyplot()
-    names = list(report["measure"])[:12]
-    cols = min(4, len(names))
-    nrows = (len(names) + cols - 1) // cols
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 3.0 * nrows), squeeze=False)
-    gap = [r.gap for r in rows]
-    for ax, name in zip(axes.flat, names):
-        tau = report.loc[report["measure"] == name, "tau"].iloc[0]
-        ax.scatter([r.measures.get(name, np.nan) for r in rows], gap, s=14)
-        ax.set_xlabel(name, fontsize=8)
-        ax.set_ylabel(f"gap ({metric})", fontsize=8)
-        ax.set_title(f"tau = {tau:.2f}", fontsize=9)
-    for ax in list(axes.flat)[len(names):]:
-        ax.axis("off")
-    fig.suptitle("Measure vs generalization gap, one point per completed trial (fold means)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    listed = set(report["measure"])
+    names = [k for k in varying_measures([r.measures for r in rows]) if k in listed]
+    if not names:
+        return []
+    tau = dict(zip(report["measure"], report["tau"]))
+    scatter_grid({k: [r.measures[k] for r in rows] for k in names}, [r.gap for r in rows], path,
+                 ylabel=f"gap ({metric})", titles={k: f"tau = {tau[k]:.2f}" for k in names},
+                 title=f"Measure vs generalization gap, one point per completed trial ({len(rows)} trials, fold means)")
+    return names

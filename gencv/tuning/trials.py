@@ -182,7 +182,7 @@ def _run_trial_body(ctx: TrialContext, study: Any, trial: Any) -> TrialRecord:
                             measures=exp.measures, measure_config=ctx.measure_config, tracker=ctx.tracker,
                             experiment=exp.name, parent_run=run_id, on_fold_end=on_fold_end, fold_order=order,
                             groups=ds.groups, engine=trial_exp.train.engine,
-                            train_fraction=trial_exp.data.train_fraction)
+                            train_fraction=trial_exp.data.train_fraction, data=ctx.prep.data_ref)
         value = float(np.mean([scores[i] for i in sorted(scores)]))
         _set_measures(trial, cv.ok_folds, metric)
     except optuna.TrialPruned as exc:

@@ -92,6 +92,7 @@ def tune_experiment(
     # (A second worker on SQLite is warned about by optimize, whenever it shows up.)
     study = open_study(exp, dims, store, study_name, derive_seed(exp.seed, "sampler", worker_key), len(prep.folds))
     run_id = start_study_run(tracker, exp, study, store, storage_url, study_name, tags)
+    tracker.log_inputs(run_id, [prep.data_ref])  # idempotent: a second worker adds nothing
     ctx = TrialContext(folds=prep.folds, study_run=run_id, study_name=study_name, label=f"study {study_name}", **ctx_args)
     counts = study_counts(study)
     progress.study_start(study_name, n_trials, counts["COMPLETE"] + counts["PRUNED"], "trials")

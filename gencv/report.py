@@ -10,10 +10,11 @@ import pandas as pd
 from scipy import stats
 
 from gencv.cv import CVResult
+from gencv.measures.config import is_diagnostic
 from gencv.metrics import METRICS
 
 __all__ = [
-    "BOOKKEEPING_SUFFIXES", "confusion_counts", "fold_table", "per_class_table", "plot_confusion_matrix",
+    "confusion_counts", "fold_table", "per_class_table", "plot_confusion_matrix",
     "plot_fold_scores", "plot_learning_curves", "plot_measures_vs_gap", "scatter_grid", "summarize",
     "summary_markdown", "summary_table", "value_bounds", "varying_measures",
 ]
@@ -221,11 +222,6 @@ def plot_fold_scores(result: CVResult, path: str | Path) -> Path:
     return out
 
 
-# Measure outputs that are bookkeeping (iteration counts, standard errors, flags), not measures of the network.
-BOOKKEEPING_SUFFIXES = ("_iterations", "_probes", "_evals", "_mc_draws", "_mc_draws_mag", "_se", "sample_size", "n_params",
-                        "_converged")
-
-
 def varying_measures(rows: Sequence[Mapping[str, float]]) -> list[str]:
     """Measures worth a scatter: finite in every row, not bookkeeping, and not the same in all rows.
 
@@ -235,7 +231,7 @@ def varying_measures(rows: Sequence[Mapping[str, float]]) -> list[str]:
         return []
     names = []
     for k in rows[0]:
-        if k.endswith(BOOKKEEPING_SUFFIXES):
+        if is_diagnostic(k):  # iteration counts, standard errors, flags: not measures of the network
             continue
         v = np.array([r.get(k, np.nan) for r in rows], dtype=float)
         if np.all(np.isfinite(v)) and np.ptp(v) > 1e-12 * max(1.0, float(np.abs(v).max())):

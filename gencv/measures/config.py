@@ -30,7 +30,8 @@ EIG_METHODS: tuple[str, ...] = ("lanczos", "power")
 
 #: Output keys that describe how a measure was computed (iterations, probes, standard errors, the
 #: sample), not the minimum it measures: reported beside the measures, never correlated with the gap.
-_DIAGNOSTIC_SUFFIXES = ("_converged", "_iterations", "_evals", "_probes", "_se", "sample_size", "n_params")
+_DIAGNOSTIC_SUFFIXES = ("_converged", "_iterations", "_evals", "_probes", "_mc_draws", "_mc_draws_mag", "_se",
+                        "sample_size", "n_params")
 _DIAGNOSTIC_KEYS = ("measure_loss",)
 
 

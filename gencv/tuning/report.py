@@ -87,9 +87,9 @@ def measure_gap_report(records: Sequence[Any], dims: Sequence[Dimension], metric
     rows = [r for r in records if r.measures and r.gap is not None and np.isfinite(r.gap)]
     if len(rows) < 3:
         return pd.DataFrame(columns=["measure", "tau", "p_value", "n_trials", "granulated_tau"])
-    from gencv.report import BOOKKEEPING_SUFFIXES
+    from gencv.measures.config import is_diagnostic
 
-    names = sorted({k for r in rows for k in r.measures if not k.endswith(BOOKKEEPING_SUFFIXES)})
+    names = sorted({k for r in rows for k in r.measures if not is_diagnostic(k)})
     gap = [float(r.gap) for r in rows]
     by_path = {d.path: d for d in dims}
     paths = [d.path for d in dims]

@@ -115,6 +115,24 @@ def test_restore_best_gives_each_member_its_best_epoch_weights() -> None:
     assert _max_weight_diff(ref, got) < ATOL
 
 
+def test_each_member_stops_at_the_target_training_loss_as_the_skorch_net_does() -> None:
+    est = _est(optimizer="adam", lr=0.02, max_epochs=60, early_stopping=None, stop_at_train_loss=0.35)
+    ref, got = _both(est, "classification")
+    stops = [f.estimator.stop_epoch_ for f in got]
+    assert all(f.estimator.stop_reached_ for f in got) and len(set(stops)) > 1  # members stopped, each its own epoch
+    assert stops == [f.estimator.stop_epoch_ for f in ref]
+    assert [f.estimator.epochs_run_ for f in got] == stops
+    for a, b in zip(ref, got):
+        ha, hb = a.estimator.epoch_history(), b.estimator.epoch_history()
+        assert [r["curve_fit_loss"] for r in hb] == pytest.approx([r["curve_fit_loss"] for r in ha], abs=1e-9)
+        assert hb[-1]["curve_fit_loss"] <= 0.35 < hb[-2]["curve_fit_loss"]
+    assert _max_weight_diff(ref, got) < ATOL
+    never = _est(optimizer="sgd", lr=0.001, max_epochs=3, early_stopping=None, stop_at_train_loss=0.01)
+    ref, got = _both(never, "classification")
+    assert [(f.estimator.stop_reached_, f.estimator.stop_epoch_) for f in got] == [(False, None)] * len(got) \
+        == [(f.estimator.stop_reached_, f.estimator.stop_epoch_) for f in ref]
+
+
 def test_dropout_members_differ_and_are_reproducible() -> None:
     est = _est(model={"dropout": 0.3}, max_epochs=3)
     X, y, folds = _data("classification")
@@ -129,7 +147,6 @@ def test_dropout_members_differ_and_are_reproducible() -> None:
     ({"model": {"batch_norm": True}}, "model.batch_norm"),
     ({"optimizer": "lbfgs"}, "train.optimizer"),
     ({"schedule": "plateau"}, "train.schedule.kind"),
-    ({"stop_at_train_loss": 0.1}, "train.stop_at_train_loss"),
 ])
 def test_unsupported_settings_name_the_setting_and_suggest_skorch(change: dict, field: str) -> None:
     est = _est(**change)

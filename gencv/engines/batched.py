@@ -15,8 +15,11 @@ member at once. Each member keeps what the skorch engine gives its fold:
   in an epoch does not step on the batches it lacks (its optimizer state does not change either);
 - its own early-stopping split (`InnerSplit`, the fold seed), patience, best weights and stop epoch;
   a stopped member no longer changes; the stack ends when every member has stopped;
-- its own optimizer state (hand-written SGD / momentum / Nesterov / Adam / AdamW with per-member step
-  counts, the update rules of `torch.optim`), L1 penalty and per-member gradient-norm clipping;
+- its own optimizer state (`stacked_optim`: the update rules of `torch.optim`'s SGD, momentum, Nesterov,
+  Adagrad, RMSprop, Adam, AdamW and NAdam with per-member step counts), L1 penalty and per-member
+  gradient-norm clipping;
+- its own `train.stop_at_train_loss`: the data loss on its fitted rows in eval mode after every epoch;
+  a member that reaches the target stops there (recorded as skorch's `StopAtTrainLoss` records it);
 - its own dropout masks (one engine generator, seeded from the fold seeds; not skorch's masks).
 
 Each fold comes back as a fitted `NetClassifier`/`NetRegressor` (`NetEstimator.prepare_fit` did its
@@ -44,6 +47,7 @@ from torch import nn
 from gencv.engines.base import EpochCallback, FoldFit, FoldStartCallback
 from gencv.engines.optim import make_schedule
 from gencv.engines.skorch_engine import SkorchEngine
+from gencv.engines.stacked_optim import STACKED_OPTIMIZERS, StackedOptimizer
 from gencv.errors import DivergenceError, GencvError
 from gencv.models import init_weights_
 from gencv.seeds import derive_seed
@@ -53,7 +57,6 @@ __all__ = ["AutoEngine", "BatchedEngine", "UnsupportedSettingError", "engine_use
 
 log = logging.getLogger(__name__)
 
-_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw", "nadam")
 _SCHEDULES = ("none", "step", "exponential", "cosine")
 
 
@@ -77,11 +80,8 @@ def unsupported_setting(estimator: Any) -> str | None:
         return f"model.kind: got {m.kind!r}; the batched engine stacks MLPs only"
     if m.batch_norm:
         return "model.batch_norm: got true; the batched engine has no per-member batch norm yet"
-    if t.optimizer not in _OPTIMIZERS:
-        return f"train.optimizer: got {t.optimizer!r}; the batched engine supports {', '.join(_OPTIMIZERS)}"
-    if t.stop_at_train_loss is not None:
-        return (f"train.stop_at_train_loss: got {t.stop_at_train_loss}; the batched engine does not stop members "
-                "at a training loss")
+    if t.optimizer not in STACKED_OPTIMIZERS:
+        return f"train.optimizer: got {t.optimizer!r}; the batched engine supports {', '.join(STACKED_OPTIMIZERS)}"
     if t.schedule.kind not in _SCHEDULES:
         return (f"train.schedule.kind: got {t.schedule.kind!r}; the batched engine supports "
                 f"{', '.join(_SCHEDULES)} (a plateau schedule would need a learning rate per member)")
@@ -130,6 +130,7 @@ class _Member:
     threshold: float = math.inf
     best_epoch: int = 0
     has_best: bool = False
+    stop_epoch: int = 0  # train.stop_at_train_loss: the epoch the fitted rows' loss reached it (0: not reached)
 
 
 def _stack_rows(rows: Sequence[torch.Tensor | None], fill: float | int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,92 +241,6 @@ class _StackedMLP:
     def l1(params: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """Sum of absolute weights (biases excluded, as skorch's penalty) per member."""
         return sum(W.abs().flatten(1).sum(1) for W, _ in params)  # type: ignore[return-value]
-
-
-class _StackedOptimizer:
-    """`torch.optim`'s SGD / momentum / Nesterov / Adagrad / RMSprop / Adam / AdamW / NAdam update (their
-    default settings, as `gencv.engines.optim.OPTIMIZERS` builds them), one row per member.
-
-    `step_` updates only the given member rows; the others keep parameters and state unchanged
-    (bias corrections and NAdam's momentum schedule use each member's own step count).
-    """
-
-    _STATE = ("buf", "exp_avg", "exp_avg_sq", "steps", "mu_product")
-
-    def __init__(self, kind: str, flat: torch.Tensor, *, momentum: float, weight_decay: float) -> None:
-        self.kind, self.momentum, self.wd = kind, momentum, weight_decay
-        self.betas, self.eps = (0.9, 0.999), 1e-10 if kind == "adagrad" else 1e-8
-        self.alpha, self.momentum_decay = 0.99, 4e-3  # RMSprop's smoothing; NAdam's momentum decay
-        z = torch.zeros_like(flat)
-        # buf: the momentum buffer, Adagrad's sum of squares or RMSprop's square average
-        self.buf = z.clone() if kind in ("momentum", "nesterov", "adagrad", "rmsprop") else None
-        self.exp_avg = z.clone() if kind in ("adam", "adamw", "nadam") else None
-        self.exp_avg_sq = z.clone() if kind in ("adam", "adamw", "nadam") else None
-        self.steps = torch.zeros(flat.shape[0], 1, dtype=flat.dtype, device=flat.device)
-        self.mu_product = torch.ones_like(self.steps) if kind == "nadam" else None
-
-    def step_(self, flat: torch.Tensor, grad: torch.Tensor, lr: float, rows: torch.Tensor | None) -> None:
-        """Update `flat` in place for member `rows` (None: all)."""
-        if rows is None:
-            self._update(flat, grad, lr)
-            return
-        p = flat[rows]
-        saved = {n: getattr(self, n) for n in self._STATE}
-        for n in self._STATE:
-            if saved[n] is not None:
-                setattr(self, n, saved[n][rows])
-        try:
-            self._update(p, grad[rows], lr)
-            flat.index_copy_(0, rows, p)
-            for n in self._STATE:
-                if saved[n] is not None:
-                    saved[n].index_copy_(0, rows, getattr(self, n))
-        finally:
-            for n in self._STATE:
-                setattr(self, n, saved[n])
-
-    def _update(self, p: torch.Tensor, g: torch.Tensor, lr: float) -> None:
-        kind, wd = self.kind, self.wd
-        if kind != "adamw" and wd:
-            g = g.add(p, alpha=wd)
-        if kind == "sgd":
-            p.add_(g, alpha=-lr)
-        elif kind in ("momentum", "nesterov"):
-            assert self.buf is not None
-            self.buf.mul_(self.momentum).add_(g)  # a zero buffer makes the first step torch's clone(d_p)
-            d = g.add(self.buf, alpha=self.momentum) if kind == "nesterov" else self.buf
-            p.add_(d, alpha=-lr)
-        elif kind == "adagrad":
-            assert self.buf is not None
-            self.buf.addcmul_(g, g, value=1.0)
-            p.addcdiv_(g, self.buf.sqrt().add_(self.eps), value=-lr)
-        elif kind == "rmsprop":
-            assert self.buf is not None
-            self.buf.mul_(self.alpha).addcmul_(g, g, value=1.0 - self.alpha)
-            p.addcdiv_(g, self.buf.sqrt().add_(self.eps), value=-lr)
-        elif kind == "nadam":
-            assert self.exp_avg is not None and self.exp_avg_sq is not None and self.mu_product is not None
-            b1, b2 = self.betas
-            self.steps.add_(1.0)
-            mu = b1 * (1.0 - 0.5 * 0.96 ** (self.steps * self.momentum_decay))
-            mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((self.steps + 1.0) * self.momentum_decay))
-            self.mu_product.mul_(mu)
-            self.exp_avg.lerp_(g, 1.0 - b1)
-            self.exp_avg_sq.mul_(b2).addcmul_(g, g, value=1.0 - b2)
-            denom = self.exp_avg_sq.div(1.0 - b2**self.steps).sqrt().add_(self.eps)
-            p.sub_(lr * (1.0 - mu) / (1.0 - self.mu_product) * g / denom)
-            p.sub_(lr * mu_next / (1.0 - self.mu_product * mu_next) * self.exp_avg / denom)
-        else:
-            assert self.exp_avg is not None and self.exp_avg_sq is not None
-            b1, b2 = self.betas
-            if kind == "adamw":
-                p.mul_(1.0 - lr * wd)
-            self.steps.add_(1.0)
-            self.exp_avg.lerp_(g, 1.0 - b1)
-            self.exp_avg_sq.mul_(b2).addcmul_(g, g, value=1.0 - b2)
-            step_size = lr / (1.0 - b1**self.steps)
-            denom = (self.exp_avg_sq.sqrt() / (1.0 - b2**self.steps).sqrt()).add_(self.eps)
-            p.sub_(step_size * self.exp_avg / denom)
 
 
 def _learning_rates(train: Any) -> list[float]:
@@ -455,6 +370,7 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
     X_fit, y_fit, fit_mask = X_fit.to(device), y_fit.to(device), fit_mask.to(device=device, dtype=dtype)
     n_fit = [len(m.X) for m in members]
     es = t.early_stopping
+    target = t.stop_at_train_loss
     if es is not None:
         X_es, es_mask = _stack_rows([m.X_es for m in members])
         y_es, _ = _stack_rows([m.y_es for m in members])
@@ -466,7 +382,7 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
         X_ev, ev_mask = X_ev.to(device), ev_mask.to(device=device, dtype=dtype)
         y_ev, _ = _stack_rows([None if m.y_ev is None else torch.as_tensor(m.y_ev) for m in members])
         y_ev = y_ev.to(device)
-    opt = _StackedOptimizer(t.optimizer, flat, momentum=t.momentum, weight_decay=t.weight_decay)
+    opt = StackedOptimizer(t.optimizer, flat, momentum=t.momentum, weight_decay=t.weight_decay)
     drop_gen = torch.Generator(device=device)
     drop_gen.manual_seed(derive_seed(members[0].seed, "batched-dropout", *[m.seed for m in members[1:]]))
     has_dropout = any(kind == "dropout" and p > 0 for kind, p in stack.steps)
@@ -529,6 +445,8 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
             train_loss = (loss_sum / n_rows.clamp(min=1).to(device, dtype)).cpu().tolist()
             es_loss = _masked_mean(_row_losses(stack.forward(params, X_es, None), y_es, task), es_mask).cpu().tolist() \
                 if es is not None else None
+            fit_loss = _masked_mean(_row_losses(stack.forward(params, X_fit, None), y_fit, task), fit_mask).cpu() \
+                .tolist() if target is not None else None  # the criterion alone, eval mode, as StopAtTrainLoss
             if has_eval:
                 out_ev = stack.forward(params, X_ev, None)
                 ev_loss = _masked_mean(_row_losses(out_ev, y_ev, task), ev_mask).cpu().tolist()
@@ -545,9 +463,13 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
             if has_eval and m.X_ev is not None:
                 row["curve_valid_loss"] = ev_loss[i]
                 row["curve_valid_score"] = float(m.curve(out_ev_np[i, : len(m.X_ev)], m.y_ev))
+            if fit_loss is not None:
+                row["curve_fit_loss"] = fit_loss[i]
             m.history.append(row)
             if on_epoch is not None:
                 on_epoch(m.fold.index, epoch, dict(row))
+            if fit_loss is not None and fit_loss[i] <= target:
+                m.alive, m.stop_epoch = False, epoch
             if es is not None:  # skorch's EarlyStopping, threshold_mode="abs", lower is better
                 if es_loss[i] < m.threshold:
                     m.misses, m.threshold, m.best_epoch, m.has_best = 0, es_loss[i] - es.min_delta, epoch, True
@@ -577,6 +499,8 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
         est.net_ = _MemberNet(m.module, criterion, t.device, m.history)
         est.epochs_run_ = len(m.history)
         est.best_epoch_ = m.best_epoch if m.best_epoch > 0 else est.epochs_run_
+        est.stop_reached_ = None if target is None else m.stop_epoch > 0
+        est.stop_epoch_ = m.stop_epoch or None if target is not None else None
         m.module.to(device)
 
 

@@ -1,0 +1,95 @@
+"""The batched engine's optimizers: `torch.optim`'s update rules with one parameter row per fold."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["STACKED_OPTIMIZERS", "StackedOptimizer"]
+
+STACKED_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw", "nadam")
+
+
+class StackedOptimizer:
+    """`torch.optim`'s SGD / momentum / Nesterov / Adagrad / RMSprop / Adam / AdamW / NAdam update (their
+    default settings, as `gencv.engines.optim.OPTIMIZERS` builds them), one row per member.
+
+    `step_` updates only the given member rows; the others keep parameters and state unchanged
+    (bias corrections and NAdam's momentum schedule use each member's own step count).
+    """
+
+    _STATE = ("buf", "exp_avg", "exp_avg_sq", "steps", "mu_product")
+
+    def __init__(self, kind: str, flat: torch.Tensor, *, momentum: float, weight_decay: float) -> None:
+        self.kind, self.momentum, self.wd = kind, momentum, weight_decay
+        self.betas, self.eps = (0.9, 0.999), 1e-10 if kind == "adagrad" else 1e-8
+        self.alpha, self.momentum_decay = 0.99, 4e-3  # RMSprop's smoothing; NAdam's momentum decay
+        z = torch.zeros_like(flat)
+        # buf: the momentum buffer, Adagrad's sum of squares or RMSprop's square average
+        self.buf = z.clone() if kind in ("momentum", "nesterov", "adagrad", "rmsprop") else None
+        self.exp_avg = z.clone() if kind in ("adam", "adamw", "nadam") else None
+        self.exp_avg_sq = z.clone() if kind in ("adam", "adamw", "nadam") else None
+        self.steps = torch.zeros(flat.shape[0], 1, dtype=flat.dtype, device=flat.device)
+        self.mu_product = torch.ones_like(self.steps) if kind == "nadam" else None
+
+    def step_(self, flat: torch.Tensor, grad: torch.Tensor, lr: float, rows: torch.Tensor | None) -> None:
+        """Update `flat` in place for member `rows` (None: all)."""
+        if rows is None:
+            self._update(flat, grad, lr)
+            return
+        p = flat[rows]
+        saved = {n: getattr(self, n) for n in self._STATE}
+        for n in self._STATE:
+            if saved[n] is not None:
+                setattr(self, n, saved[n][rows])
+        try:
+            self._update(p, grad[rows], lr)
+            flat.index_copy_(0, rows, p)
+            for n in self._STATE:
+                if saved[n] is not None:
+                    saved[n].index_copy_(0, rows, getattr(self, n))
+        finally:
+            for n in self._STATE:
+                setattr(self, n, saved[n])
+
+    def _update(self, p: torch.Tensor, g: torch.Tensor, lr: float) -> None:
+        kind, wd = self.kind, self.wd
+        if kind != "adamw" and wd:
+            g = g.add(p, alpha=wd)
+        if kind == "sgd":
+            p.add_(g, alpha=-lr)
+        elif kind in ("momentum", "nesterov"):
+            assert self.buf is not None
+            self.buf.mul_(self.momentum).add_(g)  # a zero buffer makes the first step torch's clone(d_p)
+            d = g.add(self.buf, alpha=self.momentum) if kind == "nesterov" else self.buf
+            p.add_(d, alpha=-lr)
+        elif kind == "adagrad":
+            assert self.buf is not None
+            self.buf.addcmul_(g, g, value=1.0)
+            p.addcdiv_(g, self.buf.sqrt().add_(self.eps), value=-lr)
+        elif kind == "rmsprop":
+            assert self.buf is not None
+            self.buf.mul_(self.alpha).addcmul_(g, g, value=1.0 - self.alpha)
+            p.addcdiv_(g, self.buf.sqrt().add_(self.eps), value=-lr)
+        elif kind == "nadam":
+            assert self.exp_avg is not None and self.exp_avg_sq is not None and self.mu_product is not None
+            b1, b2 = self.betas
+            self.steps.add_(1.0)
+            mu = b1 * (1.0 - 0.5 * 0.96 ** (self.steps * self.momentum_decay))
+            mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((self.steps + 1.0) * self.momentum_decay))
+            self.mu_product.mul_(mu)
+            self.exp_avg.lerp_(g, 1.0 - b1)
+            self.exp_avg_sq.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+            denom = self.exp_avg_sq.div(1.0 - b2**self.steps).sqrt().add_(self.eps)
+            p.sub_(lr * (1.0 - mu) / (1.0 - self.mu_product) * g / denom)
+            p.sub_(lr * mu_next / (1.0 - self.mu_product * mu_next) * self.exp_avg / denom)
+        else:
+            assert self.exp_avg is not None and self.exp_avg_sq is not None
+            b1, b2 = self.betas
+            if kind == "adamw":
+                p.mul_(1.0 - lr * wd)
+            self.steps.add_(1.0)
+            self.exp_avg.lerp_(g, 1.0 - b1)
+            self.exp_avg_sq.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+            step_size = lr / (1.0 - b1**self.steps)
+            denom = (self.exp_avg_sq.sqrt() / (1.0 - b2**self.steps).sqrt()).add_(self.eps)
+            p.sub_(step_size * self.exp_avg / denom)

@@ -50,6 +50,23 @@ def test_run_json_and_no_track(tmp_path: Path) -> None:
     assert all(0 <= f["valid_scores"]["accuracy"] <= 1 for f in payload["folds"])
 
 
+@pytest.mark.parametrize("command", ["run", "tune", "sweep"])
+def test_engine_option_sets_train_engine_on_every_training_command(command: str, tracking_uri: str) -> None:
+    spec = str(ROOT / "experiments" / "tune_iris.yaml") if command == "tune" else QUICK
+    extra = {"run": [], "tune": ["--trials", "1", "--storage", ":memory:", "--set", "tune.pruner=none"],
+             "sweep": ["--grid", "model.dropout=0,0.1"]}[command]
+    res = runner.invoke(app, [command, spec, *FAST, "--engine", "batched", "--tracking-uri", tracking_uri, "-q",
+                              *extra])
+    assert res.exit_code == 0, res.output
+    client = MlflowClient(tracking_uri)
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    parents = [r for r in runs if r.data.tags.get("gencv.kind") in ("cv", "trial")]
+    assert parents and {r.data.tags["gencv.engine"] for r in parents} == {"batched"}
+    assert {r.data.params["train.engine"] for r in parents if r.data.tags["gencv.kind"] == "cv"} <= {"batched"}
+    bad = runner.invoke(app, [command, QUICK, "--engine", "fast", "--no-track"])
+    assert bad.exit_code == 2 and "train.engine" in bad.output and "Traceback" not in bad.output
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

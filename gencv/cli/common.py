@@ -60,6 +60,15 @@ SpecArg = Annotated[str | None, typer.Argument(help="experiment YAML; default: e
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a dotted path, e.g. train.lr=0.01")]
 
 
+EngineOpt = Annotated[str | None, typer.Option("--engine", help="train.engine: skorch (one net per fold), batched "
+                                               "(all folds as one stacked model) or auto (batched where supported)")]
+
+
+def engine_sets(sets: list[str] | None, engine: str | None) -> list[str] | None:
+    """`--engine X` as the last `--set train.engine=X` (so it wins, and resume hints repeat it)."""
+    return sets if engine is None else [*(sets or []), f"train.engine={engine}"]
+
+
 UriOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow URI (default: $MLFLOW_TRACKING_URI or "
                                             "sqlite:///mlruns/mlflow.db)")]
 

@@ -12,10 +12,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from gencv.cli.common import (
+    EngineOpt,
     SetOpt,
     SpecArg,
     UriOpt,
     command,
+    engine_sets,
     err,
     guard,
     load_spec,
@@ -142,11 +144,11 @@ def _print_outcome(outcome: Any) -> None:
 def run(
     spec: SpecArg = None,
     set_: SetOpt = None,
+    engine: EngineOpt = None,
     tracking_uri: UriOpt = None,
     no_track: Annotated[bool, typer.Option("--no-track", help="do not record anything in MLflow")] = False,
     allow_large_loo: Annotated[bool, typer.Option("--allow-large-loo", help="run leave-one-out above cv.max_loo_samples")] = False,
     resume: Annotated[str | None, typer.Option("--resume", help="run id of an interrupted run: reuse its finished folds")] = None,
-    engine: Annotated[str | None, typer.Option("--engine", help="skorch | batched | auto: sets train.engine")] = None,
     permutations: Annotated[int, typer.Option("--permutations", min=0, help=(
         "N: also cross-validate N times with the target permuted (same folds) and report the p-value of "
         "the true score"))] = 0,
@@ -161,9 +163,8 @@ def run(
     Example: gencv run experiments/quickstart.yaml --set train.lr=0.01 --set cv.kind=kfold
     """
     setup_logging(verbose)
+    set_ = engine_sets(set_, engine)
     sigterm_to_interrupt()
-    if engine is not None:  # a --set like any other: validated by the spec, kept in the resume command
-        set_ = [*(set_ or []), f"train.engine={engine}"]
 
     def go() -> Any:
         from gencv.runner import outcome_json, prepare, run_experiment, run_label

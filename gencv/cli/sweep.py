@@ -9,10 +9,12 @@ import typer
 from rich.table import Table
 
 from gencv.cli.common import (
+    EngineOpt,
     SetOpt,
     SpecArg,
     UriOpt,
     command,
+    engine_sets,
     err,
     guard,
     load_spec,
@@ -54,6 +56,7 @@ def sweep(
     grid: Annotated[list[str] | None, typer.Option("--grid", "-g", help="PATH=V1,V2,... (repeatable; every "
                                                    "combination is a level); overrides the spec's sweep.grid")] = None,
     set_: SetOpt = None,
+    engine: EngineOpt = None,
     tracking_uri: UriOpt = None,
     no_track: Annotated[bool, typer.Option("--no-track", help="do not record anything in MLflow")] = False,
     resume: Annotated[str | None, typer.Option("--resume", help="sweep run id: finished levels are reused, "
@@ -76,6 +79,7 @@ def sweep(
     Shared by workers: run `gencv sweep SPEC --storage postgresql://... --tracking-uri http://...` on each.
     """
     setup_logging(verbose)
+    set_ = engine_sets(set_, engine)
     sigterm_to_interrupt()
 
     def go() -> Any:

@@ -14,10 +14,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from gencv.cli.common import (
+    EngineOpt,
     SetOpt,
     SpecArg,
     UriOpt,
     command,
+    engine_sets,
     err,
     guard,
     load_spec,
@@ -152,6 +154,7 @@ def _print_tune(outcome: Any, top: int = 10) -> None:
 def tune(
     spec: SpecArg = None,
     set_: SetOpt = None,
+    engine: EngineOpt = None,
     trials: Annotated[int | None, typer.Option("--trials", "-n", help="the study's TOTAL of complete + pruned trials, "
                                                "over all workers (default tune.trials; per outer fold with --nested)")] = None,
     timeout: Annotated[float | None, typer.Option("--timeout", help="seconds this worker keeps starting trials")] = None,
@@ -172,6 +175,7 @@ def tune(
     Shared study: run `gencv tune SPEC --storage postgresql://... --study NAME` on each worker.
     """
     setup_logging(verbose)
+    set_ = engine_sets(set_, engine)
     sigterm_to_interrupt()
     import optuna
 

@@ -201,3 +201,39 @@ def test_float32_exports_and_predicts() -> None:
     proba = model.predict_proba(X[:5])
     with torch.no_grad():
         np.testing.assert_allclose(model.to_torch()(torch.as_tensor(X[:5])).numpy(), proba, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_fold_scores_of_the_two_engines_are_statistically_equivalent_over_10_seeds_x_5_folds() -> None:
+    """TOST (two one-sided paired t-tests) on the 50 per-fold accuracy differences, margin +-0.02, alpha 0.05.
+
+    float32 and dropout 0.1: the engines agree in distribution, not bit for bit (different dropout masks,
+    float32 reduction order). The pairs share a fold, so each difference is the engine's effect alone.
+    """
+    from scipy import stats
+
+    from gencv.cv import cross_validate
+    from gencv.runner import prepare
+
+    from .conftest import tiny
+
+    diffs = []
+    for seed in range(10):
+        exp = tiny(**{"seed": seed, "data.source": "breast_cancer", "model.hidden": [16], "model.dropout": 0.1,
+                      "train.optimizer": "adam", "train.lr": 0.01, "train.max_epochs": 10, "cv.n_splits": 5,
+                      "train.early_stopping": None})
+        prep = prepare(exp)
+        ds = prep.dataset
+        scores = {}
+        for engine in ("skorch", "batched"):
+            res = cross_validate(prep.estimator, ds.X, ds.y, prep.folds, metric="accuracy", seed=exp.seed,
+                                 engine=engine)
+            scores[engine] = np.array([f.valid_scores["accuracy"] for f in res.folds])
+        diffs.append(scores["batched"] - scores["skorch"])
+    d = np.concatenate(diffs)
+    assert len(d) == 50 and np.any(d != 0)  # the engines are not the same computation (else the test is moot)
+    margin, n = 0.02, len(d)
+    se = d.std(ddof=1) / np.sqrt(n)
+    p_lower = 1 - stats.t.cdf((d.mean() + margin) / se, n - 1)  # H0: mean difference <= -margin
+    p_upper = stats.t.cdf((d.mean() - margin) / se, n - 1)  # H0: mean difference >= +margin
+    assert max(p_lower, p_upper) < 0.05, (d.mean(), se)

@@ -74,6 +74,11 @@ def test_members_equal_the_skorch_nets_in_float64_sgd(task: str) -> None:
     {"optimizer": "nadam", "lr": 0.01, "weight_decay": 0.01},
     {"clip_grad_norm": 0.5}, {"schedule": "cosine", "max_epochs": 5},
     {"schedule": {"kind": "step", "step_size": 2, "gamma": 0.5}, "max_epochs": 5},
+    {"schedule": {"kind": "plateau", "patience": 0, "factor": 0.5}, "max_epochs": 8, "lr": 0.3},
+    {"schedule": {"kind": "plateau", "patience": 1, "factor": 0.3}, "max_epochs": 8, "optimizer": "adam",
+     "lr": 0.05, "early_stopping": {"patience": 5, "valid_fraction": 0.25}},
+    {"schedule": {"kind": "plateau", "patience": 0, "factor": 0.5}, "max_epochs": 8, "optimizer": "rmsprop",
+     "lr": 0.1},
 ], ids=str)
 def test_members_equal_the_skorch_nets_for_each_supported_setting(train: dict) -> None:
     ref, got = _both(_est(model={"activation": "tanh"}, **train), "classification")
@@ -146,7 +151,6 @@ def test_dropout_members_differ_and_are_reproducible() -> None:
 @pytest.mark.parametrize(("change", "field"), [
     ({"model": {"batch_norm": True}}, "model.batch_norm"),
     ({"optimizer": "lbfgs"}, "train.optimizer"),
-    ({"schedule": "plateau"}, "train.schedule.kind"),
 ])
 def test_unsupported_settings_name_the_setting_and_suggest_skorch(change: dict, field: str) -> None:
     est = _est(**change)

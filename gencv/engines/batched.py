@@ -15,6 +15,7 @@ member at once. Each member keeps what the skorch engine gives its fold:
   in an epoch does not step on the batches it lacks (its optimizer state does not change either);
 - its own early-stopping split (`InnerSplit`, the fold seed), patience, best weights and stop epoch;
   a stopped member no longer changes; the stack ends when every member has stopped;
+- its own learning rate under a plateau schedule (one torch `ReduceLROnPlateau` per member);
 - its own optimizer state (`stacked_optim`: the update rules of `torch.optim`'s SGD, momentum, Nesterov,
   Adagrad, RMSprop, Adam, AdamW and NAdam with per-member step counts), L1 penalty and per-member
   gradient-norm clipping;
@@ -57,7 +58,7 @@ __all__ = ["AutoEngine", "BatchedEngine", "UnsupportedSettingError", "engine_use
 
 log = logging.getLogger(__name__)
 
-_SCHEDULES = ("none", "step", "exponential", "cosine")
+_SCHEDULES = ("none", "step", "exponential", "cosine", "plateau")
 
 
 class UnsupportedSettingError(GencvError, ValueError):
@@ -84,7 +85,7 @@ def unsupported_setting(estimator: Any) -> str | None:
         return f"train.optimizer: got {t.optimizer!r}; the batched engine supports {', '.join(STACKED_OPTIMIZERS)}"
     if t.schedule.kind not in _SCHEDULES:
         return (f"train.schedule.kind: got {t.schedule.kind!r}; the batched engine supports "
-                f"{', '.join(_SCHEDULES)} (a plateau schedule would need a learning rate per member)")
+                f"{', '.join(_SCHEDULES)}")
     return None
 
 
@@ -243,6 +244,21 @@ class _StackedMLP:
         return sum(W.abs().flatten(1).sum(1) for W, _ in params)  # type: ignore[return-value]
 
 
+class _Plateaus:
+    """One `ReduceLROnPlateau` per member (torch's own, on a stand-in optimizer): a learning rate each."""
+
+    def __init__(self, train: Any, n_members: int) -> None:
+        sched = make_schedule(train, "train_loss")
+        self.opts = [torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=train.lr) for _ in range(n_members)]
+        self.policies = [sched.policy(o, **sched.kwargs) for o in self.opts]  # type: ignore[union-attr]
+
+    def rates(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        return torch.tensor([[o.param_groups[0]["lr"]] for o in self.opts], dtype=dtype, device=device)
+
+    def step(self, member: int, monitored: float) -> None:
+        self.policies[member].step(monitored)
+
+
 def _learning_rates(train: Any) -> list[float]:
     """The learning rate of each epoch: skorch's LRScheduler steps its policy once per epoch end."""
     sched = make_schedule(train, "train_loss")
@@ -386,7 +402,8 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
     drop_gen = torch.Generator(device=device)
     drop_gen.manual_seed(derive_seed(members[0].seed, "batched-dropout", *[m.seed for m in members[1:]]))
     has_dropout = any(kind == "dropout" and p > 0 for kind, p in stack.steps)
-    lrs = _learning_rates(t)
+    plateau = _Plateaus(t, M) if t.schedule.kind == "plateau" else None
+    lrs = None if plateau is not None else _learning_rates(t)
     n_pad = max(n_fit)
     for epoch in range(1, t.max_epochs + 1):
         alive = [m.alive for m in members]
@@ -439,7 +456,7 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
             with torch.no_grad():
                 rows = None if bool(stepping.all()) else torch.nonzero(step_dev).flatten()
                 if rows is None or len(rows):
-                    opt.step_(flat, grad, lrs[epoch - 1], rows)
+                    opt.step_(flat, grad, plateau.rates(dtype, device) if plateau else lrs[epoch - 1], rows)
                 loss_sum += torch.where(step_dev, loss_m.detach(), torch.zeros_like(loss_m)) * counts.to(device, dtype)
         with torch.no_grad():
             train_loss = (loss_sum / n_rows.clamp(min=1).to(device, dtype)).cpu().tolist()
@@ -470,6 +487,8 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
                 on_epoch(m.fold.index, epoch, dict(row))
             if fit_loss is not None and fit_loss[i] <= target:
                 m.alive, m.stop_epoch = False, epoch
+            if plateau is not None:  # skorch's LRScheduler steps ReduceLROnPlateau on the monitored loss
+                plateau.step(i, row["valid_loss" if es is not None else "train_loss"])
             if es is not None:  # skorch's EarlyStopping, threshold_mode="abs", lower is better
                 if es_loss[i] < m.threshold:
                     m.misses, m.threshold, m.best_epoch, m.has_best = 0, es_loss[i] - es.min_delta, epoch, True

@@ -31,8 +31,9 @@ class StackedOptimizer:
         self.steps = torch.zeros(flat.shape[0], 1, dtype=flat.dtype, device=flat.device)
         self.mu_product = torch.ones_like(self.steps) if kind == "nadam" else None
 
-    def step_(self, flat: torch.Tensor, grad: torch.Tensor, lr: float, rows: torch.Tensor | None) -> None:
-        """Update `flat` in place for member `rows` (None: all)."""
+    def step_(self, flat: torch.Tensor, grad: torch.Tensor, lr: float | torch.Tensor,
+              rows: torch.Tensor | None) -> None:
+        """Update `flat` in place for member `rows` (None: all); `lr`: one rate, or a (members, 1) column."""
         if rows is None:
             self._update(flat, grad, lr)
             return
@@ -42,7 +43,7 @@ class StackedOptimizer:
             if saved[n] is not None:
                 setattr(self, n, saved[n][rows])
         try:
-            self._update(p, grad[rows], lr)
+            self._update(p, grad[rows], lr[rows] if isinstance(lr, torch.Tensor) else lr)
             flat.index_copy_(0, rows, p)
             for n in self._STATE:
                 if saved[n] is not None:
@@ -51,8 +52,11 @@ class StackedOptimizer:
             for n in self._STATE:
                 setattr(self, n, saved[n])
 
-    def _update(self, p: torch.Tensor, g: torch.Tensor, lr: float) -> None:
+    def _update(self, p: torch.Tensor, g: torch.Tensor, lr: float | torch.Tensor) -> None:
         kind, wd = self.kind, self.wd
+        if isinstance(lr, torch.Tensor) and kind not in ("nadam", "adam", "adamw"):
+            self._update_per_member(p, g, lr)  # a rate per member (plateau): scalar alpha=/value= need a float
+            return
         if kind != "adamw" and wd:
             g = g.add(p, alpha=wd)
         if kind == "sgd":
@@ -93,3 +97,23 @@ class StackedOptimizer:
             step_size = lr / (1.0 - b1**self.steps)
             denom = (self.exp_avg_sq.sqrt() / (1.0 - b2**self.steps).sqrt()).add_(self.eps)
             p.sub_(step_size * self.exp_avg / denom)
+
+    def _update_per_member(self, p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor) -> None:
+        """`_update` with a (members, 1) learning-rate column (scalar `alpha=`/`value=` arguments need a float)."""
+        kind, wd = self.kind, self.wd
+        if wd:
+            g = g.add(p, alpha=wd)
+        if kind == "sgd":
+            p.sub_(lr * g)
+        elif kind in ("momentum", "nesterov"):
+            assert self.buf is not None
+            self.buf.mul_(self.momentum).add_(g)
+            d = g.add(self.buf, alpha=self.momentum) if kind == "nesterov" else self.buf
+            p.sub_(lr * d)
+        else:  # adagrad, rmsprop
+            assert self.buf is not None
+            if kind == "adagrad":
+                self.buf.addcmul_(g, g, value=1.0)
+            else:
+                self.buf.mul_(self.alpha).addcmul_(g, g, value=1.0 - self.alpha)
+            p.sub_(lr * g / self.buf.sqrt().add_(self.eps))

@@ -87,20 +87,29 @@ def test_bad_override_syntax() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("engine", ["skorch", "batched"])
 @pytest.mark.parametrize("path", sorted(p.name for p in (ROOT / "experiments").glob("*.yaml")))
-def test_every_example_runs(path: str) -> None:
+def test_every_example_runs(path: str, engine: str) -> None:
     # Data and all folds of every shipped example, then one epoch on (at most 25 of) its folds; tuning
-    # examples run their base spec.
+    # examples run their base spec. Under the batched engine an example runs or is refused with the
+    # setting named and `engine: skorch` suggested.
     import math
 
     from gencv.cv import cross_validate
+    from gencv.engines import UnsupportedSettingError
+    from gencv.engines.batched import unsupported_setting
     from gencv.runner import prepare
 
-    exp = load_experiment(ROOT / "experiments" / path, ["train.max_epochs=1"])
+    exp = load_experiment(ROOT / "experiments" / path, ["train.max_epochs=1", f"train.engine={engine}"])
     prep = prepare(exp)
     assert len(prep.folds) >= 1
     ds = prep.dataset
-    res = cross_validate(prep.estimator, ds.X, ds.y, prep.folds[:25], metric=exp.metric, seed=exp.seed)
+    if engine == "batched" and unsupported_setting(prep.estimator) is not None:
+        with pytest.raises(UnsupportedSettingError, match=r"(model|train)\.[a-z_.]+: got .*use train\.engine: skorch"):
+            cross_validate(prep.estimator, ds.X, ds.y, prep.folds[:25], metric=exp.metric, seed=exp.seed,
+                           engine=engine)
+        return
+    res = cross_validate(prep.estimator, ds.X, ds.y, prep.folds[:25], metric=exp.metric, seed=exp.seed, engine=engine)
     assert res.n_failed == 0 and all(math.isfinite(f.valid_scores[exp.metric]) for f in res.folds)
 
 

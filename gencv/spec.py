@@ -155,6 +155,8 @@ class TrainSpec(_Strict):
     device: str = "cpu"
     engine: Literal["skorch", "batched", "auto"] = "skorch"  # auto: batched when it supports the settings
     dtype: Literal["float32", "float64"] = "float32"  # float64 for reference checks between engines
+    # batched engine: most folds per stack (None: as many as fit gencv.engines.batched.MEMORY_BUDGET)
+    max_members: int | None = Field(None, ge=1, le=1_000_000)
     # Train until the eval-mode data loss on the fitted rows is <= this (Jiang et al. 2019), or max_epochs.
     stop_at_train_loss: float | None = Field(None, gt=0.0)
 

@@ -210,6 +210,7 @@ def _old_digest(exp: Experiment) -> str:
     raw["train"].pop("engine", None)
     raw["train"].pop("dtype", None)
     raw["train"].pop("stop_at_train_loss", None)
+    raw["train"].pop("max_members", None)
     raw["data"].pop("train_fraction", None)
     for key in ("task", "sep", "categorical", "impute", "image_size"):
         raw["data"].pop(key, None)

@@ -120,6 +120,8 @@ class NetEstimator(BaseEstimator):
     stop_at_train_loss : float or None
         Train until the data loss (no penalty, dropout off) on the rows given to ``fit`` is <= this, checked
         after every epoch, or ``max_epochs``; needs ``early_stopping=False``. Sets ``stop_reached_``, ``stop_epoch_``.
+    max_members : int or None
+        The batched engine's most folds per stack (None: as many as fit its memory budget); no effect on ``fit``.
     scale : "standard", "minmax" or "none"
         Feature scaling, fitted on the data given to ``fit`` only.
     impute, categorical, categorical_features : as `make_preprocessor` (missing values, category encoding)
@@ -162,6 +164,7 @@ class NetEstimator(BaseEstimator):
         stop_at_train_loss: float | None = None,
         device: str = "cpu",
         dtype: str = "float32",
+        max_members: int | None = None,
         scale: str = "standard",
         impute: str = "none",
         categorical: str = "onehot",
@@ -197,6 +200,7 @@ class NetEstimator(BaseEstimator):
         self.stop_at_train_loss = stop_at_train_loss
         self.device = device
         self.dtype = dtype
+        self.max_members = max_members
         self.scale = scale
         self.impute = impute
         self.categorical = categorical
@@ -256,7 +260,8 @@ class NetEstimator(BaseEstimator):
                               weight_decay=self.weight_decay, l1=self.l1, batch_size=self.batch_size,
                               max_epochs=self.max_epochs, schedule=_schedule(self.schedule),
                               clip_grad_norm=self.clip_grad_norm, early_stopping=_early_stopping(self.early_stopping),
-                              stop_at_train_loss=self.stop_at_train_loss, device=self.device, dtype=self.dtype)
+                              stop_at_train_loss=self.stop_at_train_loss, device=self.device, dtype=self.dtype,
+                              max_members=self.max_members)
         except ValidationError as exc:
             raise ValueError(f"{type(self).__name__}: invalid setting(s):\n{exc}") from None
         if self.scale not in ("standard", "minmax", "none"):

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 #: spec keys added after studies were first stored, with their defaults: a study stored before a key
 #: existed was run as if the key had its default, so its digest is computed without the key.
 _ADDED_KEYS: dict[tuple[str, ...], Any] = {("train", "engine"): "skorch", ("train", "dtype"): "float32",
-                                           ("train", "stop_at_train_loss"): None, ("data", "train_fraction"): 1.0,
+                                           ("train", "stop_at_train_loss"): None, ("train", "max_members"): None, ("data", "train_fraction"): 1.0,
                                            ("data", "task"): "auto", ("data", "sep"): None,
                                            ("data", "categorical"): "onehot", ("data", "impute"): "none",
                                            ("data", "image_size"): [32, 32]}

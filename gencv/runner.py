@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,7 @@ from gencv.data import Dataset, holdout_test, load_dataset
 from gencv.engines import NetEstimator, engine_used, estimator_from_spec
 from gencv.errors import DivergenceError, SpecError, TrackingError
 from gencv.metrics import check_metric_for_task, score_all
+from gencv.models import module_reference, source_file
 from gencv.report import (
     fold_table,
     per_class_table,
@@ -44,7 +46,7 @@ from gencv.splits import (
 from gencv.tracking import MlflowTracker, NullTracker, Tracker
 
 __all__ = ["AfterCV", "HeldOutPredictions", "Prepared", "RunExtra", "RunOutcome", "make_estimator", "prepare",
-           "run_experiment"]
+           "run_experiment", "with_module"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ class Prepared:
     folds: list[Fold]
     estimator: NetEstimator
     warnings: list[str] = field(default_factory=list)  # about the CV scheme on this data (splits.scheme_warnings)
+    module: Any = None  # model.kind=custom: the class or factory given from Python (None: import model.module)
 
     @property
     def X_test(self) -> np.ndarray | None:
@@ -138,19 +141,34 @@ class HeldOutPredictions:
         return pd.concat([self.frames[i] for i in sorted(self.frames)], ignore_index=True) if self.frames else None
 
 
-def make_estimator(exp: Experiment, ds: Dataset, seed: int | None = None) -> NetEstimator:
-    """The estimator template for this experiment and data."""
+def make_estimator(exp: Experiment, ds: Dataset, seed: int | None = None, module: Any = None) -> NetEstimator:
+    """The estimator template for this experiment and data (`module`: the class or factory of model.kind=custom,
+    instead of importing model.module)."""
     if exp.model.kind == "cnn" and ds.image_shape is None:
         raise SpecError(f"model.kind: got 'cnn' but data.source={ds.name!r} is not image data; use model.kind=mlp or data.source=digits")
     return estimator_from_spec(
         exp.model, exp.train, task=ds.task, n_classes=max(len(ds.classes), 2),
         image_shape=ds.image_shape, scale=exp.data.scale, time_ordered=ds.is_time_series, time_gap=ds.min_gap,
-        metric=exp.metric, random_state=exp.seed if seed is None else seed,
+        metric=exp.metric, random_state=exp.seed if seed is None else seed, module=module,
     )
 
 
-def prepare(exp: Experiment, *, allow_large_loo: bool = False) -> Prepared:
-    """Load data, hold out the test set, build and check the folds and the estimator; no training."""
+def with_module(exp: Experiment, module: Any) -> Experiment:
+    """`exp` with model.kind=custom and model.module naming `module` (a class or factory given from Python);
+    model.kwargs are kept."""
+    if module is None:
+        return exp
+    if not callable(module) or hasattr(module, "fit"):
+        raise TypeError(f"module: got {module!r}; pass a torch nn.Module subclass or a function that returns one")
+    return exp.with_overrides({"model.kind": "custom", "model.module": module_reference(module)})
+
+
+def prepare(exp: Experiment, *, allow_large_loo: bool = False, module: Any = None) -> Prepared:
+    """Load data, hold out the test set, build and check the folds and the estimator; no training.
+
+    `module`: for model.kind=custom, the class or factory itself (else model.module is imported). A module
+    of your own is built once and run on a few rows here, so its errors come before any training.
+    """
     ds = load_dataset(exp.data, seed=derive_seed(exp.seed, "data"))
     warnings = scheme_warnings(exp.cv, ds)  # before rows without a time column are taken as time-ordered
     for w in warnings:
@@ -166,7 +184,9 @@ def prepare(exp: Experiment, *, allow_large_loo: bool = False) -> Prepared:
     folds = make_folds(exp.cv, y=ds.y, task=ds.task, seed=derive_seed(exp.seed, "cv"), indices=cv_idx,
                        groups=ds.groups, is_time_series=ds.is_time_series, min_gap=ds.min_gap,
                        allow_large_loo=allow_large_loo, classes=ds.classes, test_size=exp.data.test_size)
-    return Prepared(exp, ds, cv_idx, test_idx, folds, make_estimator(exp, ds), warnings)
+    est = make_estimator(exp, ds, module=module)
+    est.check_module(ds.X[cv_idx[:8]], ds.y[cv_idx])
+    return Prepared(exp, ds, cv_idx, test_idx, folds, est, warnings, module)
 
 
 def _check_device(device: str) -> None:
@@ -243,6 +263,7 @@ def run_experiment(
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
     after_cv: Sequence[AfterCV] = (),
+    module: Any = None,
 ) -> RunOutcome:
     """Cross-validate the experiment, refit on all non-test data, score the test set, log everything.
 
@@ -250,9 +271,13 @@ def run_experiment(
     `parent_run`, `run_name`, `tags`: where the run goes in MLflow (a sweep nests its levels under it).
     `after_cv`: steps run on the folds after the CV (`gencv.studies.permutation.PermutationTest`),
     each checked before any training; what they find goes to `outcome.extras` and the parent run.
+    `module`: a torch module class or factory of your own (a notebook's): the spec becomes model.kind=custom
+    with model.module naming it, and model.kwargs go to its constructor.
     """
     tracker = tracker or NullTracker()
-    prep = prepared or prepare(exp, allow_large_loo=allow_large_loo)
+    if module is not None:
+        exp = with_module(exp, module)
+    prep = prepared or prepare(exp, allow_large_loo=allow_large_loo, module=module)
     ds = prep.dataset
     for step in after_cv:
         step.check(prep)  # before any training
@@ -403,7 +428,7 @@ def refit_model(exp: Experiment, prep: Prepared, tracker: Tracker, run_id: str) 
 def fit_refit(exp: Experiment, prep: Prepared) -> tuple[NetEstimator, dict[str, float]]:
     """Fit on every non-test sample (early stopping still validates inside it) and score the test set."""
     ds = prep.dataset
-    est = make_estimator(exp, ds, seed=derive_seed(exp.seed, "refit"))
+    est = make_estimator(exp, ds, seed=derive_seed(exp.seed, "refit"), module=prep.module)
     rows = refit_rows(exp, prep)
     est.fit(ds.X[rows], ds.y[rows], groups=None if ds.groups is None else ds.groups[rows])
     scores: dict[str, float] = {}
@@ -432,10 +457,20 @@ def log_refit(tracker: Tracker, run_id: str, prep: Prepared, est: NetEstimator, 
     exp = exp or prep.experiment
     ds = prep.dataset
     tracker.log_metrics(run_id, {f"refit_test_{k}": v for k, v in scores.items()} | {"refit_epochs_run": est.epochs_run_})
-    tracker.log_model(run_id, est.to_torch(), ds.X[prep.cv_idx][:5])
+    source = None if isinstance(est.module, str) else source_file(est.module)
+    with tempfile.TemporaryDirectory() as tmp:
+        code_paths = []
+        if source is not None and est.module.__module__.startswith("gencv_module_"):
+            # stored with the MLflow model; named as gencv imported it, so a pickled (not exported) model finds it
+            code_paths.append(str(shutil.copy(source, Path(tmp) / f"{est.module.__module__}.py")))
+        tracker.log_model(run_id, est.to_torch(), ds.X[prep.cv_idx][:5], **({"code_paths": code_paths}
+                                                                            if code_paths else {}))
     # The spec this model was built from (a study's refit: the best trial's), so `gencv measure` and a
-    # transfer rebuild the same network.
+    # transfer rebuild the same network; a module of your own is logged beside it, and rebuilt from that copy.
     tracker.log_text(run_id, exp.to_yaml(), "model_weights/model_spec.yaml")
+    if source is not None:
+        tracker.set_tags(run_id, {tag_key(f"model_weights/module/{source.name}"): sha256_file(source)})
+        tracker.log_artifact(run_id, source, "model_weights/module")
     if est.init_state_ is not None and not isinstance(tracker, NullTracker):
         # The network's weights before training, for `gencv measure`'s dist_from_init.
         import torch

@@ -14,7 +14,8 @@ PKG = ROOT / "gencv"
 
 #: The flow, bottom to top: a module may import its own layer or lower ones, never a higher one.
 LAYERS: list[tuple[str, ...]] = [
-    ("gencv.errors", "gencv.seeds", "gencv.checksums", "gencv.metrics", "gencv.measures.config", "gencv.datasets", "gencv.experiments"),
+    ("gencv.errors", "gencv.seeds", "gencv.checksums", "gencv.metrics", "gencv.measures.config", "gencv.datasets", "gencv.experiments",
+     "gencv.modref"),
     ("gencv.spec",),
     ("gencv.data",),
     ("gencv.splits",),

@@ -212,11 +212,19 @@ def test_file_importable_and_python_object_train_the_builtin_network_exactly(net
 
 
 def test_cross_validate_takes_a_module_class(nets_pkg: Path) -> None:
+    """`Wide` is Linear-ReLU-Linear, the built-in MLP with one hidden layer: the same fold losses bit for bit."""
     prep = prepare(tiny())
     ds = prep.dataset
     Wide = load_module("mynets.nets:Wide")
-    res = cross_validate(Wide, ds.X, ds.y, prep.folds, metric="accuracy", seed=0)
-    assert len(res.ok_folds) == 3 and all(0.0 <= f.valid_scores["accuracy"] <= 1.0 for f in res.folds)
+    settings = {"max_epochs": 3, "lr": 0.02, "early_stopping": False}
+    res = cross_validate(NetClassifier(Wide, module__width=8, **settings), ds.X, ds.y, prep.folds, metric="accuracy",
+                         seed=0)
+    ref = cross_validate(NetClassifier(hidden=(8,), dropout=0.0, **settings), ds.X, ds.y, prep.folds,
+                         metric="accuracy", seed=0)
+    assert [f.valid_loss for f in res.folds] == [f.valid_loss for f in ref.folds]
+    # the class itself: a NetClassifier with default settings on the labels of y
+    bare = cross_validate(Wide, ds.X, ds.y, prep.folds, metric="accuracy", seed=0)
+    assert len(bare.ok_folds) == 3 and bare.folds[0].n_fit < bare.folds[0].n_train  # early stopping by default
 
 
 def test_init_default_keeps_the_modules_own_weights() -> None:

@@ -180,7 +180,7 @@ def load_module(ref: str, field: str = "model.module") -> Callable[..., nn.Modul
                             f"Name a class or factory it defines, e.g. {where}:{_example(obj)}")
         obj = getattr(obj, part)
     if not callable(obj) or isinstance(obj, nn.Module):
-        raise SpecError(f"{field}: got {ref!r}: {name} is a {type(obj).__name__}, not a class or factory; name an "
+        raise SpecError(f"{field}: got {ref!r}: {name} is of type {type(obj).__name__}, not a class or factory; name an "
                         "nn.Module subclass or a function that returns one")
     return obj
 
@@ -286,7 +286,7 @@ def check_output(factory: Callable[..., Any], args: Mapping[str, Any], X: np.nda
             raise SpecError(f"model.kwargs: {label}({_call(args)}) raised {type(exc).__name__}: {exc}; "
                             "fix model.kwargs or the constructor") from None
         if not isinstance(module, nn.Module):
-            raise SpecError(f"model.module: {label}(...) returned a {type(module).__name__}, not a torch nn.Module; "
+            raise SpecError(f"model.module: {label}(...) returned an object of type {type(module).__name__}, not a torch nn.Module; "
                             "return the network")
         module.eval()
         try:

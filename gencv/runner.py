@@ -457,7 +457,9 @@ def log_refit(tracker: Tracker, run_id: str, prep: Prepared, est: NetEstimator, 
     exp = exp or prep.experiment
     ds = prep.dataset
     tracker.log_metrics(run_id, {f"refit_test_{k}": v for k, v in scores.items()} | {"refit_epochs_run": est.epochs_run_})
-    source = None if isinstance(est.module, str) else source_file(est.module)
+    # a module of your own: its file (not a script's or notebook's __main__, which importing would re-run)
+    own = not isinstance(est.module, str) and getattr(est.module, "__module__", "__main__") != "__main__"
+    source = source_file(est.module) if own else None
     with tempfile.TemporaryDirectory() as tmp:
         code_paths = []
         if source is not None and est.module.__module__.startswith("gencv_module_"):

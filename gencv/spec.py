@@ -26,6 +26,7 @@ __all__ = [
     "TrainSpec",
     "TuneSpec",
     "apply_overrides",
+    "drop_unset_custom_keys",
     "load_experiment",
     "parse_overrides",
     "validate_experiment",
@@ -365,10 +366,12 @@ class Experiment(_Strict):
         return v
 
     def digest(self) -> str:
-        """Short SHA-256 of the resolved spec (stable key order); an absent `sweep` section leaves it as it was."""
+        """Short SHA-256 of the resolved spec (stable key order); an absent `sweep` section, and `model.module`/
+        `model.kwargs` unset, leave it as it was before they existed."""
         raw = self.model_dump(mode="json")
         if raw.get("sweep") is None:
             raw.pop("sweep", None)
+        drop_unset_custom_keys(raw)
         blob = json.dumps(raw, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -384,6 +387,14 @@ class Experiment(_Strict):
         """Return a new, validated Experiment with dotted-path values replaced."""
         raw = self.model_dump(mode="json")
         return validate_experiment(apply_overrides(raw, overrides), source="overrides")
+
+
+def drop_unset_custom_keys(raw: dict[str, Any]) -> None:
+    """Remove model.module and model.kwargs from a dumped spec when unset (in place): digests stay as before them."""
+    model = raw.get("model")
+    if isinstance(model, dict) and model.get("module") is None and not model.get("kwargs"):
+        model.pop("module", None)
+        model.pop("kwargs", None)
 
 
 def _param_str(v: Any) -> str:

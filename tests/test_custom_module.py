@@ -155,13 +155,13 @@ def test_validate_no_data_checks_without_importing(nets_pkg: Path, tmp_path: Pat
 @pytest.mark.parametrize(("ref", "kwargs", "match"), [
     ("nopkg.nets:Net", {}, r"model.module: got 'nopkg.nets:Net': module 'nopkg.nets' not found"),
     ("mynets.nets:Wdie", {}, r"model.module: .*mynets.nets defines no 'Wdie'. Did you mean 'Wide'\?"),
-    ("mynets.nets:CONSTANT", {}, "CONSTANT is a int, not a class or factory"),
+    ("mynets.nets:CONSTANT", {}, "CONSTANT is of type int, not a class or factory"),
     ("mynets.nets:Wide", {"widht": 4},
      r"model.kwargs.widht \(module__widht\): Wide does not take 'widht'. Did you mean 'width'\?"),
     ("mynets.nets:Wide", {"n_features": 4}, "model.kwargs.n_features: got 4, but gencv sets n_features"),
     ("mynets.nets:NeedsDepth", {}, r"model.kwargs: NeedsDepth needs depth; set model.kwargs.depth"),
     ("mynets.nets:Raises", {"width": 0}, r"model.kwargs: Raises\(n_features=4, width=0\) raised ValueError"),
-    ("mynets.nets:not_a_module", {}, "returned a int, not a torch nn.Module"),
+    ("mynets.nets:not_a_module", {}, "returned an object of type int, not a torch nn.Module"),
     ("mynets.nets:OneOutput", {},
      r"OneOutput returns \(8, 1\) for a batch of 8 rows, but this classification task needs \(8, 3\): 3 logits"),
 ])
@@ -246,7 +246,8 @@ def test_batched_engine_refuses_a_custom_module_and_auto_falls_back() -> None:
     exp = custom(f"{RESMLP}:ResMLP", width=4)
     prep = prepare(exp)
     assert engine_used("auto", prep.estimator) == "skorch"
-    with pytest.raises(UnsupportedSettingError, match="the batched engine stacks the built-in MLP only; use "
+    with pytest.raises(UnsupportedSettingError, match=r"model.kind: got 'custom' \(ResMLP\); the batched engine "
+                                                      r"stacks the built-in MLP only; use "
                                                       "train.engine: skorch"):
         run_experiment(exp.with_overrides({"train.engine": "batched"}), refit=False)
 

@@ -117,6 +117,7 @@ LIGHT = ["torch", "mlflow", "optuna", "matplotlib", "skorch"]
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["datasets"], ["validate", "--no-data", "experiments/quickstart.yaml"],
+                                  ["validate", "--no-data", "experiments/custom_resmlp.yaml"],
                                   ["run", "--help"], ["tune", "--help"]])
 def test_light_commands_import_no_heavy_library(argv: list[str]) -> None:
     code = (

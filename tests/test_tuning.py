@@ -211,6 +211,8 @@ def _old_digest(exp: Experiment) -> str:
     raw["train"].pop("dtype", None)
     raw["train"].pop("stop_at_train_loss", None)
     raw["data"].pop("train_fraction", None)
+    raw["model"].pop("module", None)  # model.kind: custom's keys
+    raw["model"].pop("kwargs", None)
     return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -195,6 +195,7 @@ def test_sizes_are_passed_only_under_the_names_a_signature_has() -> None:
 # --------------------------------------------------------------------------- training
 
 
+@pytest.mark.slow
 def test_file_importable_and_python_object_train_the_builtin_network_exactly(nets_pkg: Path) -> None:
     """A factory returning the built-in MLP, given three ways, gives model.kind=mlp's fold losses bit for bit."""
     builtin = run_experiment(tiny(), refit=False)
@@ -271,32 +272,34 @@ def test_tuning_model_kwargs_width() -> None:
 
 
 @pytest.mark.slow
-def test_logged_file_rebuilds_the_model_after_the_original_moves(tmp_path: Path, tracking_uri: str) -> None:
+@pytest.mark.parametrize("given_as", ["file", "importable"])
+def test_the_logged_copy_rebuilds_the_model_after_the_original_is_gone(nets_pkg: Path, tracking_uri: str,
+                                                                       given_as: str) -> None:
     from mlflow import MlflowClient
 
     from gencv.posthoc import measure_logged_run
     from gencv.tracking import MlflowTracker
     from gencv.tracking.mlflow_tracker import load_logged_model
 
-    src = tmp_path / "mine" / "resmlp.py"
-    src.parent.mkdir()
-    shutil.copy(RESMLP, src)
+    ref = f"{nets_pkg}:Wide" if given_as == "file" else "mynets.nets:Wide"
     tracker = MlflowTracker(tracking_uri)
-    out = run_experiment(custom(f"{src}:ResMLP", width=6, depth=1), tracker=tracker)
+    out = run_experiment(custom(ref, width=6), tracker=tracker)
     client = MlflowClient(tracking_uri)
     assert [a.path for a in client.list_artifacts(out.run_id, "model_weights/module")] == [
-        "model_weights/module/resmlp.py"]
+        "model_weights/module/nets.py"]
     est = out.refit_estimator
-    ref = est.predict_proba(out.dataset.X[:5])
+    ref_proba = est.predict_proba(out.dataset.X[:5])
     module_name = type(est.module_).__module__
-    shutil.rmtree(src.parent)  # the user's file is gone: both reloads use the logged copy
-    del sys.modules[module_name]
+    shutil.rmtree(nets_pkg.parent)  # the user's module is gone: the reloads use the logged copy
+    for name in [m for m in sys.modules if m.startswith(("mynets", "gencv_module_nets_"))]:
+        del sys.modules[name]
     post = measure_logged_run(tracker, out.run_id, ["norms"], log_results=False)
-    assert post.result.values["n_params"] == sum(p.numel() for p in est.module_.parameters())
-    assert not any("imported it from where it is now" in n for n in post.result.notes)
-    # the MLflow model carries the file too (code_paths), and loads without the user's file
-    assert [a.path for a in client.list_artifacts(out.run_id, "model/code")] == [f"model/code/{module_name}.py"]
-    model = load_logged_model(tracker, out.run_id)
+    assert post.result.values["n_params"] == sum(p.numel() for p in est.module_.parameters()) == 4 * 6 + 6 + 6 * 3 + 3
+    assert not any("model.module" in n for n in post.result.notes), post.result.notes
+    code = [a.path for a in client.list_artifacts(out.run_id, "model/code")]
+    # a file's module is stored with the MLflow model too (code_paths), under the name gencv imported it by
+    assert code == ([f"model/code/{module_name}.py"] if given_as == "file" else [])
+    model = load_logged_model(tracker, out.run_id)  # exported by torch.export: no code of yours needed
     with torch.no_grad():
         got = model(torch.as_tensor(out.dataset.X[:5], dtype=torch.float32)).numpy()
-    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, ref_proba, rtol=1e-5, atol=1e-6)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -460,13 +459,8 @@ def log_refit(tracker: Tracker, run_id: str, prep: Prepared, est: NetEstimator, 
     # a module of your own: its file (not a script's or notebook's __main__, which importing would re-run)
     own = not isinstance(est.module, str) and getattr(est.module, "__module__", "__main__") != "__main__"
     source = source_file(est.module) if own else None
-    with tempfile.TemporaryDirectory() as tmp:
-        code_paths = []
-        if source is not None and est.module.__module__.startswith("gencv_module_"):
-            # stored with the MLflow model; named as gencv imported it, so a pickled (not exported) model finds it
-            code_paths.append(str(shutil.copy(source, Path(tmp) / f"{est.module.__module__}.py")))
-        tracker.log_model(run_id, est.to_torch(), ds.X[prep.cv_idx][:5], **({"code_paths": code_paths}
-                                                                            if code_paths else {}))
+    # The MLflow model is exported (torch.export): loading it needs no code of yours.
+    tracker.log_model(run_id, est.to_torch(), ds.X[prep.cv_idx][:5])
     # The spec this model was built from (a study's refit: the best trial's), so `gencv measure` and a
     # transfer rebuild the same network; a module of your own is logged beside it, and rebuilt from that copy.
     tracker.log_text(run_id, exp.to_yaml(), "model_weights/model_spec.yaml")

@@ -31,8 +31,7 @@ class Tracker(Protocol):
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None: ...
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None: ...
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None: ...
-    def log_model(self, run_id: str, module: Any, input_example: np.ndarray, name: str = "model",
-                  code_paths: Sequence[str] = ()) -> None: ...
+    def log_model(self, run_id: str, module: Any, input_example: np.ndarray, name: str = "model") -> None: ...
     def end_run(self, run_id: str, status: str = "FINISHED") -> None: ...
     def log_all(self, run_id: str, *, params: Mapping[str, Any] | None = None,
                 metrics: Mapping[str, float] | None = None, series: Mapping[str, Sequence[float]] | None = None,
@@ -64,8 +63,7 @@ class NullTracker:
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         pass
 
-    def log_model(self, run_id: str, module: Any, input_example: np.ndarray, name: str = "model",
-                  code_paths: Sequence[str] = ()) -> None:
+    def log_model(self, run_id: str, module: Any, input_example: np.ndarray, name: str = "model") -> None:
         pass
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:

@@ -231,9 +231,8 @@ class MlflowTracker:
     def _log_text_now(self, run_id: str, text: str, artifact_file: str) -> None:
         self.client.log_text(self._real(run_id), text, artifact_file)
 
-    def _log_model_now(self, run_id: str, module: Any, input_example: np.ndarray, name: str = "model",
-                       code_paths: Sequence[str] = ()) -> None:
-        """Save an `mlflow.pytorch` model (signature + input example, `code_paths` beside it) and its state_dict."""
+    def _log_model_now(self, run_id: str, module: Any, input_example: np.ndarray, name: str = "model") -> None:
+        """Save an `mlflow.pytorch` model (signature + input example) and its state_dict under the run."""
         import mlflow.pytorch
         import torch
         from mlflow.models import infer_signature
@@ -247,8 +246,7 @@ class MlflowTracker:
             # Explicit requirements: MLflow's inference imports the model in a subprocess (~9 s).
             reqs = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"]
             mlflow.pytorch.save_model(module, str(target), signature=signature,
-                                      input_example=input_example.astype(np.float32), pip_requirements=reqs,
-                                      code_paths=list(code_paths) or None)
+                                      input_example=input_example.astype(np.float32), pip_requirements=reqs)
             self.client.log_artifacts(self._real(run_id), str(target), name)
             sd = Path(tmp) / "state_dict.pt"
             torch.save(module.state_dict(), sd)
@@ -300,14 +298,11 @@ class MlflowTracker:
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self._submit("_log_text_now", run_id, text, artifact_file)
 
-    def log_model(self, run_id: str, module: Any, input_example: np.ndarray, name: str = "model",
-                  code_paths: Sequence[str] = ()) -> None:
-        """Written here, after the queued writes (the run must exist): torch modules stay in this process.
-
-        `code_paths`: .py files MLflow stores with the model and puts on sys.path when loading it."""
+    def log_model(self, run_id: str, module: Any, input_example: np.ndarray, name: str = "model") -> None:
+        """Written here, after the queued writes (the run must exist): torch modules stay in this process."""
         self.flush()
         try:
-            self._log_model_now(run_id, module, np.array(input_example), name, code_paths)
+            self._log_model_now(run_id, module, np.array(input_example), name)
         except Exception as exc:  # the model was fitted: a write failure is tracking's, not the refit's
             raise TrackingError(f"tracking URI {self.tracking_uri!r}: logging the model {name!r} failed "
                                 f"({type(exc).__name__}: {' '.join(str(exc).split())[:500]}); check the artifact "

@@ -10,14 +10,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from gencv.engines import FittedModel, FoldFit, get_engine
+from gencv.engines import FittedModel, FoldFit, NetClassifier, NetRegressor, get_engine
 from gencv.errors import DivergenceError
 from gencv.metrics import METRICS, score_all
 from gencv.seeds import derive_seed
 from gencv.splits import Fold, subsample_train
 from gencv.tracking import DataRef, NullTracker, Tracker
 
-__all__ = ["CVResult", "FoldResult", "Progress", "cross_validate", "fit_and_score", "gaps", "score_fold"]
+__all__ = ["CVResult", "FoldResult", "Progress", "as_estimator", "cross_validate", "fit_and_score", "gaps", "score_fold"]
 
 log = logging.getLogger(__name__)
 
@@ -300,6 +300,16 @@ def _measures(est: FittedModel, X: np.ndarray, y: np.ndarray, names: Sequence[st
     return compute_measures(module, Xt, yt, loss, list(names), seed=seed, config=config, init_state=est.init_state_)
 
 
+def as_estimator(estimator: Any, metric: str, y: np.ndarray) -> Any:
+    """`estimator` itself, or for a torch module class or factory, the NetClassifier (the label set of `y`) or
+    NetRegressor, by `metric`'s task, that trains it."""
+    if hasattr(estimator, "fit") or not callable(estimator) or isinstance(estimator, torch.nn.Module):
+        return estimator
+    if METRICS[metric].task == "classification":
+        return NetClassifier(estimator, classes=tuple(np.unique(y).tolist()))
+    return NetRegressor(estimator)
+
+
 def cross_validate(
     estimator: Any,
     X: np.ndarray,
@@ -329,6 +339,8 @@ def cross_validate(
 
     Parameters
     ----------
+    estimator : a NetClassifier/NetRegressor, or a torch module class or factory of your own, trained with
+        the defaults of the one `metric`'s task needs (`as_estimator`).
     fold_order : order in which folds run (tuning shuffles it); results are returned by fold index.
     on_fold_end : called with (result, position) after each fold; may raise to stop (e.g. pruning).
     done : finished folds from an interrupted run, reused instead of refitted.
@@ -340,6 +352,9 @@ def cross_validate(
         training, early_stopping, validation) and `fold_rows.json` with their row indices.
     """
     eng = get_engine(engine)
+    estimator = as_estimator(estimator, metric, y)
+    if hasattr(estimator, "check_module") and len(folds):  # a module of your own: built and run on 8 rows first
+        estimator.check_module(X[folds[0].train[:8]], y)
     if train_fraction < 1.0:
         folds = [subsample_train(f, y, groups, train_fraction, derive_seed(seed, "fold", i, "train_fraction"),
                                  time_ordered=bool(getattr(estimator, "time_ordered", False)),

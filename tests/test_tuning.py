@@ -215,6 +215,8 @@ def _old_digest(exp: Experiment) -> str:
     for key in ("task", "sep", "categorical", "impute", "image_size"):
         raw["data"].pop(key, None)
     raw["data"]["lags"] = 12  # the old default, unused outside built-in series
+    raw["model"].pop("module", None)  # model.kind: custom's keys
+    raw["model"].pop("kwargs", None)
     return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
 
 

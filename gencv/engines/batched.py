@@ -72,7 +72,8 @@ def unsupported_setting(estimator: Any) -> str | None:
     skorch engine.
     """
     if not isinstance(estimator.module, str):
-        return f"module: got {estimator.module!r}; the batched engine stacks the built-in MLP only"
+        name = getattr(estimator.module, "__qualname__", repr(estimator.module))
+        return f"model.kind: got 'custom' ({name}); the batched engine stacks the built-in MLP only"
     try:
         m, t = estimator._specs()
     except ValueError:

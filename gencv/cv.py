@@ -320,6 +320,8 @@ def cross_validate(
     engine: str = "skorch",
     groups: np.ndarray | None = None,
     train_fraction: float = 1.0,
+    fold_runs: bool = True,
+    curve_folds: int = 5,
 ) -> CVResult:
     """Fit and score one clone of `estimator` per fold; log each fold as a child run of `parent_run`.
 
@@ -332,6 +334,9 @@ def cross_validate(
         then holds out whole groups, as the folds themselves do.
     train_fraction : `data.train_fraction`: each training fold is subsampled to this fraction
         (`splits.subsample_train`, seeded per fold) before it is fitted; held-out folds are unchanged.
+    fold_runs : a child run per fold (True), or every fold recorded in `parent_run` itself (False):
+        per-fold metrics as steps (`fold_<name>`, step = fold index), `fold_results/fold-<i>.json`, and
+        the learning curves (`fold-<i>/curve_*`) of `curve_folds` evenly spaced folds.
     """
     eng = get_engine(engine)
     if train_fraction < 1.0:
@@ -345,9 +350,12 @@ def cross_validate(
     todo = [i for i in order if i not in done]
     seeds = {i: derive_seed(seed, "fold", i) for i in todo}
     open_runs: dict[int, str] = {}
+    curve_set = set() if fold_runs else set(curve_sample(len(folds), curve_folds))
 
     def fold_start(i: int) -> None:
         progress.fold_start(i, len(folds), estimator.max_epochs)
+        if not fold_runs:
+            return
         open_runs[i] = tracker.start_run(experiment, f"fold-{i}", parent=parent_run,
                                          tags={"gencv.kind": "fold", "gencv.fold": str(i),
                                                "gencv.seed": str(seeds[i])})
@@ -366,14 +374,18 @@ def cross_validate(
             fit = next(fits)
             res = score_fold(fit, X, y, metric=metric, X_test=X_test, y_test=y_test, measures=measures,
                              measure_config=measure_config)
-            run_id = open_runs.pop(i)
-            res.run_id = run_id
-            status = "FAILED"
-            try:
-                _log_fold(tracker, run_id, res)
-                status = "FINISHED" if res.ok else "FAILED"
-            finally:
-                tracker.end_run(run_id, status)
+            if fold_runs:
+                run_id = open_runs.pop(i)
+                res.run_id = run_id
+                status = "FAILED"
+                try:
+                    _log_fold(tracker, run_id, res)
+                    status = "FINISHED" if res.ok else "FAILED"
+                finally:
+                    tracker.end_run(run_id, status)
+            elif parent_run is not None:
+                res.run_id = parent_run
+                log_fold_in_parent(tracker, parent_run, res, curves=i in curve_set)
             if not keep_estimators:
                 res.estimator = None
             results[i] = res
@@ -412,3 +424,27 @@ def _log_fold(tracker: Tracker, run_id: str, res: FoldResult) -> None:
                                     "n_valid": res.n_valid},
                     metrics=res.flat_metrics(), series=series, tags=tags)
     tracker.log_text(run_id, json.dumps(res.to_json()), "fold_result.json")
+
+
+def curve_sample(n_folds: int, k: int) -> list[int]:
+    """`k` evenly spaced fold indices out of `n_folds` (first and last included): whose curves are kept."""
+    if k <= 0 or n_folds <= 0:
+        return []
+    return sorted({round(float(x)) for x in np.linspace(0, n_folds - 1, min(k, n_folds))})
+
+
+def log_fold_in_parent(tracker: Tracker, run_id: str, res: FoldResult, *, curves: bool) -> None:
+    """Record a fold in its parent run: `fold_<metric>` at step = fold index (with `fold_ok`, `fold_n_train`,
+    `fold_n_valid`), its learning curves when `curves`, and `fold_results/fold-<i>.json` for --resume."""
+    import json
+
+    metrics = {f"fold_{k}": v for k, v in res.flat_metrics().items()}
+    metrics.update({"fold_ok": float(res.ok), "fold_n_train": float(res.n_train), "fold_n_valid": float(res.n_valid)})
+    series = {}
+    if curves and res.history:
+        keys = [k for k in res.history[0] if k.startswith("curve_")]
+        series = {f"fold-{res.index}/{k}": [row.get(k, np.nan) for row in res.history] for k in keys}
+    tracker.log_metrics(run_id, metrics, step=res.index)
+    if series:
+        tracker.log_series(run_id, series)
+    tracker.log_text(run_id, json.dumps(res.to_json()), f"fold_results/fold-{res.index}.json")

@@ -281,7 +281,8 @@ def run_experiment(
             X_test=prep.X_test, y_test=prep.y_test, measures=exp.measures, measure_config=measure_config,
             tracker=tracker, experiment=exp.name, parent_run=run_id, progress=progress, done=done,
             keep_estimators=held_out is not None, on_fold_end=held_out, groups=ds.groups, engine=exp.train.engine,
-            train_fraction=exp.data.train_fraction,
+            train_fraction=exp.data.train_fraction, fold_runs=exp.tracking.child_runs(len(prep.folds)),
+            curve_folds=exp.tracking.curve_folds,
         )
         tracked = not isinstance(tracker, NullTracker)
         outcome = RunOutcome(exp, ds, result, summary_table(result), fold_table(result),

@@ -334,6 +334,8 @@ def cross_validate(
     groups: np.ndarray | None = None,
     train_fraction: float = 1.0,
     data: DataRef | None = None,
+    fold_runs: bool = True,
+    curve_folds: int = 5,
 ) -> CVResult:
     """Fit and score one clone of `estimator` per fold; log each fold as a child run of `parent_run`.
 
@@ -350,6 +352,9 @@ def cross_validate(
         (`splits.subsample_train`, seeded per fold) before it is fitted; held-out folds are unchanged.
     data : what `X`, `y` are (`DataRef.of`): each fold run then gets its parts as run inputs (contexts
         training, early_stopping, validation) and `fold_rows.json` with their row indices.
+    fold_runs : a child run per fold (True), or every fold recorded in `parent_run` itself (False):
+        per-fold metrics as steps (`fold_<name>`, step = fold index), `fold_results/fold-<i>.json`, and
+        the learning curves (`fold-<i>/curve_*`) of `curve_folds` evenly spaced folds.
     """
     eng = get_engine(engine)
     estimator = as_estimator(estimator, metric, y)
@@ -366,9 +371,12 @@ def cross_validate(
     todo = [i for i in order if i not in done]
     seeds = {i: derive_seed(seed, "fold", i) for i in todo}
     open_runs: dict[int, str] = {}
+    curve_set = set() if fold_runs else set(curve_sample(len(folds), curve_folds))
 
     def fold_start(i: int) -> None:
         progress.fold_start(i, len(folds), estimator.max_epochs)
+        if not fold_runs:
+            return
         open_runs[i] = tracker.start_run(experiment, f"fold-{i}", parent=parent_run,
                                          tags={"gencv.kind": "fold", "gencv.fold": str(i),
                                                "gencv.seed": str(seeds[i])})
@@ -387,14 +395,18 @@ def cross_validate(
             fit = next(fits)
             res = score_fold(fit, X, y, metric=metric, X_test=X_test, y_test=y_test, measures=measures,
                              measure_config=measure_config)
-            run_id = open_runs.pop(i)
-            res.run_id = run_id
-            status = "FAILED"
-            try:
-                _log_fold(tracker, run_id, res, data)
-                status = "FINISHED" if res.ok else "FAILED"
-            finally:
-                tracker.end_run(run_id, status)
+            if fold_runs:
+                run_id = open_runs.pop(i)
+                res.run_id = run_id
+                status = "FAILED"
+                try:
+                    _log_fold(tracker, run_id, res, data)
+                    status = "FINISHED" if res.ok else "FAILED"
+                finally:
+                    tracker.end_run(run_id, status)
+            elif parent_run is not None:
+                res.run_id = parent_run
+                log_fold_in_parent(tracker, parent_run, res, curves=i in curve_set)
             if not keep_estimators:
                 res.estimator = None
             results[i] = res
@@ -438,3 +450,27 @@ def _log_fold(tracker: Tracker, run_id: str, res: FoldResult, data: DataRef | No
         tracker.log_text(run_id, json.dumps({k: np.asarray(v).tolist() for k, v in rows.items()}), "fold_rows.json")
         if data is not None:
             tracker.log_inputs(run_id, data.fold_parts(res.index, rows))
+
+
+def curve_sample(n_folds: int, k: int) -> list[int]:
+    """`k` evenly spaced fold indices out of `n_folds` (first and last included): whose curves are kept."""
+    if k <= 0 or n_folds <= 0:
+        return []
+    return sorted({round(float(x)) for x in np.linspace(0, n_folds - 1, min(k, n_folds))})
+
+
+def log_fold_in_parent(tracker: Tracker, run_id: str, res: FoldResult, *, curves: bool) -> None:
+    """Record a fold in its parent run: `fold_<metric>` at step = fold index (with `fold_ok`, `fold_n_train`,
+    `fold_n_valid`), its learning curves when `curves`, and `fold_results/fold-<i>.json` for --resume."""
+    import json
+
+    metrics = {f"fold_{k}": v for k, v in res.flat_metrics().items()}
+    metrics.update({"fold_ok": float(res.ok), "fold_n_train": float(res.n_train), "fold_n_valid": float(res.n_valid)})
+    series = {}
+    if curves and res.history:
+        keys = [k for k in res.history[0] if k.startswith("curve_")]
+        series = {f"fold-{res.index}/{k}": [row.get(k, np.nan) for row in res.history] for k in keys}
+    tracker.log_metrics(run_id, metrics, step=res.index)
+    if series:
+        tracker.log_series(run_id, series)
+    tracker.log_text(run_id, json.dumps(res.to_json()), f"fold_results/fold-{res.index}.json")

@@ -134,4 +134,25 @@ def finished_folds(tracker: Tracker, run_id: str, exp: Experiment) -> dict[int, 
             fr = FoldResult.from_json(json.loads(Path(path).read_text()))
         fr.run_id = child.info.run_id
         done[fr.index] = fr
+    for index, fr in _folds_in_parent(client, run_id).items():  # tracking.fold_runs: the folds kept no runs
+        done.setdefault(index, fr)
     return done
+
+
+def _folds_in_parent(client: Any, run_id: str) -> dict[int, FoldResult]:
+    """Successful folds a run recorded in itself (`fold_results/fold-<i>.json`, no fold runs)."""
+    try:
+        if not client.list_artifacts(run_id, "fold_results"):
+            return {}
+    except Exception as exc:  # noqa: BLE001  (no artifact location yet: nothing recorded)
+        log.debug("no fold_results in run %s: %s", run_id, exc)
+        return {}
+    out: dict[int, FoldResult] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(client.download_artifacts(run_id, "fold_results", tmp))
+        for path in sorted(local.glob("fold-*.json")):
+            fr = FoldResult.from_json(json.loads(path.read_text()))
+            if fr.ok:  # failed folds are fitted again, as failed fold runs are
+                fr.run_id = run_id
+                out[fr.index] = fr
+    return out

@@ -320,6 +320,7 @@ def run_experiment(
             tracker=tracker, experiment=exp.name, parent_run=run_id, progress=progress, done=done,
             keep_estimators=held_out is not None, on_fold_end=held_out, groups=ds.groups, engine=exp.train.engine,
             train_fraction=exp.data.train_fraction, data=prep.data_ref,
+            fold_runs=exp.tracking.child_runs(len(prep.folds)), curve_folds=exp.tracking.curve_folds,
         )
         tracked = not isinstance(tracker, NullTracker)
         outcome = RunOutcome(exp, ds, result, summary_table(result), fold_table(result),

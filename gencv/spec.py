@@ -328,6 +328,21 @@ class SweepSpec(_Strict):
         return v
 
 
+class TrackingSpec(_Strict):
+    """How a run is laid out in MLflow; it changes what is recorded, never a result (not in the digest)."""
+
+    # auto: a child run per fold up to max_fold_runs folds; above it (leave-one-out's hundreds of folds)
+    # the folds live in the parent run: the fold table, per-fold metrics as steps (`fold_<metric>`, step
+    # = fold index), the learning curves of `curve_folds` evenly spaced folds, one fold_results/ file each.
+    fold_runs: Literal["auto", "always", "never"] = "auto"
+    max_fold_runs: int = Field(30, ge=1, le=100_000)
+    curve_folds: int = Field(5, ge=0, le=1000)
+
+    def child_runs(self, n_folds: int) -> bool:
+        """Whether each of `n_folds` folds gets its own child run."""
+        return self.fold_runs == "always" or (self.fold_runs == "auto" and n_folds <= self.max_fold_runs)
+
+
 class Experiment(_Strict):
     """A validated experiment spec."""
 
@@ -342,6 +357,7 @@ class Experiment(_Strict):
     measure_options: dict[str, Any] = Field(default_factory=dict)
     tune: TuneSpec | None = None
     sweep: SweepSpec | None = None
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
 
     @field_validator("metric")
     @classmethod
@@ -392,8 +408,10 @@ class Experiment(_Strict):
 
     def digest(self) -> str:
         """Short SHA-256 of the resolved spec (stable key order); an absent `sweep` section, and `model.module`/
-        `model.kwargs` unset, leave it as it was before they existed."""
+        `model.kwargs` unset, leave it as it was before they existed; `tracking` is left out (it changes how
+        a run is recorded, not its results)."""
         raw = self.model_dump(mode="json")
+        raw.pop("tracking", None)
         if raw.get("sweep") is None:
             raw.pop("sweep", None)
         drop_unset_custom_keys(raw)

@@ -262,3 +262,15 @@ def test_data_ref_of_a_file_is_its_uri_and_parts_are_digests_of_their_rows(tmp_p
                                                               ("table[fold 2 validation]", "validation", 2)]
     assert parts[1].digest != ref.part("x", np.array([7, 9]), "validation").digest  # other rows, other digest
     assert parts[1].digest == ref.part("x", np.array([7, 8]), "validation").digest
+
+
+def test_new_experiment_is_marked_as_model_training(tracking_uri: str) -> None:
+    from gencv.cli.ui import ui_url
+    from gencv.tracking.mlflow_tracker import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+
+    tracker = MlflowTracker(tracking_uri, writer="inline")
+    exp_id = tracker.experiment_id("kind-check")
+    assert MlflowClient(tracking_uri).get_experiment(exp_id).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    assert EXPERIMENT_KIND == "custom_model_development"  # the value MLflow's UI bundle names its model-training view
+    # MLflow 3.17's UI picks its view from the address (or the browser's own choice), not from the tag
+    assert ui_url("127.0.0.1", 5000) == "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"

@@ -94,6 +94,19 @@ class Comparison:
         }
 
 
+def _scores_in_run(client: Any, run_id: str, metric: str) -> tuple[dict[int, float], list[float], list[float]]:
+    """Per-fold held-out scores a run recorded as steps (`fold_valid_<metric>`, step = fold index), the last
+    value of each step (a fold fitted again by --resume), successful folds only; with fold sizes."""
+    def last(key: str) -> dict[int, float]:
+        hist = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+        return {int(m.step): float(m.value) for m in hist}
+
+    values, ok = last(f"fold_valid_{metric}"), last("fold_ok")
+    n_train, n_valid = last("fold_n_train"), last("fold_n_valid")
+    scores = {i: v for i, v in values.items() if ok.get(i) == 1.0 and np.isfinite(v)}
+    return scores, [n_train.get(i, np.nan) for i in scores], [n_valid.get(i, np.nan) for i in scores]
+
+
 def load_run_scores(client: Any, run_id: str, metric: str | None = None) -> RunScores:
     """Held-out fold scores of a `gencv run` parent run or a study trial, read from its fold runs."""
     try:
@@ -130,6 +143,8 @@ def load_run_scores(client: Any, run_id: str, metric: str | None = None) -> RunS
         scores[int(c.data.tags["gencv.fold"])] = float(value)
         n_train.append(float(c.data.params.get("n_train", "nan")))
         n_test.append(float(c.data.params.get("n_valid", "nan")))
+    if not children:  # tracking.fold_runs: the folds are steps of the run itself
+        scores, n_train, n_test = _scores_in_run(client, run.info.run_id, metric)
     if not scores:
         raise ComparisonError(f"run {run_id}: no finished fold has valid_{metric}; was it tracked with fold runs, "
                               f"and is {metric!r} one of its metrics?")

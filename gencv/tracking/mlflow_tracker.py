@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 
 _MAX_METRICS, _MAX_PARAMS, _MAX_TAGS = 1000, 100, 100
 
+# MLflow's experiment-kind tag (the value its UI's model-training view is named by). MLflow 3.17's UI
+# opens in the view its sidebar switch or a `?workflowType=machine_learning` link chose, so `gencv ui`
+# prints such a link; the tag marks gencv's experiments for the MLflow versions and tools that read it.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
 
 def _finite(v: float) -> bool:
     return isinstance(v, (int, float, np.floating, np.integer)) and np.isfinite(v)
@@ -135,7 +141,8 @@ class MlflowTracker:
             if self.artifact_root is not None:
                 location = (self.artifact_root / name.replace("/", "_")).as_uri()
             try:
-                exp_id = self.client.create_experiment(name, artifact_location=location)
+                exp_id = self.client.create_experiment(name, artifact_location=location,
+                                                       tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
             except Exception:  # another worker created it first
                 exp = self.client.get_experiment_by_name(name)
                 if exp is None:

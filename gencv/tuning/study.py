@@ -51,6 +51,7 @@ def study_digest(exp: Experiment, *, legacy: bool = False) -> str:
 
     raw = exp.model_dump(mode="json")
     raw.pop("sweep", None)  # a sweep's levels are not what a trial's value means
+    raw.pop("tracking", None)  # how a run is recorded, not what it scores
     for k in ("trials", "timeout", "max_consecutive_failures", "nested", "pruner_options"):
         (raw.get("tune") or {}).pop(k, None)
     raw.pop("name", None)

@@ -17,7 +17,8 @@ from gencv.seeds import derive_seed
 from gencv.splits import Fold, subsample_train
 from gencv.tracking import DataRef, NullTracker, Tracker
 
-__all__ = ["CVResult", "FoldResult", "Progress", "cross_validate", "fit_and_score", "gaps", "score_fold"]
+__all__ = ["CVResult", "FoldResult", "Progress", "cross_validate", "fit_and_score", "gaps", "measure_fitted",
+           "score_fold"]
 
 log = logging.getLogger(__name__)
 
@@ -247,9 +248,12 @@ def score_fold(
     if bad:
         res.status, res.reason = "failed", f"diverged: final {bad[0]} is not finite"
         return res
+    if measure_config is not None:  # measure_options.landscape_folds may leave this fold's landscapes out
+        measures = measure_config.measures_for_fold(measures, fold.index)
     if measures:
         try:
-            m = _measures(est, Xtr, ytr, measures, measure_config, derive_seed(seed, "measures"))
+            m = measure_fitted(est, Xtr, ytr, measures, measure_config, derive_seed(seed, "measures"),
+                               held_out=(Xva, yva))
             res.measures, res.measure_notes = _prefixed(m.values), list(m.notes)
             res.artifacts["measure_result"] = m
         except (KeyboardInterrupt, SystemExit):
@@ -290,14 +294,20 @@ def _prefixed(values: Mapping[str, float]) -> dict[str, float]:
     return {(f"measure_{k}" if k in generic else k): float(v) for k, v in values.items()}
 
 
-def _measures(est: FittedModel, X: np.ndarray, y: np.ndarray, names: Sequence[str], config: Any, seed: int) -> Any:
+def measure_fitted(est: FittedModel, X: np.ndarray, y: np.ndarray, names: Sequence[str], config: Any, seed: int,
+                   held_out: tuple[np.ndarray, np.ndarray] | None = None) -> Any:
+    """`compute_measures` on a fitted estimator's network at raw rows `X`, `y` (its own preprocessing and
+    loss); `held_out` raw rows the landscape measures draw beside them (none when empty)."""
     from gencv.measures import compute_measures
 
+    def tensors(Xr: np.ndarray, yr: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.as_tensor(est.preprocess_.transform(Xr)), torch.as_tensor(est.encode_target(yr))
+
     module = est.module_
-    Xt = torch.as_tensor(est.preprocess_.transform(X))
-    yt = torch.as_tensor(est.encode_target(y))
     loss = torch.nn.functional.cross_entropy if est.task == "classification" else torch.nn.functional.mse_loss
-    return compute_measures(module, Xt, yt, loss, list(names), seed=seed, config=config, init_state=est.init_state_)
+    held = tensors(*held_out) if held_out is not None and len(held_out[0]) else None
+    return compute_measures(module, *tensors(X, y), loss, list(names), seed=seed, config=config,
+                            init_state=est.init_state_, held_out=held)
 
 
 def cross_validate(

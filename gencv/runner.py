@@ -17,7 +17,7 @@ import pandas as pd
 
 from gencv import __version__
 from gencv.checksums import sha256_file, tag_key
-from gencv.cv import CVResult, FoldResult, Progress, cross_validate
+from gencv.cv import CVResult, FoldResult, Progress, cross_validate, measure_fitted
 from gencv.data import Dataset, holdout_test, load_dataset
 from gencv.engines import NetEstimator, engine_used, estimator_from_spec, export_input
 from gencv.errors import DivergenceError, SpecError, TrackingError
@@ -324,6 +324,8 @@ def run_experiment(
                                      "no model was logged")
                 tracker.set_tags(run_id, {"gencv.refit": "failed"})
             else:
+                outcome.extras.update(refit_landscapes(exp, prep, outcome.refit_estimator, measure_config,
+                                                       outcome.notes))
                 try:
                     log_refit(tracker, run_id, prep, outcome.refit_estimator, outcome.refit_test_scores,
                               register=register)
@@ -433,6 +435,32 @@ def fit_refit(exp: Experiment, prep: Prepared) -> tuple[NetEstimator, dict[str, 
     return est, scores
 
 
+def refit_landscapes(exp: Experiment, prep: Prepared, est: NetEstimator, config: Any,
+                     notes: list[str]) -> dict[str, Any]:
+    """The spec's landscape measures of the refit model on its fitted rows, beside the test rows (else its
+    early-stopping split), as a `RunExtra` (`refit_` metrics, plots, grids); a failure is a note, not a failed run."""
+    from gencv.measures import LandscapeFiles
+    from gencv.measures.config import LANDSCAPE_MEASURES
+
+    names = [n for n in exp.measures if n in LANDSCAPE_MEASURES]
+    if not names:
+        return {}
+    ds, rows = prep.dataset, refit_rows(exp, prep)
+    fit = rows if est.fit_positions_ is None else rows[est.fit_positions_]
+    es = rows[:0] if est.inner_valid_positions_ is None else rows[est.inner_valid_positions_]
+    held = prep.test_idx if len(prep.test_idx) else es
+    try:
+        m = measure_fitted(est, ds.X[fit], ds.y[fit], names, config, derive_seed(exp.seed, "refit", "measures"),
+                           held_out=(ds.X[held], ds.y[held]))
+    except Exception as exc:
+        log.warning("refit landscapes failed: %s", exc)
+        notes.append(f"measures, refit: failed: {type(exc).__name__}: {exc}")
+        return {}
+    what = "the test set" if len(prep.test_idx) else "its early-stopping split" if len(es) else "none"
+    notes.extend([f"measures, refit (held-out rows: {what}): {note}" for note in m.notes])
+    return {"refit_landscapes": LandscapeFiles(m, "refit", prefix="refit_")}
+
+
 def refit_rows(exp: Experiment, prep: Prepared) -> np.ndarray:
     """The rows the refit fits on: the non-test rows, subsampled to `data.train_fraction` (seeded from the refit)."""
     ds = prep.dataset
@@ -534,11 +562,15 @@ def _measure_plots(result: CVResult, plots: Path) -> None:
         from gencv.measures import plot_density
     except ImportError:  # pragma: no cover
         return
+    from gencv.measures import save_landscapes
+
     for f in folds:
         m = f.artifacts.get("measure_result")
         if m is not None and getattr(m, "density", None) is not None:
             grid, dens = m.density
             plot_density(grid, dens, plots / f"hessian_density_fold{f.index}.png", getattr(m, "eigenvalues", None))
+        if m is not None and getattr(m, "landscapes", None):  # plots/<measure>_fold<i>.png, landscape/ grids
+            save_landscapes(m.landscapes, plots.parent, f"fold{f.index}")
     from gencv.report import plot_measures_vs_gap
 
     plot_measures_vs_gap(result, plots / "measures_vs_gap.png")

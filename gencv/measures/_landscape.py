@@ -47,8 +47,10 @@ class _Evaluator:
                 return vmap(one)(thetas)
             except Exception as exc:  # an op without a batching rule (e.g. an RNN kernel)
                 self.vmapped = False
-                self.notes.append(f"landscape: vmap cannot run this model ({type(exc).__name__}); "
-                                  "evaluated one weight vector at a time")
+                note = (f"landscape: vmap cannot run this model ({type(exc).__name__}); evaluated one weight "
+                        "vector at a time")
+                if note not in self.notes:
+                    self.notes.append(note)
         return torch.stack([one(theta) for theta in thetas])
 
     def losses(self, base: torch.Tensor, coefs: torch.Tensor, dirs: torch.Tensor) -> np.ndarray:
@@ -103,12 +105,9 @@ def _splits(ctx_land: _Landscape, held: _Landscape | None) -> list[tuple[str, _L
 
 
 def _timing_note(name: str, what: str, evaluators: list[_Evaluator], seconds: float) -> str:
-    rows = " + ".join(f"{e.land.n_samples}" for e in evaluators)
-    points = sum(e.evaluations for e in evaluators)
-    how = "vmap" if all(e.vmapped for e in evaluators) else "one at a time"
-    return (f"{name}: {what}, {points} loss evaluations on {rows} rows (training"
-            f"{' + held-out' if len(evaluators) > 1 else ''}) in {seconds:.2f} s ({how}, "
-            f"{evaluators[0].batch} weight vectors per pass)")
+    rows = " + ".join(f"{e.land.n_samples} {side}" for e, side in zip(evaluators, ("training", "held-out")))
+    how = f"vmap, {evaluators[0].batch} per pass" if all(e.vmapped for e in evaluators) else "one at a time"
+    return f"{name}: {what}, {sum(e.evaluations for e in evaluators)} losses on {rows} rows in {seconds:.2f} s ({how})"
 
 
 def landscape_1d(land: _Landscape, held: _Landscape | None, cfg: MeasureConfig, gen: torch.Generator,

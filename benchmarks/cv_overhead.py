@@ -97,7 +97,7 @@ def hand_loop_dataloader(X: np.ndarray, y: np.ndarray, folds: list[Fold], epochs
 def plain_skorch(X: np.ndarray, y: np.ndarray, folds: list[Fold], epochs: int) -> float:
     """scikit-learn's cross_validate over a Pipeline(StandardScaler, NeuralNetClassifier), skorch defaults."""
     torch.manual_seed(0)
-    net = NeuralNetClassifier(MLP, module__n_in=D, module__n_out=K, module__hidden=HIDDEN, criterion=nn.CrossEntropyLoss,
+    net = NeuralNetClassifier(MLP, module__n_features=D, module__n_outputs=K, module__hidden=HIDDEN, criterion=nn.CrossEntropyLoss,
                               optimizer=torch.optim.Adam, lr=LR, max_epochs=epochs, batch_size=BATCH,
                               iterator_train__shuffle=True, train_split=None, verbose=0)
     pipe = Pipeline([("scale", StandardScaler()), ("net", net)])

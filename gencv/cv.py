@@ -10,15 +10,15 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from gencv.engines import FittedModel, FoldFit, get_engine
+from gencv.engines import FittedModel, FoldFit, NetClassifier, NetRegressor, get_engine
 from gencv.errors import DivergenceError
 from gencv.metrics import METRICS, score_all
 from gencv.seeds import derive_seed
 from gencv.splits import Fold, subsample_train
 from gencv.tracking import DataRef, NullTracker, Tracker
 
-__all__ = ["CVResult", "FoldResult", "Progress", "cross_validate", "fit_and_score", "gaps", "measure_fitted",
-           "score_fold"]
+__all__ = ["CVResult", "FoldResult", "Progress", "as_estimator", "cross_validate", "fit_and_score", "gaps",
+           "measure_fitted", "refit_landscapes", "score_fold"]
 
 log = logging.getLogger(__name__)
 
@@ -310,6 +310,41 @@ def measure_fitted(est: FittedModel, X: np.ndarray, y: np.ndarray, names: Sequen
                             init_state=est.init_state_, held_out=held)
 
 
+def refit_landscapes(est: FittedModel, X: np.ndarray, y: np.ndarray, rows: np.ndarray, test_idx: np.ndarray,
+                     names: Sequence[str], config: Any, seed: int, notes: list[str]) -> dict[str, Any]:
+    """The landscape measures among `names` of a model refit on `rows`: on its fitted rows, beside `test_idx`
+    (else its early-stopping split), as a run extra (`refit_` metrics, plots, grids) by the name
+    `refit_landscapes`; a failure is a note in `notes`, not a failed run."""
+    from gencv.measures import LandscapeFiles
+    from gencv.measures.config import LANDSCAPE_MEASURES
+
+    names = [n for n in names if n in LANDSCAPE_MEASURES]
+    if not names:
+        return {}
+    fit = rows if est.fit_positions_ is None else rows[est.fit_positions_]
+    es = rows[:0] if est.inner_valid_positions_ is None else rows[est.inner_valid_positions_]
+    held = test_idx if len(test_idx) else es
+    try:
+        m = measure_fitted(est, X[fit], y[fit], names, config, seed, held_out=(X[held], y[held]))
+    except Exception as exc:
+        log.warning("refit landscapes failed: %s", exc)
+        notes.append(f"measures, refit: failed: {type(exc).__name__}: {exc}")
+        return {}
+    what = "the test set" if len(test_idx) else "its early-stopping split" if len(es) else "none"
+    notes.extend([f"measures, refit (held-out rows: {what}): {note}" for note in m.notes])
+    return {"refit_landscapes": LandscapeFiles(m, "refit", prefix="refit_")}
+
+
+def as_estimator(estimator: Any, metric: str, y: np.ndarray) -> Any:
+    """`estimator` itself, or for a torch module class or factory, the NetClassifier (the label set of `y`) or
+    NetRegressor, by `metric`'s task, that trains it."""
+    if hasattr(estimator, "fit") or not callable(estimator) or isinstance(estimator, torch.nn.Module):
+        return estimator
+    if METRICS[metric].task == "classification":
+        return NetClassifier(estimator, classes=tuple(np.unique(y).tolist()))
+    return NetRegressor(estimator)
+
+
 def cross_validate(
     estimator: Any,
     X: np.ndarray,
@@ -339,6 +374,8 @@ def cross_validate(
 
     Parameters
     ----------
+    estimator : a NetClassifier/NetRegressor, or a torch module class or factory of your own, trained with
+        the defaults of the one `metric`'s task needs (`as_estimator`).
     fold_order : order in which folds run (tuning shuffles it); results are returned by fold index.
     on_fold_end : called with (result, position) after each fold; may raise to stop (e.g. pruning).
     done : finished folds from an interrupted run, reused instead of refitted.
@@ -350,6 +387,9 @@ def cross_validate(
         training, early_stopping, validation) and `fold_rows.json` with their row indices.
     """
     eng = get_engine(engine)
+    estimator = as_estimator(estimator, metric, y)
+    if hasattr(estimator, "check_module") and len(folds):  # a module of your own: built and run on 8 rows first
+        estimator.check_module(X[folds[0].train[:8]], y)
     if train_fraction < 1.0:
         folds = [subsample_train(f, y, groups, train_fraction, derive_seed(seed, "fold", i, "train_fraction"),
                                  time_ordered=bool(getattr(estimator, "time_ordered", False)),

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from gencv.checksums import sha256_file, tag_key
-from gencv.errors import GencvError, did_you_mean
+from gencv.errors import GencvError, SpecError, did_you_mean
 from gencv.measures import (
     MeasureConfig,
     MeasureResult,
@@ -24,6 +24,8 @@ from gencv.measures import (
     save_landscapes,
     validate_measure_names,
 )
+from gencv.models import load_module
+from gencv.modref import is_file_ref
 from gencv.runner import prepare, refit_rows
 from gencv.seeds import derive_seed
 from gencv.spec import Experiment, load_experiment
@@ -77,6 +79,32 @@ def _load_weights(tracker: MlflowTracker, run_id: str, path: str, tmp: str, tags
         raise GencvError(f"run {run_id}: {path} holds a {type(state).__name__}, not a state dict of tensors; "
                          "`gencv measure` needs a run made by `gencv run`")
     return dict(state)
+
+
+def _logged_module(tracker: MlflowTracker, run_id: str, exp: Experiment, tmp: str, tags: Mapping[str, str],
+                   notes: list[str]) -> Any:
+    """model.kind=custom: the class or factory from the copy of its file logged with the run (not the file
+    where it now is); an importable module whose copy does not import alone is imported by name."""
+    ref = str(exp.model.module)
+    name = ref.rpartition(":")[2]
+    files = [a.path for a in tracker.client.list_artifacts(run_id, "model_weights/module")]
+    if not files:
+        notes.append(f"model.module: the run logged no copy of {ref}; imported it from where it is now")
+        return None
+    local = _download(tracker, run_id, files[0], tmp)
+    expected = tags.get(tag_key(files[0]))
+    if expected is not None and sha256_file(local) != expected:
+        raise GencvError(f"run {run_id}: {files[0]} is corrupted or was replaced (its SHA-256 differs from the "
+                         "one the run logged); re-run `gencv run` to log the model again")
+    try:
+        return load_module(f"{local}:{name}")
+    except SpecError as exc:
+        if is_file_ref(ref):
+            raise GencvError(f"run {run_id}: the logged copy of model.module ({files[0]}) does not load: {exc}") \
+                from None
+        notes.append(f"model.module: the logged copy of {ref} does not import on its own ({exc}); imported "
+                     f"{ref.rpartition(':')[0]} by name instead")
+        return None
 
 
 def _check_overrides(config: MeasureConfig | None, overrides: Mapping[str, Any] | None) -> None:
@@ -159,8 +187,9 @@ def measure_logged_run(
         init_state = None
         if "model_weights/init_state_dict.pt" in logged:  # runs of gencv before it was logged lack it
             init_state = _load_weights(tracker, run_id, "model_weights/init_state_dict.pt", tmp, tags, notes)
+        module = _logged_module(tracker, run_id, exp, tmp, tags, notes) if exp.model.kind == "custom" else None
     cfg = _resolve_config(exp, config, overrides, notes)
-    prep = prepare(exp, allow_large_loo=True)
+    prep = prepare(exp, allow_large_loo=True, module=module)
     ds = prep.dataset
     est = prep.estimator
     # The rows the refit's network was fitted on: the non-test rows (subsampled to data.train_fraction)

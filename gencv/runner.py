@@ -17,11 +17,12 @@ import pandas as pd
 
 from gencv import __version__
 from gencv.checksums import sha256_file, tag_key
-from gencv.cv import CVResult, FoldResult, Progress, cross_validate, measure_fitted
+from gencv.cv import CVResult, FoldResult, Progress, cross_validate, refit_landscapes
 from gencv.data import Dataset, holdout_test, load_dataset
 from gencv.engines import NetEstimator, engine_used, estimator_from_spec, export_input
 from gencv.errors import DivergenceError, SpecError, TrackingError
 from gencv.metrics import check_metric_for_task, score_all
+from gencv.models import module_reference, source_file
 from gencv.report import (
     fold_table,
     per_class_table,
@@ -45,7 +46,7 @@ from gencv.splits import (
 from gencv.tracking import DataRef, MlflowTracker, NullTracker, Tracker
 
 __all__ = ["AfterCV", "HeldOutPredictions", "Prepared", "RunExtra", "RunOutcome", "make_estimator", "prepare",
-           "run_experiment"]
+           "run_experiment", "with_module"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class Prepared:
     folds: list[Fold]
     estimator: NetEstimator
     warnings: list[str] = field(default_factory=list)  # about the CV scheme on this data (splits.scheme_warnings)
+    module: Any = None  # model.kind=custom: the class or factory given from Python (None: import model.module)
 
     @functools.cached_property
     def data_ref(self) -> DataRef:
@@ -147,21 +149,36 @@ class HeldOutPredictions:
         return pd.concat([self.frames[i] for i in sorted(self.frames)], ignore_index=True) if self.frames else None
 
 
-def make_estimator(exp: Experiment, ds: Dataset, seed: int | None = None) -> NetEstimator:
-    """The estimator template for this experiment and data."""
+def make_estimator(exp: Experiment, ds: Dataset, seed: int | None = None, module: Any = None) -> NetEstimator:
+    """The estimator template for this experiment and data (`module`: the class or factory of model.kind=custom,
+    instead of importing model.module)."""
     if exp.model.kind == "cnn" and ds.image_shape is None:
         raise SpecError(f"model.kind: got 'cnn' but data.source={ds.name!r} is not image data; use model.kind=mlp, "
                         "data.source=digits, an npz:PATH of (n, C, H, W) images or images:DIR")
     return estimator_from_spec(
         exp.model, exp.train, task=ds.task, n_classes=max(len(ds.classes), 2),
         image_shape=ds.image_shape, scale=exp.data.scale, time_ordered=ds.is_time_series, time_gap=ds.min_gap,
-        metric=exp.metric, random_state=exp.seed if seed is None else seed,
+        metric=exp.metric, random_state=exp.seed if seed is None else seed, module=module,
     ).set_params(impute=exp.data.impute, categorical=exp.data.categorical,  # per-fold feature preprocessing
                  categorical_features=list(ds.categorical) or None)
 
 
-def prepare(exp: Experiment, *, allow_large_loo: bool = False) -> Prepared:
-    """Load data, hold out the test set, build and check the folds and the estimator; no training."""
+def with_module(exp: Experiment, module: Any) -> Experiment:
+    """`exp` with model.kind=custom and model.module naming `module` (a class or factory given from Python);
+    model.kwargs are kept."""
+    if module is None:
+        return exp
+    if not callable(module) or hasattr(module, "fit"):
+        raise TypeError(f"module: got {module!r}; pass a torch nn.Module subclass or a function that returns one")
+    return exp.with_overrides({"model.kind": "custom", "model.module": module_reference(module)})
+
+
+def prepare(exp: Experiment, *, allow_large_loo: bool = False, module: Any = None) -> Prepared:
+    """Load data, hold out the test set, build and check the folds and the estimator; no training.
+
+    `module`: for model.kind=custom, the class or factory itself (else model.module is imported). A module
+    of your own is built once and run on a few rows here, so its errors come before any training.
+    """
     ds = load_dataset(exp.data, seed=derive_seed(exp.seed, "data"))
     warnings = scheme_warnings(exp.cv, ds)  # before rows without a time column are taken as time-ordered
     for w in warnings:
@@ -177,7 +194,9 @@ def prepare(exp: Experiment, *, allow_large_loo: bool = False) -> Prepared:
     folds = make_folds(exp.cv, y=ds.y, task=ds.task, seed=derive_seed(exp.seed, "cv"), indices=cv_idx,
                        groups=ds.groups, is_time_series=ds.is_time_series, min_gap=ds.min_gap,
                        allow_large_loo=allow_large_loo, classes=ds.classes, test_size=exp.data.test_size)
-    return Prepared(exp, ds, cv_idx, test_idx, folds, make_estimator(exp, ds), warnings)
+    est = make_estimator(exp, ds, module=module)
+    est.check_module(ds.X[cv_idx[:8]], ds.y[cv_idx])
+    return Prepared(exp, ds, cv_idx, test_idx, folds, est, warnings, module)
 
 
 def _check_device(device: str) -> None:
@@ -255,6 +274,7 @@ def run_experiment(
     tags: Mapping[str, str] | None = None,
     after_cv: Sequence[AfterCV] = (),
     register: str | None = None,
+    module: Any = None,
 ) -> RunOutcome:
     """Cross-validate the experiment, refit on all non-test data, score the test set, log everything.
 
@@ -263,9 +283,13 @@ def run_experiment(
     `after_cv`: steps run on the folds after the CV (`gencv.studies.permutation.PermutationTest`),
     each checked before any training; what they find goes to `outcome.extras` and the parent run.
     `register`: the refit model also becomes a new version of the registered model of that name.
+    `module`: a torch module class or factory of your own (a notebook's): the spec becomes model.kind=custom
+    with model.module naming it, and model.kwargs go to its constructor.
     """
     tracker = tracker or NullTracker()
-    prep = prepared or prepare(exp, allow_large_loo=allow_large_loo)
+    if module is not None:
+        exp = with_module(exp, module)
+    prep = prepared or prepare(exp, allow_large_loo=allow_large_loo, module=module)
     ds = prep.dataset
     for step in after_cv:
         step.check(prep)  # before any training
@@ -324,8 +348,9 @@ def run_experiment(
                                      "no model was logged")
                 tracker.set_tags(run_id, {"gencv.refit": "failed"})
             else:
-                outcome.extras.update(refit_landscapes(exp, prep, outcome.refit_estimator, measure_config,
-                                                       outcome.notes))
+                outcome.extras.update(refit_landscapes(  # the landscape measures of the refit model
+                    outcome.refit_estimator, ds.X, ds.y, refit_rows(exp, prep), prep.test_idx, exp.measures,
+                    measure_config, derive_seed(exp.seed, "refit", "measures"), outcome.notes))
                 try:
                     log_refit(tracker, run_id, prep, outcome.refit_estimator, outcome.refit_test_scores,
                               register=register)
@@ -421,7 +446,7 @@ def refit_model(exp: Experiment, prep: Prepared, tracker: Tracker, run_id: str,
 def fit_refit(exp: Experiment, prep: Prepared) -> tuple[NetEstimator, dict[str, float]]:
     """Fit on every non-test sample (early stopping still validates inside it) and score the test set."""
     ds = prep.dataset
-    est = make_estimator(exp, ds, seed=derive_seed(exp.seed, "refit"))
+    est = make_estimator(exp, ds, seed=derive_seed(exp.seed, "refit"), module=prep.module)
     rows = refit_rows(exp, prep)
     est.fit(ds.X[rows], ds.y[rows], groups=None if ds.groups is None else ds.groups[rows])
     scores: dict[str, float] = {}
@@ -433,32 +458,6 @@ def fit_refit(exp: Experiment, prep: Prepared) -> tuple[NetEstimator, dict[str, 
         scores = score_all(ds.task, yt, pred, proba, labels)
         scores["loss"] = est.loss(Xt, yt)
     return est, scores
-
-
-def refit_landscapes(exp: Experiment, prep: Prepared, est: NetEstimator, config: Any,
-                     notes: list[str]) -> dict[str, Any]:
-    """The spec's landscape measures of the refit model on its fitted rows, beside the test rows (else its
-    early-stopping split), as a `RunExtra` (`refit_` metrics, plots, grids); a failure is a note, not a failed run."""
-    from gencv.measures import LandscapeFiles
-    from gencv.measures.config import LANDSCAPE_MEASURES
-
-    names = [n for n in exp.measures if n in LANDSCAPE_MEASURES]
-    if not names:
-        return {}
-    ds, rows = prep.dataset, refit_rows(exp, prep)
-    fit = rows if est.fit_positions_ is None else rows[est.fit_positions_]
-    es = rows[:0] if est.inner_valid_positions_ is None else rows[est.inner_valid_positions_]
-    held = prep.test_idx if len(prep.test_idx) else es
-    try:
-        m = measure_fitted(est, ds.X[fit], ds.y[fit], names, config, derive_seed(exp.seed, "refit", "measures"),
-                           held_out=(ds.X[held], ds.y[held]))
-    except Exception as exc:
-        log.warning("refit landscapes failed: %s", exc)
-        notes.append(f"measures, refit: failed: {type(exc).__name__}: {exc}")
-        return {}
-    what = "the test set" if len(prep.test_idx) else "its early-stopping split" if len(es) else "none"
-    notes.extend([f"measures, refit (held-out rows: {what}): {note}" for note in m.notes])
-    return {"refit_landscapes": LandscapeFiles(m, "refit", prefix="refit_")}
 
 
 def refit_rows(exp: Experiment, prep: Prepared) -> np.ndarray:
@@ -477,8 +476,12 @@ def log_refit(tracker: Tracker, run_id: str, prep: Prepared, est: NetEstimator, 
     exp = exp or prep.experiment
     ds = prep.dataset
     tracker.log_metrics(run_id, {f"refit_test_{k}": v for k, v in scores.items()} | {"refit_epochs_run": est.epochs_run_})
-    # Class names travel with the model (its outputs are the class codes 0..k-1 in this order); with
-    # categorical columns the model takes preprocessed rows and the fitted preprocessor is logged beside it.
+    # a module of your own: its file (not a script's or notebook's __main__, which importing would re-run)
+    own = not isinstance(est.module, str) and getattr(est.module, "__module__", "__main__") != "__main__"
+    source = source_file(est.module) if own else None
+    # The MLflow model is exported (torch.export): loading it needs no code of yours. Class names travel with
+    # the model (its outputs are the class codes 0..k-1 in this order); with categorical columns the model
+    # takes preprocessed rows and the fitted preprocessor is logged beside it.
     takes_preprocessed = "columns" in est.preprocess_.named_steps
     meta = {"task": ds.task, "classes": list(ds.classes), "feature_names": list(ds.feature_names),
             "input": "preprocessed (model_weights/preprocessor.pkl)" if takes_preprocessed else "raw features"}
@@ -492,8 +495,11 @@ def log_refit(tracker: Tracker, run_id: str, prep: Prepared, est: NetEstimator, 
             path.write_bytes(pickle.dumps(est.preprocess_))
             tracker.log_artifact(run_id, path, "model_weights")
     # The spec this model was built from (a study's refit: the best trial's), so `gencv measure` and a
-    # transfer rebuild the same network.
+    # transfer rebuild the same network; a module of your own is logged beside it, and rebuilt from that copy.
     tracker.log_text(run_id, exp.to_yaml(), "model_weights/model_spec.yaml")
+    if source is not None:
+        tracker.set_tags(run_id, {tag_key(f"model_weights/module/{source.name}"): sha256_file(source)})
+        tracker.log_artifact(run_id, source, "model_weights/module")
     if est.init_state_ is not None and not isinstance(tracker, NullTracker):
         # The network's weights before training, for `gencv measure`'s dist_from_init.
         import torch

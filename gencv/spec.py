@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from gencv.errors import SpecError, did_you_mean
+from gencv.modref import module_ref_problem, module_relative_to
 
 __all__ = [
     "CVSpec",
@@ -25,6 +26,7 @@ __all__ = [
     "TrainSpec",
     "TuneSpec",
     "apply_overrides",
+    "drop_unset_custom_keys",
     "load_experiment",
     "parse_overrides",
     "validate_experiment",
@@ -97,7 +99,10 @@ class DataSpec(_Strict):
 class ModelSpec(_Strict):
     """The torch network."""
 
-    kind: Literal["mlp", "cnn", "rnn"] = "mlp"
+    kind: Literal["mlp", "cnn", "rnn", "custom"] = "mlp"
+    # custom: "package.module:Name" (importable) or "path/to/file.py:Name" (relative to the spec file)
+    module: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # custom: passed to the module's constructor
     hidden: list[int] = Field(default_factory=lambda: [64, 64])
     activation: Literal["relu", "tanh", "gelu", "sigmoid", "leaky_relu"] = "relu"
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
@@ -114,6 +119,21 @@ class ModelSpec(_Strict):
         if any(int(h) < 1 for h in v):
             raise ValueError(f"layer sizes must be positive integers, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _custom_module(self) -> ModelSpec:
+        if self.kind != "custom":
+            if self.module is not None or self.kwargs:
+                raise ValueError(f"model.module and model.kwargs are for model.kind=custom, but model.kind is "
+                                 f"{self.kind!r}; set model.kind: custom, or remove them")
+            return self
+        if not self.module:
+            raise ValueError("model.kind=custom needs model.module: a class or factory, e.g. "
+                             "model.module: nets/resmlp.py:ResMLP (a file) or mypkg.nets:WideResNet (importable)")
+        problem = module_ref_problem(self.module)
+        if problem:
+            raise ValueError(f"model.module: got {self.module!r}: {problem}")
+        return self
 
 
 class ScheduleSpec(_Strict):
@@ -155,6 +175,8 @@ class TrainSpec(_Strict):
     device: str = "cpu"
     engine: Literal["skorch", "batched", "auto"] = "skorch"  # auto: batched when it supports the settings
     dtype: Literal["float32", "float64"] = "float32"  # float64 for reference checks between engines
+    # batched engine: most folds per stack (None: as many as fit gencv.engines.batched.MEMORY_BUDGET)
+    max_members: int | None = Field(None, ge=1, le=1_000_000)
     # Train until the eval-mode data loss on the fitted rows is <= this (Jiang et al. 2019), or max_epochs.
     stop_at_train_loss: float | None = Field(None, gt=0.0)
 
@@ -369,10 +391,12 @@ class Experiment(_Strict):
         return v
 
     def digest(self) -> str:
-        """Short SHA-256 of the resolved spec (stable key order); an absent `sweep` section leaves it as it was."""
+        """Short SHA-256 of the resolved spec (stable key order); an absent `sweep` section, and `model.module`/
+        `model.kwargs` unset, leave it as it was before they existed."""
         raw = self.model_dump(mode="json")
         if raw.get("sweep") is None:
             raw.pop("sweep", None)
+        drop_unset_custom_keys(raw)
         blob = json.dumps(raw, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -388,6 +412,14 @@ class Experiment(_Strict):
         """Return a new, validated Experiment with dotted-path values replaced."""
         raw = self.model_dump(mode="json")
         return validate_experiment(apply_overrides(raw, overrides), source="overrides")
+
+
+def drop_unset_custom_keys(raw: dict[str, Any]) -> None:
+    """Remove model.module and model.kwargs from a dumped spec when unset (in place): digests stay as before them."""
+    model = raw.get("model")
+    if isinstance(model, dict) and model.get("module") is None and not model.get("kwargs"):
+        model.pop("module", None)
+        model.pop("kwargs", None)
 
 
 def _param_str(v: Any) -> str:
@@ -431,7 +463,7 @@ def load_experiment(path: str | Path, overrides: Sequence[str] | Mapping[str, An
     if not isinstance(overrides, Mapping):
         overrides = parse_overrides(overrides)
     raw = apply_overrides(raw, overrides)
-    return validate_experiment(raw, source=str(p))
+    return validate_experiment(module_relative_to(raw, p.parent), source=str(p))
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -513,3 +545,4 @@ def _format_error(err: Mapping[str, Any], raw: Mapping[str, Any]) -> str:
         return f"  - {path}: required field is missing"
     shown = value if not isinstance(value, Mapping) else "{...}"
     return f"  - {path}: got {shown!r}: {msg}"
+

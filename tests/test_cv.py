@@ -236,18 +236,17 @@ def test_fold_numbers_are_unchanged_for_the_same_seed(case: str) -> None:
     assert fold_numbers(CASES[case]) == json.loads(REFERENCE.read_text())[case]
 
 
+@pytest.mark.parametrize("engine", ["skorch", "batched"])
 @pytest.mark.parametrize("value, reachable", [(0.55, True), (1e-6, False)])
-def test_stop_at_train_loss_stops_at_the_first_epoch_at_or_below_it(value: float, reachable: bool) -> None:
-    from gencv.engines.batched import unsupported_setting
-
+def test_stop_at_train_loss_stops_at_the_first_epoch_at_or_below_it(value: float, reachable: bool, engine: str) -> None:
     exp = tiny(**{"train.early_stopping": None, "train.stop_at_train_loss": value, "train.max_epochs": 40,
                   "model.dropout": 0.5})
     if not reachable:
         exp = exp.with_overrides({"train.max_epochs": 4})
     prep = prepare(exp)
     ds = prep.dataset
-    assert "train.stop_at_train_loss" in (unsupported_setting(prep.estimator) or "")  # the batched engine refuses it
-    res = cross_validate(prep.estimator, ds.X, ds.y, prep.folds[:2], metric="accuracy", seed=0, keep_estimators=True)
+    res = cross_validate(prep.estimator, ds.X, ds.y, prep.folds[:2], metric="accuracy", seed=0, keep_estimators=True,
+                         engine=engine)
     for f, fold in zip(res.folds, prep.folds):
         assert f.ok and f.estimator is not None
         curve = [row["curve_fit_loss"] for row in f.history]

@@ -241,3 +241,28 @@ def test_fold_scores_of_the_two_engines_are_statistically_equivalent_over_10_see
     p_lower = 1 - stats.t.cdf((d.mean() + margin) / se, n - 1)  # H0: mean difference <= -margin
     p_upper = stats.t.cdf((d.mean() - margin) / se, n - 1)  # H0: mean difference >= +margin
     assert max(p_lower, p_upper) < 0.05, (d.mean(), se)
+
+
+@pytest.mark.parametrize("max_members", [1, 3, None])
+def test_stacks_split_into_chunks_train_each_member_as_one_stack_does(max_members: int | None,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    X, y, folds = _data("classification")
+    whole = list(get_engine("batched").fit_folds(_est(), X, y, folds, SEEDS))
+    with caplog.at_level("INFO", logger="gencv.engines.batched"):
+        chunked = list(get_engine("batched").fit_folds(_est(max_members=max_members), X, y, folds, SEEDS))
+    assert _max_weight_diff(whole, chunked) == 0.0  # members never interact: chunks change nothing
+    expected = {1: "4 folds in 4 stacks of at most 1 (train.max_members)",
+                3: "4 folds in 2 stacks of at most 3 (train.max_members)", None: None}[max_members]
+    assert (expected in caplog.text) if expected else "stacks of at most" not in caplog.text
+
+
+def test_the_memory_budget_splits_a_stack_that_would_not_fit(monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    import gencv.engines.batched as batched
+
+    X, y, folds = _data("classification")
+    monkeypatch.setattr(batched, "MEMORY_BUDGET", 30_000)  # bytes: two members of this data (13 kB each)
+    with caplog.at_level("INFO", logger="gencv.engines.batched"):
+        fits = list(get_engine("batched").fit_folds(_est(), X, y, folds, SEEDS))
+    assert all(f.estimator is not None for f in fits)
+    assert "4 folds in 2 stacks of at most 2 (a memory budget of 0.03 MB)" in caplog.text

@@ -14,7 +14,8 @@ PKG = ROOT / "gencv"
 
 #: The flow, bottom to top: a module may import its own layer or lower ones, never a higher one.
 LAYERS: list[tuple[str, ...]] = [
-    ("gencv.errors", "gencv.seeds", "gencv.checksums", "gencv.metrics", "gencv.measures.config", "gencv.datasets", "gencv.experiments"),
+    ("gencv.errors", "gencv.seeds", "gencv.checksums", "gencv.metrics", "gencv.measures.config", "gencv.datasets", "gencv.experiments",
+     "gencv.modref"),
     ("gencv.spec",),
     ("gencv.data", "gencv.tables", "gencv.arrays"),
     ("gencv.splits",),
@@ -116,6 +117,7 @@ LIGHT = ["torch", "mlflow", "optuna", "matplotlib", "skorch"]
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["datasets"], ["validate", "--no-data", "experiments/quickstart.yaml"],
+                                  ["validate", "--no-data", "experiments/custom_resmlp.yaml"],
                                   ["run", "--help"], ["tune", "--help"]])
 def test_light_commands_import_no_heavy_library(argv: list[str]) -> None:
     code = (

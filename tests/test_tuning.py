@@ -210,10 +210,13 @@ def _old_digest(exp: Experiment) -> str:
     raw["train"].pop("engine", None)
     raw["train"].pop("dtype", None)
     raw["train"].pop("stop_at_train_loss", None)
+    raw["train"].pop("max_members", None)
     raw["data"].pop("train_fraction", None)
     for key in ("task", "sep", "categorical", "impute", "image_size"):
         raw["data"].pop(key, None)
     raw["data"]["lags"] = 12  # the old default, unused outside built-in series
+    raw["model"].pop("module", None)  # model.kind: custom's keys
+    raw["model"].pop("kwargs", None)
     return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -17,12 +17,19 @@ def validate(
 ) -> None:
     """Print the resolved spec, or every error in it (exit code 2); also checks data and folds.
 
+    With model.kind=custom, --no-data checks that model.module's file exists and defines the name, without
+    importing it; without --no-data the module is built and run on a few rows of the data.
+
     Example: gencv validate experiments/digits_cnn.yaml --set cv.n_splits=3
     """
     setup_logging(False)
 
     def go() -> None:
         exp = load_spec(spec, set_)
+        if exp.model.kind == "custom":  # the file and the name in it, read without importing (no torch)
+            from gencv.modref import check_module_source
+
+            check_module_source(str(exp.model.module))
         if not no_data:
             from gencv.runner import prepare
 

@@ -13,13 +13,13 @@ from collections.abc import Callable
 from gencv.engines.base import Engine, FittedModel, FoldFit
 from gencv.engines.batched import AutoEngine, BatchedEngine, UnsupportedSettingError, engine_used
 from gencv.engines.estimator import ExportedModel, GencvEstimator, export_input, make_preprocessor
+from gencv.engines.from_spec import estimator_from_spec
 from gencv.engines.skorch_engine import SkorchEngine
 from gencv.engines.sklearn_api import (
     SKLEARN_EXPECTED_FAILED_CHECKS,
     NetClassifier,
     NetEstimator,
     NetRegressor,
-    estimator_from_spec,
 )
 from gencv.errors import GencvError, did_you_mean
 

@@ -72,7 +72,8 @@ def unsupported_setting(estimator: Any) -> str | None:
     skorch engine.
     """
     if not isinstance(estimator.module, str):
-        return f"module: got {estimator.module!r}; the batched engine stacks the built-in MLP only"
+        name = getattr(estimator.module, "__qualname__", repr(estimator.module))
+        return f"model.kind: got 'custom' ({name}); the batched engine stacks the built-in MLP only"
     try:
         m, t = estimator._specs()
     except ValueError:
@@ -316,7 +317,8 @@ class BatchedEngine:
                 failed[pos] = exc
         for width in sorted({m.X.shape[1] for m in members}):  # one-hot widths differ when a fold lacks a category
             group = [m for m in members if m.X.shape[1] == width]
-            _train(group, group[0].train, on_epoch)
+            for chunk in _chunks(group, group[0].train.max_members):
+                _train(chunk, chunk[0].train, on_epoch)
         share = (time.perf_counter() - t0) / max(1, len(folds))
         it = iter(members)
         for pos, (fold, seed) in enumerate(zip(folds, seeds)):
@@ -325,6 +327,35 @@ class BatchedEngine:
                 continue
             mb = next(it)
             yield FoldFit(fold, seed, None if mb.error else mb.est, mb.error, share)
+
+
+#: bytes a stack may hold in its stacked tensors (padded rows of every member, parameters, gradients and
+#: optimizer state) unless `train.max_members` says how many members go in one stack
+MEMORY_BUDGET = 2 * 1024**3
+
+
+def _member_bytes(m: _Member, n_pad: int) -> int:
+    """A member's share of a stack: its padded fit / early-stopping / held-out rows, and parameters x 5
+    (weights, gradient, best weights, two optimizer moments)."""
+    width = int(np.prod(m.X.shape[1:])) if m.X.dim() > 1 else 1
+    rows = n_pad + (0 if m.X_es is None else len(m.X_es)) + (0 if m.X_ev is None else len(m.X_ev))
+    n_params = sum(p.numel() for p in m.module.parameters())
+    return (rows * (width + 1) + 5 * n_params) * m.X.element_size()
+
+
+def _chunks(members: list[_Member], max_members: int | None) -> list[list[_Member]]:
+    """Members split into stacks of at most `max_members` (or what fits `MEMORY_BUDGET`), in fold order."""
+    if not members:
+        return []
+    n = max_members
+    if n is None:
+        n_pad = max(len(m.X) for m in members)
+        n = max(1, MEMORY_BUDGET // max(1, max(_member_bytes(m, n_pad) for m in members)))
+    if n < len(members):
+        log.info("batched engine: %d folds in %d stacks of at most %d (%s)", len(members),
+                 -(-len(members) // n), n, "train.max_members" if max_members else
+                 f"a memory budget of {MEMORY_BUDGET / 1e6:g} MB")
+    return [members[i:i + n] for i in range(0, len(members), n)]
 
 
 def _prepare(estimator: Any, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None, fold: Fold, seed: int,

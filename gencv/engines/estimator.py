@@ -106,7 +106,7 @@ def GencvEstimator(  # noqa: N802  (a deprecated class name, kept callable)
     warnings.warn("GencvEstimator is deprecated and will be removed in the next release; use gencv.NetClassifier "
                   "or gencv.NetRegressor (or gencv.engines.estimator_from_spec for spec objects)",
                   DeprecationWarning, stacklevel=2)
-    from gencv.engines.sklearn_api import estimator_from_spec
+    from gencv.engines.from_spec import estimator_from_spec
 
     return estimator_from_spec(model, train, task=task, n_classes=n_classes, image_shape=image_shape, scale=scale,
                                time_ordered=time_ordered, time_gap=time_gap, metric=metric, random_state=seed)

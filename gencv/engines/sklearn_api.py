@@ -7,7 +7,6 @@ reference engine trains these same estimators (`estimator_from_spec` builds one 
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,10 +33,10 @@ from gencv.engines.skorch_net import (
     StopTraining,
     TensorBatches,
 )
-from gencv.models import CNN, MLP, RNN
+from gencv.models import CNN, MLP, RNN, check_output, module_args
 from gencv.spec import EarlyStoppingSpec, ModelSpec, ScheduleSpec, TrainSpec
 
-__all__ = ["SKLEARN_EXPECTED_FAILED_CHECKS", "NetClassifier", "NetEstimator", "NetRegressor", "estimator_from_spec"]
+__all__ = ["SKLEARN_EXPECTED_FAILED_CHECKS", "NetClassifier", "NetEstimator", "NetRegressor"]
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +105,9 @@ class NetEstimator(BaseEstimator):
 
     Parameters
     ----------
-    module : "mlp", "cnn", "rnn" or a torch ``nn.Module`` subclass
-        The network. A class of your own is built with ``n_in``/``n_out`` (when its constructor takes
-        them) and its ``module__*`` settings; the built-in ones also take hidden, activation, ... below.
+    module : "mlp", "cnn", "rnn", a torch ``nn.Module`` subclass or a function that returns one
+        The network. One of your own gets ``n_features``/``n_outputs``/``image_shape`` (those its signature
+        has) and its ``module__*`` settings; the built-in ones also take hidden, activation, ... below.
     hidden, activation, dropout, batch_norm, init, channels, kernel_size, cell, rnn_layers
         The spec's ``model.*`` fields (``init`` also applies to a module of your own).
     optimizer, lr, momentum, weight_decay, l1, batch_size, max_epochs, clip_grad_norm, device, dtype
@@ -120,6 +119,8 @@ class NetEstimator(BaseEstimator):
     stop_at_train_loss : float or None
         Train until the data loss (no penalty, dropout off) on the rows given to ``fit`` is <= this, checked
         after every epoch, or ``max_epochs``; needs ``early_stopping=False``. Sets ``stop_reached_``, ``stop_epoch_``.
+    max_members : int or None
+        The batched engine's most folds per stack (None: as many as fit its memory budget); no effect on ``fit``.
     scale : "standard", "minmax" or "none"
         Feature scaling, fitted on the data given to ``fit`` only.
     impute, categorical, categorical_features : as `make_preprocessor` (missing values, category encoding)
@@ -162,6 +163,7 @@ class NetEstimator(BaseEstimator):
         stop_at_train_loss: float | None = None,
         device: str = "cpu",
         dtype: str = "float32",
+        max_members: int | None = None,
         scale: str = "standard",
         impute: str = "none",
         categorical: str = "onehot",
@@ -197,6 +199,7 @@ class NetEstimator(BaseEstimator):
         self.stop_at_train_loss = stop_at_train_loss
         self.device = device
         self.dtype = dtype
+        self.max_members = max_members
         self.scale = scale
         self.impute = impute
         self.categorical = categorical
@@ -256,7 +259,8 @@ class NetEstimator(BaseEstimator):
                               weight_decay=self.weight_decay, l1=self.l1, batch_size=self.batch_size,
                               max_epochs=self.max_epochs, schedule=_schedule(self.schedule),
                               clip_grad_norm=self.clip_grad_norm, early_stopping=_early_stopping(self.early_stopping),
-                              stop_at_train_loss=self.stop_at_train_loss, device=self.device, dtype=self.dtype)
+                              stop_at_train_loss=self.stop_at_train_loss, device=self.device, dtype=self.dtype,
+                              max_members=self.max_members)
         except ValidationError as exc:
             raise ValueError(f"{type(self).__name__}: invalid setting(s):\n{exc}") from None
         if self.scale not in ("standard", "minmax", "none"):
@@ -277,29 +281,43 @@ class NetEstimator(BaseEstimator):
         module, args = self._module(self._specs()[0], n_features)
         return module(**args)
 
-    def _module(self, model: ModelSpec, n_in: int) -> tuple[type[nn.Module], dict[str, Any]]:
+    def _module(self, model: ModelSpec, n_in: int) -> tuple[Callable[..., nn.Module], dict[str, Any]]:
+        """The module's class (or factory) and its constructor arguments; sizes under `models.SIZE_NAMES`."""
         n_out = self._n_out()
         extra = self._module_kwargs()
         if not isinstance(self.module, str):
-            if not (isinstance(self.module, type) and issubclass(self.module, nn.Module)):
-                raise ValueError(f"module: got {self.module!r}; use 'mlp', 'cnn', 'rnn' or a torch nn.Module subclass")
-            accepted = inspect.signature(self.module).parameters
-            sizes = {k: v for k, v in (("n_in", n_in), ("n_out", n_out)) if k in accepted}
-            return self.module, sizes | extra
+            if not callable(self.module) or isinstance(self.module, nn.Module):
+                raise ValueError(f"module: got {self.module!r}; use 'mlp', 'cnn', 'rnn', a torch nn.Module subclass "
+                                 "or a function that returns one")
+            return self.module, module_args(self.module, extra, n_features=n_in, n_outputs=n_out,
+                                            image_shape=self.image_shape)
         m = model
         if self.module == "cnn":
             if self.image_shape is None:
                 raise ValueError("module='cnn' needs image_shape=(channels, height, width) (model.kind=cnn needs "
                                  "image input, data.source=digits); use module='mlp'")
-            args: dict[str, Any] = dict(image_shape=self.image_shape, n_out=n_out, channels=m.channels,
+            args: dict[str, Any] = dict(image_shape=self.image_shape, n_outputs=n_out, channels=m.channels,
                                         kernel_size=m.kernel_size, hidden=m.hidden, activation=m.activation,
                                         dropout=m.dropout, batch_norm=m.batch_norm)
         elif self.module == "rnn":
-            args = dict(n_in=n_in, n_out=n_out, hidden=m.hidden, cell=m.cell, layers=m.rnn_layers, dropout=m.dropout)
+            args = dict(n_features=n_in, n_outputs=n_out, hidden=m.hidden, cell=m.cell, layers=m.rnn_layers,
+                        dropout=m.dropout)
         else:
-            args = dict(n_in=n_in, n_out=n_out, hidden=m.hidden, activation=m.activation, dropout=m.dropout,
+            args = dict(n_features=n_in, n_outputs=n_out, hidden=m.hidden, activation=m.activation, dropout=m.dropout,
                         batch_norm=m.batch_norm)
         return _BUILTIN[self.module], args | extra
+
+    def check_module(self, X: Any, y: Any) -> None:
+        """Build a module of your own once and run it on a few rows of X, before any training: a constructor
+        that refuses its arguments or an output of the wrong shape is one SpecError naming the field."""
+        if isinstance(self.module, str):
+            return
+        X = np.asarray(X)
+        labels = self.classes if self.classes is not None else y
+        n_out = len(np.unique(np.asarray(labels))) if self.task == "classification" else 1
+        factory, args = self.module, module_args(self.module, self._module_kwargs(), n_features=X.shape[1],
+                                                 n_outputs=n_out, image_shape=self.image_shape)
+        check_output(factory, args, X[:8], n_out, self.task)
 
     def _net(self, model: ModelSpec, train: TrainSpec, X_eval: Any, y_eval: Any,
              on_epoch: Callable[..., None] | None, groups: np.ndarray | None) -> Any:
@@ -571,29 +589,3 @@ class NetRegressor(RegressorMixin, NetEstimator):
 
     def predict(self, X: Any) -> np.ndarray:
         return self._outputs(X).double().numpy().ravel() * self.y_std_ + self.y_mean_
-
-
-def estimator_from_spec(
-    model: ModelSpec,
-    train: TrainSpec,
-    *,
-    task: str,
-    n_classes: int = 2,
-    image_shape: tuple[int, ...] | None = None,
-    scale: str = "standard",
-    time_ordered: bool = False,
-    time_gap: int = 0,
-    metric: str | None = None,
-    random_state: int = 0,
-) -> NetEstimator:
-    """The NetClassifier/NetRegressor for a spec's model and training settings (labels 0..n_classes-1)."""
-    m = model.model_dump()
-    kind = m.pop("kind")
-    m["hidden"], m["channels"] = tuple(m["hidden"]), tuple(m["channels"])
-    t = train.model_dump(exclude={"schedule", "early_stopping", "engine"})  # the engine is the CV's, not the net's
-    common: dict[str, Any] = dict(module=kind, **m, **t, schedule=train.schedule, early_stopping=train.early_stopping,
-                                  scale=scale, time_ordered=time_ordered, time_gap=time_gap, image_shape=image_shape,
-                                  metric=metric, random_state=random_state)
-    if task == "classification":
-        return NetClassifier(classes=tuple(range(n_classes)), **common)
-    return NetRegressor(**common)

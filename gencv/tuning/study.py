@@ -13,7 +13,7 @@ from typing import Any
 from gencv.metrics import METRICS
 from gencv.runner import refit_model
 from gencv.seeds import derive_seed
-from gencv.spec import Experiment
+from gencv.spec import Experiment, drop_unset_custom_keys
 from gencv.tracking import MlflowTracker, NullTracker, Tracker
 from gencv.tuning.pruners import make_pruner
 from gencv.tuning.records import TrialRecord, TuneOutcome, TuningError, study_counts
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 #: spec keys added after studies were first stored, with their defaults: a study stored before a key
 #: existed was run as if the key had its default, so its digest is computed without the key.
 _ADDED_KEYS: dict[tuple[str, ...], Any] = {("train", "engine"): "skorch", ("train", "dtype"): "float32",
-                                           ("train", "stop_at_train_loss"): None, ("data", "train_fraction"): 1.0,
+                                           ("train", "stop_at_train_loss"): None, ("train", "max_members"): None, ("data", "train_fraction"): 1.0,
                                            ("data", "task"): "auto", ("data", "sep"): None,
                                            ("data", "categorical"): "onehot", ("data", "impute"): "none",
                                            ("data", "image_size"): [32, 32]}
@@ -54,6 +54,7 @@ def study_digest(exp: Experiment, *, legacy: bool = False) -> str:
     for k in ("trials", "timeout", "max_consecutive_failures", "nested", "pruner_options"):
         (raw.get("tune") or {}).pop(k, None)
     raw.pop("name", None)
+    drop_unset_custom_keys(raw)  # model.module/model.kwargs unset: the digest of studies stored before they existed
     if legacy:
         if raw.get("data", {}).get("lags") is None:  # data.lags defaulted to 12 (unused outside series) before
             raw["data"]["lags"] = 12

@@ -17,7 +17,8 @@ from gencv.seeds import derive_seed
 from gencv.splits import Fold, subsample_train
 from gencv.tracking import DataRef, NullTracker, Tracker
 
-__all__ = ["CVResult", "FoldResult", "Progress", "as_estimator", "cross_validate", "fit_and_score", "gaps", "score_fold"]
+__all__ = ["CVResult", "FoldResult", "Progress", "as_estimator", "cross_validate", "fit_and_score", "gaps",
+           "measure_fitted", "refit_landscapes", "score_fold"]
 
 log = logging.getLogger(__name__)
 
@@ -247,9 +248,12 @@ def score_fold(
     if bad:
         res.status, res.reason = "failed", f"diverged: final {bad[0]} is not finite"
         return res
+    if measure_config is not None:  # measure_options.landscape_folds may leave this fold's landscapes out
+        measures = measure_config.measures_for_fold(measures, fold.index)
     if measures:
         try:
-            m = _measures(est, Xtr, ytr, measures, measure_config, derive_seed(seed, "measures"))
+            m = measure_fitted(est, Xtr, ytr, measures, measure_config, derive_seed(seed, "measures"),
+                               held_out=(Xva, yva))
             res.measures, res.measure_notes = _prefixed(m.values), list(m.notes)
             res.artifacts["measure_result"] = m
         except (KeyboardInterrupt, SystemExit):
@@ -290,14 +294,45 @@ def _prefixed(values: Mapping[str, float]) -> dict[str, float]:
     return {(f"measure_{k}" if k in generic else k): float(v) for k, v in values.items()}
 
 
-def _measures(est: FittedModel, X: np.ndarray, y: np.ndarray, names: Sequence[str], config: Any, seed: int) -> Any:
+def measure_fitted(est: FittedModel, X: np.ndarray, y: np.ndarray, names: Sequence[str], config: Any, seed: int,
+                   held_out: tuple[np.ndarray, np.ndarray] | None = None) -> Any:
+    """`compute_measures` on a fitted estimator's network at raw rows `X`, `y` (its own preprocessing and
+    loss); `held_out` raw rows the landscape measures draw beside them (none when empty)."""
     from gencv.measures import compute_measures
 
+    def tensors(Xr: np.ndarray, yr: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.as_tensor(est.preprocess_.transform(Xr)), torch.as_tensor(est.encode_target(yr))
+
     module = est.module_
-    Xt = torch.as_tensor(est.preprocess_.transform(X))
-    yt = torch.as_tensor(est.encode_target(y))
     loss = torch.nn.functional.cross_entropy if est.task == "classification" else torch.nn.functional.mse_loss
-    return compute_measures(module, Xt, yt, loss, list(names), seed=seed, config=config, init_state=est.init_state_)
+    held = tensors(*held_out) if held_out is not None and len(held_out[0]) else None
+    return compute_measures(module, *tensors(X, y), loss, list(names), seed=seed, config=config,
+                            init_state=est.init_state_, held_out=held)
+
+
+def refit_landscapes(est: FittedModel, X: np.ndarray, y: np.ndarray, rows: np.ndarray, test_idx: np.ndarray,
+                     names: Sequence[str], config: Any, seed: int, notes: list[str]) -> dict[str, Any]:
+    """The landscape measures among `names` of a model refit on `rows`: on its fitted rows, beside `test_idx`
+    (else its early-stopping split), as a run extra (`refit_` metrics, plots, grids) by the name
+    `refit_landscapes`; a failure is a note in `notes`, not a failed run."""
+    from gencv.measures import LandscapeFiles
+    from gencv.measures.config import LANDSCAPE_MEASURES
+
+    names = [n for n in names if n in LANDSCAPE_MEASURES]
+    if not names:
+        return {}
+    fit = rows if est.fit_positions_ is None else rows[est.fit_positions_]
+    es = rows[:0] if est.inner_valid_positions_ is None else rows[est.inner_valid_positions_]
+    held = test_idx if len(test_idx) else es
+    try:
+        m = measure_fitted(est, X[fit], y[fit], names, config, seed, held_out=(X[held], y[held]))
+    except Exception as exc:
+        log.warning("refit landscapes failed: %s", exc)
+        notes.append(f"measures, refit: failed: {type(exc).__name__}: {exc}")
+        return {}
+    what = "the test set" if len(test_idx) else "its early-stopping split" if len(es) else "none"
+    notes.extend([f"measures, refit (held-out rows: {what}): {note}" for note in m.notes])
+    return {"refit_landscapes": LandscapeFiles(m, "refit", prefix="refit_")}
 
 
 def as_estimator(estimator: Any, metric: str, y: np.ndarray) -> Any:

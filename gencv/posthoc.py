@@ -11,11 +11,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from gencv.checksums import sha256_file, tag_key
 from gencv.errors import GencvError, SpecError, did_you_mean
-from gencv.measures import MeasureConfig, MeasureResult, compute_measures, plot_density, validate_measure_names
+from gencv.measures import (
+    MeasureConfig,
+    MeasureResult,
+    compute_measures,
+    plot_density,
+    save_landscapes,
+    validate_measure_names,
+)
 from gencv.models import load_module
 from gencv.modref import is_file_ref
 from gencv.runner import prepare, refit_rows
@@ -190,15 +198,21 @@ def measure_logged_run(
     given = refit_rows(exp, prep)
     groups = None if ds.groups is None else ds.groups[given]
     rows = given[refit_est.fit_positions(ds.y[given], groups)]
+    # held-out rows for the landscape measures: the test set, else the refit's early-stopping split
+    held_rows = prep.test_idx if len(prep.test_idx) else np.setdiff1d(given, rows)
     if ds.categorical or exp.data.impute != "none":
         # imputation and encoding are not in the logged buffers: the refit's preprocessor is fitted again
         # on the rows given to the refit (deterministic), as the refit fitted it
         refit_est.prepare_fit(ds.X[given], ds.y[given])
-        Xs = torch.as_tensor(refit_est.scaled(ds.X[rows])).float()
+
+        def scaled(r: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(refit_est.scaled(ds.X[r])).float()
     else:
         # The refit's scaler was fit on the rows given to the refit: (x - shift) / scale in float64, then float32 like the estimator.
-        X = torch.as_tensor(ds.X[rows], dtype=torch.float64)
-        Xs = ((X - state["shift"].double()) / state["scale"].double()).float()
+        def scaled(r: np.ndarray) -> torch.Tensor:
+            X = torch.as_tensor(ds.X[r], dtype=torch.float64)
+            return ((X - state["shift"].double()) / state["scale"].double()).float()
+    Xs = scaled(rows)
     module = est.build_module(Xs.shape[1])
     net_state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
     try:
@@ -206,15 +220,18 @@ def measure_logged_run(
     except RuntimeError as exc:
         raise GencvError(f"run {run_id}: the logged weights do not fit the network of its spec: {exc}") from None
     module.eval()
-    if ds.task == "classification":
-        y = torch.as_tensor(ds.y[rows], dtype=torch.long)
-        loss = torch.nn.functional.cross_entropy
-    else:
-        yv = torch.as_tensor(ds.y[rows], dtype=torch.float32).reshape(-1, 1)
-        y = (yv - state["y_mean"]) / state["y_std"]
-        loss = torch.nn.functional.mse_loss
+
+    def target(r: np.ndarray) -> torch.Tensor:
+        if ds.task == "classification":
+            return torch.as_tensor(ds.y[r], dtype=torch.long)
+        yv = torch.as_tensor(ds.y[r], dtype=torch.float32).reshape(-1, 1)
+        return (yv - state["y_mean"]) / state["y_std"]
+
+    y = target(rows)
+    loss = torch.nn.functional.cross_entropy if ds.task == "classification" else torch.nn.functional.mse_loss
+    held_out = (scaled(held_rows), target(held_rows)) if len(held_rows) else None
     result = compute_measures(module, Xs, y, loss, names, seed=derive_seed(exp.seed, "posthoc"), config=cfg,
-                              init_state=init_state)
+                              init_state=init_state, held_out=held_out)
     result.notes[:0] = notes
     if "norms" in names and init_state is None:
         result.notes.append(
@@ -236,5 +253,10 @@ def measure_logged_run(
                 png = Path(tmp) / "refit_hessian_density.png"
                 plot_density(*result.density, png, result.eigenvalues)
                 tracker.log_artifact(run_id, png, "plots")
+        if result.landscapes:  # plots/<measure>_refit.png and landscape/ grids, as `gencv run` logs them
+            with tempfile.TemporaryDirectory() as tmp:
+                save_landscapes(result.landscapes, tmp, "refit")
+                for sub in ("plots", "landscape"):
+                    tracker.log_artifact(run_id, Path(tmp) / sub, sub)
     tracker.flush()
     return PosthocResult(run_id, exp, result, int(len(rows)), cfg)

@@ -17,7 +17,7 @@ import pandas as pd
 
 from gencv import __version__
 from gencv.checksums import sha256_file, tag_key
-from gencv.cv import CVResult, FoldResult, Progress, cross_validate
+from gencv.cv import CVResult, FoldResult, Progress, cross_validate, refit_landscapes
 from gencv.data import Dataset, holdout_test, load_dataset
 from gencv.engines import NetEstimator, engine_used, estimator_from_spec, export_input
 from gencv.errors import DivergenceError, SpecError, TrackingError
@@ -349,6 +349,9 @@ def run_experiment(
                                      "no model was logged")
                 tracker.set_tags(run_id, {"gencv.refit": "failed"})
             else:
+                outcome.extras.update(refit_landscapes(  # the landscape measures of the refit model
+                    outcome.refit_estimator, ds.X, ds.y, refit_rows(exp, prep), prep.test_idx, exp.measures,
+                    measure_config, derive_seed(exp.seed, "refit", "measures"), outcome.notes))
                 try:
                     log_refit(tracker, run_id, prep, outcome.refit_estimator, outcome.refit_test_scores,
                               register=register)
@@ -566,11 +569,15 @@ def _measure_plots(result: CVResult, plots: Path) -> None:
         from gencv.measures import plot_density
     except ImportError:  # pragma: no cover
         return
+    from gencv.measures import save_landscapes
+
     for f in folds:
         m = f.artifacts.get("measure_result")
         if m is not None and getattr(m, "density", None) is not None:
             grid, dens = m.density
             plot_density(grid, dens, plots / f"hessian_density_fold{f.index}.png", getattr(m, "eigenvalues", None))
+        if m is not None and getattr(m, "landscapes", None):  # plots/<measure>_fold<i>.png, landscape/ grids
+            save_landscapes(m.landscapes, plots.parent, f"fold{f.index}")
     from gencv.report import plot_measures_vs_gap
 
     plot_measures_vs_gap(result, plots / "measures_vs_gap.png")

@@ -114,9 +114,12 @@ def _print_outcome(outcome: Any) -> None:
         s = summarize(vals, bounds=value_bounds(k))
         st.add_row(k, f"{s['mean']:.4f}", f"{s['std']:.4f}", f"[{s['ci_low']:.4f}, {s['ci_high']:.4f}]", str(s["n"]))
     out.print(st)
-    measure_keys = [k for k in HEADLINE_MEASURES if k in set(outcome.summary["metric"])]
+    listed = list(outcome.summary["metric"])
+    measure_keys = [k for k in HEADLINE_MEASURES if k in set(listed)]
+    measure_keys += [k for k in listed if k.startswith(("landscape_", "interpolation_max_bump"))]  # loss pictures
     if measure_keys:
-        mt = Table(title="curvature and sharpness at the final weights (training data; mean over folds)")
+        mt = Table(title="curvature and sharpness at the final weights (training data; `_valid`: the held-out fold; "
+                         "mean over folds)")
         for c in ("measure", "mean", "std", "n"):
             mt.add_column(c, justify="right")
         for k in measure_keys:

@@ -13,17 +13,21 @@ from gencv.measures.config import MEASURE_NAMES, MeasureConfig, validate_measure
 
 __all__ = [
     "MEASURE_NAMES",
+    "LandscapeFiles",
     "MeasureConfig",
     "MeasureResult",
     "compute_measures",
     "plot_density",
+    "save_landscapes",
     "validate_measure_names",
 ]
 
 _LAZY = {
+    "LandscapeFiles": "gencv.measures._landscape_plot",
     "MeasureResult": "gencv.measures._api",
     "compute_measures": "gencv.measures._api",
     "plot_density": "gencv.measures._density",
+    "save_landscapes": "gencv.measures._landscape_plot",
 }
 
 

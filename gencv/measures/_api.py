@@ -22,11 +22,17 @@ from gencv.measures._density import _broadened_density, _slq_nodes
 from gencv.measures._gauss_newton import _fisher_trace, _ggn_quad
 from gencv.measures._hessian import _hutchinson, _lanczos_top, _power_top
 from gencv.measures._hvp import _Landscape
+from gencv.measures._landscape import interpolation, landscape_1d, landscape_2d
 from gencv.measures._norms import _norm_values
-from gencv.measures._sharpness import _adaptive_sharpness, _eps_sharpness, _pacbayes_flatness
+from gencv.measures._sharpness import (
+    _adaptive_sharpness,
+    _eps_sharpness,
+    _pacbayes_flatness,
+)
 from gencv.measures.config import (  # noqa: F401  (re-exported)
     DEFAULT_TRACE_MIN_PROBES,
     EIG_METHODS,
+    LANDSCAPE_MEASURES,
     MEASURE_NAMES,
     MeasureConfig,
     validate_measure_names,
@@ -36,11 +42,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class MeasureResult:
-    """Flat finite metrics, the spectral density, top eigenvalues, notes and per-measure wall time."""
+    """Flat finite metrics, the spectral density, top eigenvalues, landscapes, notes and per-measure wall time."""
 
     values: dict[str, float]
     density: tuple[np.ndarray, np.ndarray] | None = None
     eigenvalues: np.ndarray | None = None
+    #: landscape_1d / landscape_2d / interpolation -> their axes and `train` (`valid`) loss arrays
+    landscapes: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -102,6 +110,7 @@ def compute_measures(
     seed: int,
     config: MeasureConfig | None = None,
     init_state: dict[str, torch.Tensor] | None = None,
+    held_out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> MeasureResult:
     """Compute the named curvature/sharpness measures of the mean training loss at the module's weights.
 
@@ -121,7 +130,10 @@ def compute_measures(
     config
         `MeasureConfig`; defaults when None.
     init_state
-        State dict at initialisation, for ``dist_from_init`` (skipped when None).
+        State dict at initialisation, for ``dist_from_init`` (skipped when None) and ``interpolation``.
+    held_out
+        ``(X, y)`` of rows the network was not fitted on: the landscape measures draw their loss beside
+        the training loss (a seeded subsample of ``config.sample_size`` rows); the other measures ignore it.
     """
     names = validate_measure_names(names)
     config = MeasureConfig() if config is None else config
@@ -143,6 +155,11 @@ def compute_measures(
     notes: list[str] = []
     X, y = _prepare_data(X, y, trainable[0].dtype, trainable[0].device, config.sample_size, seed, notes)
     result = MeasureResult(values={}, notes=notes)
+    held: _Landscape | None = None
+    if held_out is not None and any(n in LANDSCAPE_MEASURES for n in names):
+        Xh, yh = _prepare_data(held_out[0], held_out[1], trainable[0].dtype, trainable[0].device,
+                               config.sample_size, _sub_seed(seed, "held_out"), [])
+        held = _Landscape(module, Xh, yh, loss_fn, batch_size=config.batch_size)
     with _eval_mode(module):
         land = _Landscape(module, X, y, loss_fn, batch_size=config.batch_size)
         try:
@@ -152,7 +169,7 @@ def compute_measures(
             result.values.update(
                 {"loss": loss0, "sample_size": float(land.n_samples), "n_params": float(land.n_params)}
             )
-            ctx = _Context(land, loss0, config, seed, init_state, result, tuple(names))
+            ctx = _Context(land, loss0, config, seed, init_state, result, tuple(names), held=held)
             for name in names:
                 start = time.perf_counter()
                 hvps_before = land.hvp_count
@@ -186,6 +203,7 @@ class _Context:
     result: MeasureResult
     names: tuple[str, ...] = ()
     done: set[str] = field(default_factory=set)
+    held: _Landscape | None = None  # the held-out rows, for the landscape measures
 
     def generator(self, label: str) -> torch.Generator:
         """The measure's own generator, derived from the user seed."""
@@ -321,6 +339,27 @@ def _m_hessian_density(ctx: _Context) -> None:
     })
 
 
+def _m_landscape_1d(ctx: _Context) -> None:
+    values, grids = landscape_1d(ctx.land, ctx.held, ctx.cfg, ctx.generator("landscape_1d"), ctx.result.notes)
+    ctx.result.values.update(values)
+    ctx.result.landscapes["landscape_1d"] = grids
+
+
+def _m_landscape_2d(ctx: _Context) -> None:
+    values, grids = landscape_2d(ctx.land, ctx.held, ctx.cfg, ctx.generator("landscape_2d"), ctx.result.notes)
+    ctx.result.values.update(values)
+    ctx.result.landscapes["landscape_2d"] = grids
+
+
+def _m_interpolation(ctx: _Context) -> None:
+    if ctx.init_state is None:
+        ctx.result.notes.append("interpolation: no initial weights (init_state) were given; skipped")
+        return
+    values, grids = interpolation(ctx.land, ctx.held, ctx.cfg, ctx.init_state, ctx.result.notes)
+    ctx.result.values.update(values)
+    ctx.result.landscapes["interpolation"] = grids
+
+
 _MEASURES: dict[str, Callable[[_Context], None]] = {
     "hessian_top": _m_hessian_top,
     "hessian_trace": _m_hutchinson,
@@ -332,4 +371,7 @@ _MEASURES: dict[str, Callable[[_Context], None]] = {
     "pacbayes_flatness": _m_pacbayes,
     "norms": _m_norms,
     "hessian_density": _m_hessian_density,
+    "landscape_1d": _m_landscape_1d,
+    "landscape_2d": _m_landscape_2d,
+    "interpolation": _m_interpolation,
 }

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from gencv.errors import SpecError, did_you_mean
 
-__all__ = ["DEFAULT_TRACE_MIN_PROBES", "EIG_METHODS", "MEASURE_NAMES", "MeasureConfig", "is_diagnostic",
-           "validate_measure_names"]
+__all__ = ["DEFAULT_TRACE_MIN_PROBES", "EIG_METHODS", "LANDSCAPE_MEASURES", "MEASURE_NAMES", "MeasureConfig",
+           "is_diagnostic", "radius_label", "validate_measure_names"]
 
 MEASURE_NAMES: tuple[str, ...] = (
     "hessian_top",
@@ -25,7 +25,13 @@ MEASURE_NAMES: tuple[str, ...] = (
     "pacbayes_flatness",
     "norms",
     "hessian_density",
+    "landscape_1d",
+    "landscape_2d",
+    "interpolation",
 )
+#: Loss pictures (Li et al. 2018; Goodfellow et al. 2015): also computed on the refit model, on the
+#: folds named by `MeasureConfig.landscape_folds`, and on the held-out rows beside the training rows.
+LANDSCAPE_MEASURES: tuple[str, ...] = ("landscape_1d", "landscape_2d", "interpolation")
 EIG_METHODS: tuple[str, ...] = ("lanczos", "power")
 
 #: Output keys that describe how a measure was computed (iterations, probes, standard errors, the
@@ -42,12 +48,14 @@ def is_diagnostic(key: str) -> bool:
 _POSITIVE_INTS = (
     "top_k", "max_iter", "trace_max_probes", "diag_probes", "ascent_steps", "ascent_restarts", "ascent_max_iter",
     "n_random_directions", "pacbayes_mc_samples", "pacbayes_max_samples", "density_probes", "density_steps",
+    "landscape_points_1d", "landscape_points_2d", "landscape_directions", "interpolation_points", "landscape_batch",
 )
 #: Hutchinson's default minimum probe count: with 10, about 1 seed in 40 stopped on an underestimated
 #: standard error (heavy-tailed z^T A z) and missed the exact trace by 6-8 SE on the test nets; with 30, none.
 DEFAULT_TRACE_MIN_PROBES = 30
 _POSITIVE_FLOATS = (
     "eig_tol", "trace_rel_se", "eps", "ascent_tol", "adaptive_rho", "pacbayes_target", "pacbayes_rel_se",
+    "landscape_radius", "landscape_rise_radius",
 )
 
 
@@ -78,8 +86,17 @@ class MeasureConfig:
     density_probes: int = 3
     density_steps: int = 30
     batch_size: int | None = None
+    landscape_radius: float = 1.0
+    landscape_points_1d: int = 51
+    landscape_points_2d: int = 41
+    landscape_directions: int = 3
+    landscape_rise_radius: float = 0.5
+    interpolation_points: int = 51
+    landscape_batch: int = 256
+    landscape_folds: str | tuple[int, ...] = "all"
 
     def __post_init__(self) -> None:
+        self._check_landscape_folds()
         for name in ("sample_size", "batch_size", "trace_min_probes", *_POSITIVE_INTS):
             value = getattr(self, name)
             if value is None and name in ("sample_size", "batch_size", "trace_min_probes"):
@@ -123,11 +140,51 @@ class MeasureConfig:
                 + did_you_mean(self.eig_method, EIG_METHODS)
             )
 
+        for name in ("landscape_points_1d", "landscape_points_2d"):
+            value = getattr(self, name)
+            if value < 3 or value % 2 == 0:
+                raise ValueError(
+                    f"MeasureConfig.{name} must be odd and >= 3 (the grid's centre is the final weights), got "
+                    f"{value}; pass e.g. {value + 1 if value >= 3 else 3}"
+                )
+        if self.interpolation_points < 2:
+            raise ValueError(f"MeasureConfig.interpolation_points must be >= 2, got {self.interpolation_points}")
+
+    def _check_landscape_folds(self) -> None:
+        value = self.landscape_folds
+        if isinstance(value, str):
+            if value not in ("all", "none"):
+                raise ValueError(
+                    f"MeasureConfig.landscape_folds: got {value!r}; use 'all', 'none' or a list of fold indices "
+                    "such as [0, 2]"
+                )
+            return
+        if isinstance(value, (list, tuple)) and all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value
+        ):
+            object.__setattr__(self, "landscape_folds", tuple(sorted(set(value))))
+            return
+        raise ValueError(
+            f"MeasureConfig.landscape_folds: got {value!r}; use 'all', 'none' or a list of fold indices (ints >= 0) "
+            "such as [0, 2]"
+        )
+
+    def measures_for_fold(self, names: Sequence[str], fold: int) -> list[str]:
+        """`names` without the landscape measures when `landscape_folds` leaves fold `fold` out."""
+        folds = self.landscape_folds
+        keep = folds == "all" or (not isinstance(folds, str) and fold in folds)
+        return [n for n in names if keep or n not in LANDSCAPE_MEASURES]
+
     def min_trace_probes(self) -> int:
         """Hutchinson's minimum probe count: `trace_min_probes`, or min(30, trace_max_probes) when None."""
         if self.trace_min_probes is not None:
             return self.trace_min_probes
         return min(DEFAULT_TRACE_MIN_PROBES, self.trace_max_probes)
+
+
+def radius_label(radius: float) -> str:
+    """A radius as part of a metric name: 0.5 -> 'r0p5', 1 -> 'r1' (MLflow-safe, no dot)."""
+    return "r" + f"{radius:g}".replace(".", "p").replace("-", "m").replace("+", "")
 
 
 def validate_measure_names(names: Sequence[str]) -> list[str]:

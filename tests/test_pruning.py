@@ -75,7 +75,6 @@ def test_masks_reach_the_stated_sparsity_exactly(method: str, level: float) -> N
 def test_random_at_level_zero_changes_nothing() -> None:
     module = _mlp()
     before = copy.deepcopy(module.state_dict())
-    X, _ = _data()
     apply_masks_(module, masks_from_scores(saliency("random", module, SaliencyData(seed=3)), 0.0, "layer"))
     bake_(module)
     for k, v in module.state_dict().items():
@@ -129,7 +128,7 @@ def test_probed_hessian_diagonal_within_its_standard_error() -> None:
     assert abs(float(z.mean())) < 0.2
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(batch_norm=True), dict(activation="sigmoid")])
+@pytest.mark.parametrize("kw", [{}, {"batch_norm": True}, {"activation": "sigmoid"}])
 def test_neuron_surgery_shrinks_and_equals_the_masked_network(kw: dict) -> None:
     module = _mlp(hidden=(8, 6), **kw)
     X, _ = _data()

@@ -16,7 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gencv.pruning.finetune import FinetuneResult, count_parameters, finetune_, inference_seconds
+from gencv.pruning.finetune import (
+    FinetuneResult,
+    count_parameters,
+    finetune_,
+    inference_seconds,
+)
 from gencv.pruning.masks import (
     SaliencyData,
     apply_masks_,

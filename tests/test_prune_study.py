@@ -12,7 +12,13 @@ from typer.testing import CliRunner
 
 from gencv.cli.app import app
 from gencv.errors import SpecError
-from gencv.studies.prune import BASELINE, PruneSettings, check_settings, parse_levels, run_prune
+from gencv.studies.prune import (
+    BASELINE,
+    PruneSettings,
+    check_settings,
+    parse_levels,
+    run_prune,
+)
 from gencv.tracking import MlflowTracker
 
 from .conftest import tiny

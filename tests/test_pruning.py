@@ -23,6 +23,7 @@ from gencv.pruning import (
     mask_units_,
     masks_from_scores,
     prunable,
+    rewind_,
     saliency,
     shrink,
     sparsity,
@@ -195,3 +196,19 @@ def test_finetune_early_stopping_restores_the_best_epoch() -> None:
         final = float(F.cross_entropy(module(Xe), ye))
     assert final == pytest.approx(min(res.es_losses), rel=1e-12)
     assert res.es_losses[res.best_epoch - 1] == min(res.es_losses)
+
+
+def test_rewinding_restores_the_initial_values_of_surviving_weights() -> None:
+    init = _mlp(seed=1)
+    init_state = copy.deepcopy(init.state_dict())
+    module = copy.deepcopy(init)
+    X, y = _data()
+    finetune_(module, X, y, F.cross_entropy, epochs=3, optimizer=torch.optim.Adam, optimizer_args={}, lr=0.05,
+              batch_size=8, seed=0)
+    apply_masks_(module, masks_from_scores(saliency("magnitude", module), 0.7, "layer"))
+    rewind_(module, init_state)
+    for name, lay in prunable(module).items():
+        kept = lay.weight_mask.bool()
+        torch.testing.assert_close(lay.weight[kept], init_state[f"{name}.weight"][kept], rtol=0, atol=0)
+        assert torch.all(lay.weight[~kept] == 0)
+        torch.testing.assert_close(lay.bias, init_state[f"{name}.bias"], rtol=0, atol=0)

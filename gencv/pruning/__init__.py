@@ -29,6 +29,7 @@ from gencv.pruning.masks import (
     hessian_diagonal,
     masks_from_scores,
     prunable,
+    rewind_,
     saliency,
     sparsity,
 )
@@ -36,7 +37,7 @@ from gencv.pruning.surgery import keep_by_norm, mask_units_, shrink, structured_
 
 __all__ = ["METHODS", "FinetuneResult", "Method", "SaliencyData", "apply_masks_", "bake_", "count_parameters",
            "finetune_", "hessian_diagonal", "inference_seconds", "keep_by_norm", "mask_units_", "masks_from_scores",
-           "prunable", "saliency", "shrink", "sparsity", "structured_units"]
+           "prunable", "rewind_", "saliency", "shrink", "sparsity", "structured_units"]
 
 
 @dataclass(frozen=True)

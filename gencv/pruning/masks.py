@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 __all__ = ["SaliencyData", "Scope", "apply_masks_", "bake_", "hessian_diagonal", "masks_from_scores",
-           "prunable", "saliency", "sparsity"]
+           "prunable", "rewind_", "saliency", "sparsity"]
 
 Scope = Literal["layer", "global"]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -215,3 +215,20 @@ def sparsity(module: nn.Module) -> tuple[float, dict[str, float]]:
         zeros += z
         total += w.numel()
     return (zeros / total if total else 0.0), per
+
+
+def rewind_(module: nn.Module, init_state: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Every parameter and buffer back to `init_state` (a state dict of the unpruned module), in place.
+
+    Masks stay: survivors get their initial values, pruned weights stay zero (the lottery-ticket rewind).
+    """
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.copy_(init_state[name.removesuffix("_orig")])
+        for name, b in module.named_buffers():
+            if not name.endswith("_mask") and name in init_state:
+                b.copy_(init_state[name])
+        for lay in prunable(module).values():  # the masked weight is recomputed only at the next forward
+            if hasattr(lay, "weight_mask"):
+                lay.weight = lay.weight_orig * lay.weight_mask
+    return module

@@ -189,6 +189,7 @@ def prune_fold(fd: _FoldData, exp: Experiment, settings: PruneSettings, method: 
         count_parameters,
         keep_by_norm,
         masks_from_scores,
+        rewind_,
         saliency,
         shrink,
         sparsity,
@@ -213,7 +214,7 @@ def prune_fold(fd: _FoldData, exp: Experiment, settings: PruneSettings, method: 
             masks = masks_from_scores(scores, target, spec.scope, keep_pruned=current or None)
             apply_masks_(module, masks)
             if rewind:
-                _rewind_masked_(module, init)
+                rewind_(module, init.state_dict())
         else:
             step = 1.0 - (1.0 - level) ** (1 / k)  # of the units left: K rounds reach about `level` overall
             keep = keep_by_norm(module, method, step if level > 0 else 0.0)
@@ -251,20 +252,6 @@ def _units(module: Any, method: str) -> list[Any]:
     from gencv.pruning import structured_units
 
     return [u.layer for u in structured_units(module, method)]
-
-
-def _rewind_masked_(module: Any, init: Any) -> None:
-    """Every parameter back to its initial value (survivors of a mask keep their mask: pruned stay zero)."""
-    import torch
-
-    init_params = dict(init.named_parameters())
-    init_buffers = dict(init.named_buffers())
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            p.copy_(init_params[name.removesuffix("_orig")])
-        for name, b in module.named_buffers():
-            if not name.endswith("weight_mask") and name in init_buffers:
-                b.copy_(init_buffers[name])
 
 
 def _timing(module: Any, unpruned: Any, n_in: int) -> dict[str, float]:

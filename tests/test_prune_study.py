@@ -78,3 +78,19 @@ def test_prune_command_prints_json_and_refuses_a_bad_method() -> None:
     assert [(r["method"], r["level"]) for r in d["levels"]] == [(BASELINE, 0.0), ("global_magnitude", 0.8)]
     bad = CliRunner().invoke(app, ["prune", str(spec), "-m", "channel", "--no-track"])
     assert bad.exit_code == 2 and "needs model.kind=cnn" in bad.output
+
+
+@pytest.mark.slow
+def test_iterative_rounds_and_rewind_reach_the_level() -> None:
+    settings = PruneSettings(("magnitude", "neuron"), (0.75,), finetune_epochs=1, iterative=2, rewind=True,
+                             timing=False)
+    out = run_prune(tiny(**FAST), settings)
+    t = out.table.set_index(["method", "level"])
+    assert sorted(t.index) == sorted([(BASELINE, 0.0), ("magnitude", 0.75), ("neuron", 0.75),
+                                      ("magnitude+rewind", 0.75), ("neuron+rewind", 0.75)])
+    for m in ("magnitude", "magnitude+rewind"):  # the last round prunes to the level itself, per layer
+        assert t.loc[(m, 0.75), "sparsity_mean"] == pytest.approx(0.75, abs=1 / 56)
+    # 8 hidden units, two rounds of 1 - 0.25 ** 0.5 = 50%: 8 -> 4 -> 2
+    assert t.loc[("neuron", 0.75), "units_removed_fraction_mean"] == pytest.approx(0.75)
+    f = out.folds
+    assert (f.loc[f["method"] == "magnitude", "finetune_epochs_run"] == 2).all()  # 1 epoch x 2 rounds

@@ -94,3 +94,31 @@ def test_iterative_rounds_and_rewind_reach_the_level() -> None:
     assert t.loc[("neuron", 0.75), "units_removed_fraction_mean"] == pytest.approx(0.75)
     f = out.folds
     assert (f.loc[f["method"] == "magnitude", "finetune_epochs_run"] == 2).all()  # 1 epoch x 2 rounds
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_resumes_without_retraining(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    settings = PruneSettings(("magnitude",), (0.5, 0.9), finetune_epochs=1, timing=False)
+    steps: list[tuple[int, str, float]] = []
+
+    def stop_after_four(fold: int, label: str, level: float, res: object) -> None:
+        steps.append((fold, label, level))
+        if len(steps) == 4:  # fold 0 done (3 steps), fold 1 one step in
+            raise KeyboardInterrupt
+
+    tracker = MlflowTracker(uri)
+    with pytest.raises(KeyboardInterrupt) as info:
+        run_prune(tiny(**FAST), settings, tracker=tracker, on_step=stop_after_four)
+    run_id = info.value.gencv_run_id
+    client = MlflowClient(uri)
+    assert client.get_run(run_id).info.status == "KILLED"
+    again: list[tuple[int, str, float]] = []
+    out = run_prune(tiny(**FAST), settings, tracker=MlflowTracker(uri), resume=run_id,
+                    on_step=lambda f, lab, lv, r: again.append((f, lab, lv)))
+    assert len(again) == 9 - 4 and not set(again) & set(steps)
+    assert out.run_id == run_id and client.get_run(run_id).info.status == "FINISHED"
+    children = client.search_runs([client.get_run(run_id).info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+    assert [c.info.run_name for c in children].count("trained") == 1
+    assert "trained (resumed)" not in [c.info.run_name for c in children]  # every fold was saved before pruning
+    assert (out.table["folds_ok"] == 3).all()

@@ -44,6 +44,8 @@ def prune(
     set_: SetOpt = None,
     tracking_uri: UriOpt = None,
     no_track: Annotated[bool, typer.Option("--no-track", help="do not record anything in MLflow")] = False,
+    resume: Annotated[str | None, typer.Option("--resume", help="prune run id: its saved trained folds and finished "
+                                               "(fold, method, level) steps are reused")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the results as JSON on stdout")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -75,7 +77,7 @@ def prune(
                 v = res.valid_scores.get(exp.metric, float("nan"))
                 err.print(f"fold {fold}: {label} at {level:g}: {exp.metric} {v:.4f}", highlight=False)
 
-        result = run_prune(exp, settings, tracker=tracker, on_step=step)
+        result = run_prune(exp, settings, tracker=tracker, on_step=step, resume=resume)
         if json_out:
             print(json.dumps({"run_id": result.run_id, "levels": json.loads(result.table.to_json(orient="records")),
                               "notes": result.notes}, default=str))
@@ -84,9 +86,11 @@ def prune(
         return result
 
     def resume_hint(exc: BaseException) -> str:
+        run_id = getattr(exc, "gencv_run_id", None) or resume
         return command("prune", spec_path(spec), set_, *[("--method", m) for m in method or []],
                        ("--levels", levels), ("--finetune-epochs", finetune_epochs), ("--iterative", iterative),
-                       ("--rewind", rewind), ("--tracking-uri", redacted(tracking_uri)), ("--no-track", no_track))
+                       ("--rewind", rewind), ("--hessian-probes", hessian_probes), ("--no-timing", no_timing),
+                       ("--tracking-uri", redacted(tracking_uri)), ("--no-track", no_track), ("--resume", run_id))
 
     guard(go, resume_hint)
 

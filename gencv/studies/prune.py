@@ -30,6 +30,7 @@ from gencv.spec import Experiment
 from gencv.splits import folds_digest
 from gencv.stats import holm
 from gencv.studies.compare import RunScores, compare_runs
+from gencv.studies.prune_store import PruneStore
 from gencv.tracking import NullTracker, Tracker
 
 __all__ = ["BASELINE", "PruneOutcome", "PruneSettings", "check_settings", "parse_levels", "run_prune"]
@@ -269,8 +270,12 @@ Step = Callable[[int, str, float, FoldResult], None]
 
 
 def run_prune(exp: Experiment, settings: PruneSettings, *, tracker: Tracker | None = None,
-              on_step: Step | None = None, prepared: Prepared | None = None) -> PruneOutcome:
-    """Train every fold once, then prune, fine-tune and score each method at each level; compare with level 0."""
+              on_step: Step | None = None, prepared: Prepared | None = None, resume: str | None = None) -> PruneOutcome:
+    """Train every fold once, then prune, fine-tune and score each method at each level; compare with level 0.
+
+    `resume`: the id of an interrupted prune run: its saved trained folds are not retrained and its
+    finished (fold, method, level) steps are read back.
+    """
     check_settings(exp, settings)
     tracker = tracker or NullTracker()
     notes: list[str] = []
@@ -282,26 +287,20 @@ def run_prune(exp: Experiment, settings: PruneSettings, *, tracker: Tracker | No
     ds = prep.dataset
     digest = folds_digest(prep.folds)
     tags = run_tags(exp, ds, prep.folds)
-    parent = tracker.start_run(exp.name, f"{exp.name}-prune", tags={**tags, "gencv.kind": "prune"})
-    tracker.log_params(parent, {**exp.flat_params(), "prune.methods": ",".join(settings.methods),
-                                "prune.levels": ",".join(f"{v:g}" for v in settings.levels),
-                                "prune.finetune_epochs": settings.epochs(exp), "prune.iterative": settings.iterative,
-                                "prune.rewind": settings.rewind, "prune.hessian_probes": settings.hessian_probes})
-    tracker.log_text(parent, exp.to_yaml(), "spec.yaml")
-    resolve = getattr(tracker, "resolve", None)
-    if callable(resolve):
-        parent = resolve(parent)
+    if resume:
+        PruneStore.check(tracker, resume)
+        parent = resume
+        tracker.client.update_run(parent, status="RUNNING")  # type: ignore[attr-defined]
+        saved, done = PruneStore(tracker, parent).load()
+        log.info("resuming prune run %s: %d trained fold(s), %d finished step(s)", parent, len(saved), len(done))
+    else:
+        parent = _start_parent(tracker, exp, settings, tags)
+        saved, done = {}, {}
+    store = PruneStore(tracker, parent)
     status = "FAILED"
     try:
-        trained_run = tracker.start_run(exp.name, "trained", parent=parent,
-                                        tags={**tags, "gencv.prune_variant": "trained (before pruning)"})
-        trained = cross_validate(prep.estimator, ds.X, ds.y, prep.folds, metric=exp.metric, seed=exp.seed,
-                                 X_test=prep.X_test, y_test=prep.y_test, tracker=tracker, experiment=exp.name,
-                                 parent_run=trained_run, keep_estimators=True, groups=ds.groups,
-                                 train_fraction=exp.data.train_fraction)
-        tracker.log_params(trained_run, {"n_folds": len(prep.folds)})
-        tracker.end_run(trained_run, "FINISHED")
-        records = _sweep(exp, settings, prep, trained.ok_folds, on_step)
+        trained = _train_folds(exp, prep, tracker, parent, tags, saved, store)
+        records = _sweep(exp, settings, prep, trained.ok_folds, on_step, store, done)
         if trained.n_failed:
             notes.append(f"{trained.n_failed} fold(s) failed in training and are left out")
         for r in trained.folds:
@@ -313,8 +312,10 @@ def run_prune(exp: Experiment, settings: PruneSettings, *, tracker: Tracker | No
         log_prune(tracker, parent, outcome, records, tags)
         status = "FINISHED"
         return outcome
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         status = "KILLED"
+        if not isinstance(tracker, NullTracker):
+            exc.gencv_run_id = parent  # type: ignore[attr-defined]  # the CLI's resume hint
         raise
     finally:
         tracker.end_run(parent, status)
@@ -323,8 +324,47 @@ def run_prune(exp: Experiment, settings: PruneSettings, *, tracker: Tracker | No
             flush()
 
 
+def _start_parent(tracker: Tracker, exp: Experiment, settings: PruneSettings, tags: dict[str, str]) -> str:
+    parent = tracker.start_run(exp.name, f"{exp.name}-prune", tags={**tags, "gencv.kind": "prune"})
+    tracker.log_params(parent, {**exp.flat_params(), "prune.methods": ",".join(settings.methods),
+                                "prune.levels": ",".join(f"{v:g}" for v in settings.levels),
+                                "prune.finetune_epochs": settings.epochs(exp), "prune.iterative": settings.iterative,
+                                "prune.rewind": settings.rewind, "prune.hessian_probes": settings.hessian_probes})
+    tracker.log_text(parent, exp.to_yaml(), "spec.yaml")
+    resolve = getattr(tracker, "resolve", None)
+    return resolve(parent) if callable(resolve) else parent
+
+
+def _train_folds(exp: Experiment, prep: Prepared, tracker: Tracker, parent: str, tags: dict[str, str],
+                 saved: dict[int, Any], store: PruneStore) -> Any:
+    """Every fold trained as `gencv run` trains it (folds saved by an interrupted run are reused), then saved."""
+    ds = prep.dataset
+    done = {}
+    for i, fold in enumerate(prep.folds):
+        if fold.index in saved:
+            done[i] = FoldResult(index=fold.index, seed=derive_seed(exp.seed, "fold", i), n_train=len(fold.train),
+                                 n_valid=len(fold.valid), estimator=saved[fold.index])
+    trained_run = None
+    if len(done) < len(prep.folds):
+        trained_run = tracker.start_run(exp.name, "trained" if not saved else "trained (resumed)", parent=parent,
+                                        tags={**tags, "gencv.prune_variant": "trained (before pruning)"})
+        tracker.log_params(trained_run, {"n_folds": len(prep.folds), "metric": exp.metric})
+    trained = cross_validate(prep.estimator, ds.X, ds.y, prep.folds, metric=exp.metric, seed=exp.seed,
+                             X_test=prep.X_test, y_test=prep.y_test, tracker=tracker, experiment=exp.name,
+                             parent_run=trained_run, keep_estimators=True, groups=ds.groups, done=done,
+                             train_fraction=exp.data.train_fraction)
+    if trained_run is not None:
+        tracker.end_run(trained_run, "FINISHED")
+    for r in trained.ok_folds:
+        if r.index not in saved:
+            store.save_trained(r.index, r.estimator)
+    return trained
+
+
 def _sweep(exp: Experiment, settings: PruneSettings, prep: Prepared, trained: Sequence[FoldResult],
-           on_step: Step | None) -> dict[tuple[str, float], list[tuple[FoldResult, dict[str, float]]]]:
+           on_step: Step | None, store: PruneStore | None = None,
+           done: dict[tuple[str, str, int], tuple[FoldResult, dict[str, float]]] | None = None,
+           ) -> dict[tuple[str, float], list[tuple[FoldResult, dict[str, float]]]]:
     """(variant label, level) -> per fold (scored FoldResult, pruning facts); level 0 under BASELINE."""
     from gencv.pruning import METHODS
 
@@ -336,6 +376,10 @@ def _sweep(exp: Experiment, settings: PruneSettings, prep: Prepared, trained: Se
         fd = _fold_data(fr.estimator, ds.X, ds.y, prep.folds[fr.index], fr.seed)
         n_in = int(fd.X_fit.shape[1])
         for label, method, level, rewind in steps:
+            prior = (done or {}).get((label, f"{level:g}", fr.index))
+            if prior is not None:
+                records.setdefault((label, level), []).append(prior)
+                continue
             est, facts = prune_fold(fd, exp, settings, method, level, rewind)
             res = score_fold(FoldFit(fd.fold, fd.seed, est), ds.X, ds.y, metric=exp.metric, X_test=prep.X_test,
                              y_test=prep.y_test, measures=exp.measures, measure_config=measure_config_for(exp))
@@ -343,6 +387,8 @@ def _sweep(exp: Experiment, settings: PruneSettings, prep: Prepared, trained: Se
                 facts |= _timing(est.module_, fd.est.module_, n_in)
             res.estimator = None
             records.setdefault((label, level), []).append((res, facts))
+            if store is not None:
+                store.save_step(label, level, res, facts)
             if on_step is not None:
                 on_step(fr.index, label, level, res)
             log.info("fold %d %s level %g: valid %s %.4f", fr.index, label, level, exp.metric,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +192,3 @@ def log_prune(tracker: Tracker, parent: str, outcome: PruneOutcome, records: Rec
         (d / "summary.md").write_text(prune_markdown(outcome))
         tracker.log_artifact(parent, d / "summary.md")
         tracker.log_text(parent, json.dumps(outcome.notes), "notes.json")
-
-
-def outcome_rows(outcome: PruneOutcome, columns: Sequence[str]) -> list[dict[str, Any]]:
-    return json.loads(outcome.table[[c for c in columns if c in outcome.table]].to_json(orient="records"))

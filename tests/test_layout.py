@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("gencv.models",),
     ("gencv.engines",),
     ("gencv.measures",),
+    ("gencv.pruning",),
     ("gencv.tracking",),
     ("gencv.cv",),
     ("gencv.stats", "gencv.report"),

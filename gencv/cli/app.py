@@ -13,6 +13,7 @@ import typer
 from gencv.cli.compare import compare
 from gencv.cli.datasets import datasets
 from gencv.cli.measure import measure
+from gencv.cli.prune import prune
 from gencv.cli.run import run
 from gencv.cli.sweep import sweep
 from gencv.cli.tune import tune
@@ -23,7 +24,7 @@ __all__ = ["app", "main"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Cross-validation and generalization experiments for PyTorch networks.")
-for command in (run, tune, sweep, compare, measure, validate, datasets, ui):
+for command in (run, tune, sweep, prune, compare, measure, validate, datasets, ui):
     app.command()(command)
 
 

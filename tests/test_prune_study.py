@@ -1,0 +1,124 @@
+"""`gencv prune`: settings refused before training, the sweep's table and tests, MLflow layout, the command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from gencv.cli.app import app
+from gencv.errors import SpecError
+from gencv.studies.prune import (
+    BASELINE,
+    PruneSettings,
+    check_settings,
+    parse_levels,
+    run_prune,
+)
+from gencv.tracking import MlflowTracker
+
+from .conftest import tiny
+
+FAST = {"train.max_epochs": 3, "cv.n_splits": 3}
+
+
+def test_levels_parse_and_bad_settings_are_refused() -> None:
+    assert parse_levels("0.9,0.5,0.5") == (0.5, 0.9)
+    for bad in ("0,0.5", "1", "x"):
+        with pytest.raises(SpecError, match="--levels"):
+            parse_levels(bad)
+    exp = tiny(**FAST)
+    with pytest.raises(SpecError, match="--method: got 'prune_all'"):
+        check_settings(exp, PruneSettings(("prune_all",), (0.5,)))
+    with pytest.raises(SpecError, match="channel pruning removes conv filters"):
+        check_settings(exp, PruneSettings(("channel",), (0.5,)))
+    with pytest.raises(SpecError, match="--hessian-probes"):
+        check_settings(exp, PruneSettings(("hessian",), (0.5,), hessian_probes=1))
+
+
+@pytest.mark.slow
+def test_sweep_scores_every_method_and_level_against_the_baseline(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    settings = PruneSettings(("random", "magnitude", "hessian", "neuron"), (0.5, 0.9), finetune_epochs=2,
+                             hessian_probes=0, timing=False)
+    out = run_prune(tiny(**FAST), settings, tracker=MlflowTracker(uri))
+    t = out.table.set_index(["method", "level"])
+    assert len(t) == 1 + 4 * 2 and (t["folds_ok"] == 3).all()
+    assert t.loc[(BASELINE, 0.0), "sparsity_mean"] == 0.0
+    for m in ("magnitude", "hessian"):  # per layer or global: exactly the level (4x8 + 8x3 weights)
+        assert t.loc[(m, 0.9), "sparsity_mean"] == pytest.approx(0.9, abs=1 / 56)
+    assert t.loc[("neuron", 0.5), "n_params_mean"] < t.loc[(BASELINE, 0.0), "n_params_mean"]
+    p = t["p_holm"].dropna()
+    assert len(p) == 8 and (p >= t["p_corrected"].dropna()).all() and (p <= 1).all()
+    np.testing.assert_allclose(t[["P_better", "P_equivalent", "P_worse"]].dropna().sum(axis=1), 1.0, atol=1e-9)
+    client = MlflowClient(uri)
+    parent = client.get_run(out.run_id)
+    assert parent.data.tags["gencv.kind"] == "prune"
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{out.run_id}'")
+    assert sorted(c.info.run_name for c in children) == sorted(
+        ["trained", f"{BASELINE}@0"] + [f"{m}@{lv:g}" for m in settings.methods for lv in settings.levels])
+    level_run = next(c for c in children if c.info.run_name == "magnitude@0.9")
+    folds = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{level_run.info.run_id}'")
+    assert len(folds) == 3 and all(f.data.metrics["sparsity"] == pytest.approx(0.9, abs=1 / 56) for f in folds)
+    assert {a.path for a in client.list_artifacts(out.run_id, "plots")} == {"plots/prune_levels.png"}
+
+
+@pytest.mark.slow
+def test_prune_command_prints_json_and_refuses_a_bad_method() -> None:
+    spec = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.yaml"
+    res = CliRunner().invoke(app, ["prune", str(spec), "-m", "global_magnitude", "--levels", "0.8", "--set",
+                                   "train.max_epochs=2", "--set", "cv.n_splits=2", "--finetune-epochs", "1",
+                                   "--no-track", "--json"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout.strip().splitlines()[-1])
+    assert [(r["method"], r["level"]) for r in d["levels"]] == [(BASELINE, 0.0), ("global_magnitude", 0.8)]
+    bad = CliRunner().invoke(app, ["prune", str(spec), "-m", "channel", "--no-track"])
+    assert bad.exit_code == 2 and "needs model.kind=cnn" in bad.output
+
+
+@pytest.mark.slow
+def test_iterative_rounds_and_rewind_reach_the_level() -> None:
+    settings = PruneSettings(("magnitude", "neuron"), (0.75,), finetune_epochs=1, iterative=2, rewind=True,
+                             timing=False)
+    out = run_prune(tiny(**FAST), settings)
+    t = out.table.set_index(["method", "level"])
+    assert sorted(t.index) == sorted([(BASELINE, 0.0), ("magnitude", 0.75), ("neuron", 0.75),
+                                      ("magnitude+rewind", 0.75), ("neuron+rewind", 0.75)])
+    for m in ("magnitude", "magnitude+rewind"):  # the last round prunes to the level itself, per layer
+        assert t.loc[(m, 0.75), "sparsity_mean"] == pytest.approx(0.75, abs=1 / 56)
+    # 8 hidden units, two rounds of 1 - 0.25 ** 0.5 = 50%: 8 -> 4 -> 2
+    assert t.loc[("neuron", 0.75), "units_removed_fraction_mean"] == pytest.approx(0.75)
+    f = out.folds
+    assert (f.loc[f["method"] == "magnitude", "finetune_epochs_run"] == 2).all()  # 1 epoch x 2 rounds
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_resumes_without_retraining(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    settings = PruneSettings(("magnitude",), (0.5, 0.9), finetune_epochs=1, timing=False)
+    steps: list[tuple[int, str, float]] = []
+
+    def stop_after_four(fold: int, label: str, level: float, res: object) -> None:
+        steps.append((fold, label, level))
+        if len(steps) == 4:  # fold 0 done (3 steps), fold 1 one step in
+            raise KeyboardInterrupt
+
+    tracker = MlflowTracker(uri)
+    with pytest.raises(KeyboardInterrupt) as info:
+        run_prune(tiny(**FAST), settings, tracker=tracker, on_step=stop_after_four)
+    run_id = info.value.gencv_run_id
+    client = MlflowClient(uri)
+    assert client.get_run(run_id).info.status == "KILLED"
+    again: list[tuple[int, str, float]] = []
+    out = run_prune(tiny(**FAST), settings, tracker=MlflowTracker(uri), resume=run_id,
+                    on_step=lambda f, lab, lv, r: again.append((f, lab, lv)))
+    assert len(again) == 9 - 4 and not set(again) & set(steps)
+    assert out.run_id == run_id and client.get_run(run_id).info.status == "FINISHED"
+    children = client.search_runs([client.get_run(run_id).info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+    assert [c.info.run_name for c in children].count("trained") == 1
+    assert "trained (resumed)" not in [c.info.run_name for c in children]  # every fold was saved before pruning
+    assert (out.table["folds_ok"] == 3).all()

@@ -85,7 +85,9 @@ def test_refit_is_a_logged_model_of_the_parent_run_and_registered(tracking_uri: 
     assert mlmodel.model_id == lm.model_id and mlmodel.run_id == out.run_id
     assert mlmodel.signature is not None and mlmodel.saved_input_example_info is not None
     assert mlmodel.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] in ([-1, 4], (-1, 4))
-    assert mlmodel.metadata == {"gencv_version": __version__, "classes": ["setosa", "versicolor", "virginica"]}
+    assert mlmodel.metadata == {"gencv_version": __version__, "task": "classification",
+                                "classes": ["setosa", "versicolor", "virginica"],
+                                "feature_names": list(out.dataset.feature_names), "input": "raw features"}
     (version,) = client.search_model_versions("name = 'tiny-net'")
     assert int(version.version) == 1 and version.source == lm.artifact_location and version.run_id == out.run_id
     lm = client.get_logged_model(lm.model_id)

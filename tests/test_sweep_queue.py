@@ -22,25 +22,11 @@ from gencv.tracking import MlflowTracker, NullTracker
 from gencv.tuning.storage import Heartbeat, make_storage
 
 from .conftest import tiny
+from .test_sweep import _StopAt as _Record  # progress that interrupts a level as it starts, records reuse
 
 FAST = {"train.max_epochs": 2, "train.early_stopping": None}
 GRID = {"model.dropout": [0.0, 0.3, 0.6]}
 LABELS = ["model.dropout=0", "model.dropout=0.3", "model.dropout=0.6"]
-
-
-class _Record:
-    """Sweep progress that records each level's end (and reuse), and can interrupt a level as it starts."""
-
-    def __init__(self, stop: int | None = None) -> None:
-        self.stop, self.ended = stop, []
-
-    def level_start(self, level: Any, n: int) -> Any:
-        if level.index == self.stop:
-            raise KeyboardInterrupt
-        return None
-
-    def level_end(self, level: Any, outcome: Any, reused: bool) -> None:
-        self.ended.append((level.index, reused))
 
 
 def _level_runs(uri: str, sweep_run: str) -> dict[str, list[str]]:
@@ -58,7 +44,7 @@ def test_an_interrupted_shared_sweep_requeues_the_level_and_a_rerun_finishes_it(
     tracker = MlflowTracker(uri)
     exp = tiny(**FAST)
     with pytest.raises(KeyboardInterrupt) as info:
-        run_sweep(exp, GRID, tracker=tracker, progress=_Record(stop=1), storage=storage, study_name="s")
+        run_sweep(exp, GRID, tracker=tracker, progress=_Record(1), storage=storage, study_name="s")
     sweep_run = tracker.resolve(info.value.gencv_run_id)  # type: ignore[attr-defined]
     trained: list[int] = []
     real = gencv.cv.score_fold
@@ -68,7 +54,7 @@ def test_an_interrupted_shared_sweep_requeues_the_level_and_a_rerun_finishes_it(
         return real(fit, *a, **k)
 
     monkeypatch.setattr(gencv.cv, "score_fold", counting)
-    progress = _Record()
+    progress = _Record(None)
     out = run_sweep(exp, GRID, tracker=tracker, progress=progress, storage=storage, study_name="s")
     assert out.run_id == sweep_run
     assert sorted(progress.ended) == [(0, True), (1, False), (2, False)]  # level 0 read back, not retrained

@@ -221,7 +221,10 @@ def test_gencv_run_logs_to_the_authenticated_server(mlflow_server: str, tmp_path
     status, body = _get(f"{mlflow_server}/api/2.0/mlflow/artifacts/list?run_id={run_id}")
     assert status == 200, body[:500]
     paths = {f["path"] for f in json.loads(body)["files"]}
-    assert {"model", "spec.yaml", "folds.csv"} <= paths
+    assert {"model_weights", "spec.yaml", "folds.csv"} <= paths  # the model itself is a LoggedModel of the run
+    status, body = _get(f"{mlflow_server}/api/2.0/mlflow/runs/get?run_id={run_id}")
+    outputs = json.loads(body)["run"].get("outputs", {}).get("model_outputs", [])
+    assert len(outputs) == 1, body[:1500]  # the refit, linked to the run (the UI's Models column)
 
 
 def test_ui_accepts_the_published_port_and_refuses_other_hosts_and_origins(topology: Topology) -> None:

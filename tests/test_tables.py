@@ -252,7 +252,11 @@ def test_logged_model_carries_class_names_and_preprocessor_and_gencv_measure_mat
     out = run_experiment(exp, tracker=tracker)
     tracker.flush()
     client = MlflowClient(tracking_uri)
-    local = client.download_artifacts(out.run_id, "model", str(tmp_path / "dl"))
+    from mlflow.artifacts import download_artifacts
+
+    model_id = client.get_run(out.run_id).data.tags["gencv.model_id"]  # the refit is a LoggedModel of the run
+    local = download_artifacts(artifact_uri=f"{client.get_logged_model(model_id).artifact_location}/MLmodel",
+                               dst_path=str(tmp_path / "dl"))
     meta = Model.load(local).metadata
     assert meta["classes"] == ["no", "yes"] and meta["task"] == "classification"
     assert meta["input"].startswith("preprocessed")

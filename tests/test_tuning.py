@@ -206,7 +206,8 @@ def _old_digest(exp: Experiment) -> str:
     for k in ("trials", "timeout", "max_consecutive_failures", "nested", "pruner_options"):
         raw["tune"].pop(k, None)
     raw.pop("name", None)
-    raw.pop("sweep", None)  # nor the keys added since (train.engine, train.dtype, sweep, ...)
+    raw.pop("sweep", None)  # nor the keys added since (train.engine, train.dtype, sweep, tracking, ...)
+    raw.pop("tracking", None)
     raw["train"].pop("engine", None)
     raw["train"].pop("dtype", None)
     raw["train"].pop("stop_at_train_loss", None)

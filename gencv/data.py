@@ -94,7 +94,30 @@ def describe_sources() -> list[tuple[str, str, str]]:
 
 
 def load_dataset(spec: DataSpec, seed: int = 0) -> Dataset:
-    """Load the data named by `spec.source`; synthetic sources draw from `seed`."""
+    """Load the data named by `spec.source`; synthetic sources draw from `seed`; `data.classes` keeps some classes."""
+    ds = _load(spec, seed)
+    return ds if spec.classes is None else keep_classes(ds, spec.classes)
+
+
+def keep_classes(ds: Dataset, keep: list[int | str]) -> Dataset:
+    """The rows of the classes `keep` (labels as the data names them), coded 0..k-1 in the order given."""
+    if ds.task != "classification":
+        raise SpecError(f"data.classes: got {keep}, but {ds.name} is a {ds.task} task; remove data.classes")
+    names = [str(c) for c in keep]
+    unknown = [n for n in names if n not in ds.classes]
+    if unknown or len(set(names)) < len(names):
+        what = f"{unknown} not among the classes" if unknown else "a class twice; the classes"
+        raise SpecError(f"data.classes: got {keep}: {what} of {ds.name} are {ds.classes}; list each once")
+    codes = np.array([ds.classes.index(n) for n in names])
+    rows = np.flatnonzero(np.isin(ds.y, codes))
+    recode = np.full(len(ds.classes), -1, dtype=np.int64)
+    recode[codes] = np.arange(len(codes))
+    return Dataset(ds.name, ds.X[rows], recode[ds.y[rows]], ds.task, ds.feature_names, names,
+                   None if ds.groups is None else ds.groups[rows],
+                   None if ds.time_index is None else ds.time_index[rows], ds.image_shape, ds.horizon, ds.categorical)
+
+
+def _load(spec: DataSpec, seed: int) -> Dataset:
     source = spec.source
     if source.startswith(("csv:", "parquet:")):
         kind, _, path = source.partition(":")

@@ -30,6 +30,7 @@ from gencv.runner import prepare, refit_rows
 from gencv.seeds import derive_seed
 from gencv.spec import Experiment, load_experiment
 from gencv.tracking import MlflowTracker
+from gencv.tracking.weights import download_artifact, load_logged_weights
 
 __all__ = ["PosthocResult", "measure_logged_run"]
 
@@ -48,37 +49,13 @@ class PosthocResult:
 
 
 def _download(tracker: MlflowTracker, run_id: str, path: str, tmp: str) -> Path:
-    try:
-        return Path(tracker.client.download_artifacts(run_id, path, tmp))
-    except Exception as exc:
-        raise GencvError(
-            f"run {run_id}: cannot read artifact {path!r} ({exc}); `gencv measure` needs a run made by "
-            "`gencv run` with tracking on (it logs spec.yaml and model_weights/state_dict.pt)"
-        ) from None
+    return download_artifact(tracker.client, run_id, path, tmp)
 
 
 def _load_weights(tracker: MlflowTracker, run_id: str, path: str, tmp: str, tags: Mapping[str, str],
                   notes: list[str]) -> dict[str, Any]:
     """A logged state dict, its SHA-256 checked against the run's tag first; every failure one GencvError."""
-    local = _download(tracker, run_id, path, tmp)
-    expected = tags.get(tag_key(path))
-    if expected is None:
-        notes.append(f"{path}: no SHA-256 was logged with it (a run of an older gencv): not verified")
-    else:
-        got = sha256_file(local)
-        if got != expected:
-            raise GencvError(f"run {run_id}: {path} is corrupted or was replaced: its SHA-256 is {got[:16]}..., "
-                             f"the run logged {expected[:16]}...; re-run `gencv run` to log the model again")
-    try:
-        state = torch.load(local, weights_only=True)
-    except Exception as exc:  # truncated zip, pickle errors, unknown types: all mean "not a weights file"
-        raise GencvError(f"run {run_id}: {path} is not a readable weights file "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                         "re-run `gencv run` to log the model again") from None
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise GencvError(f"run {run_id}: {path} holds a {type(state).__name__}, not a state dict of tensors; "
-                         "`gencv measure` needs a run made by `gencv run`")
-    return dict(state)
+    return load_logged_weights(tracker.client, run_id, path, tmp, tags, notes)
 
 
 def _logged_module(tracker: MlflowTracker, run_id: str, exp: Experiment, tmp: str, tags: Mapping[str, str],

@@ -44,6 +44,7 @@ from gencv.splits import (
     subsample_train,
 )
 from gencv.tracking import DataRef, MlflowTracker, NullTracker, Tracker
+from gencv.tracking.weights import load_base
 
 __all__ = ["AfterCV", "HeldOutPredictions", "Prepared", "RunExtra", "RunOutcome", "make_estimator", "prepare",
            "run_experiment", "with_module"]
@@ -149,16 +150,16 @@ class HeldOutPredictions:
         return pd.concat([self.frames[i] for i in sorted(self.frames)], ignore_index=True) if self.frames else None
 
 
-def make_estimator(exp: Experiment, ds: Dataset, seed: int | None = None, module: Any = None) -> NetEstimator:
+def make_estimator(exp: Experiment, ds: Dataset, seed: int | None = None, module: Any = None, base: Any = None) -> NetEstimator:
     """The estimator template for this experiment and data (`module`: the class or factory of model.kind=custom,
-    instead of importing model.module)."""
+    instead of importing model.module; `base`: the weights model.base names, loaded)."""
     if exp.model.kind == "cnn" and ds.image_shape is None:
         raise SpecError(f"model.kind: got 'cnn' but data.source={ds.name!r} is not image data; use model.kind=mlp, "
                         "data.source=digits, an npz:PATH of (n, C, H, W) images or images:DIR")
     return estimator_from_spec(
         exp.model, exp.train, task=ds.task, n_classes=max(len(ds.classes), 2),
         image_shape=ds.image_shape, scale=exp.data.scale, time_ordered=ds.is_time_series, time_gap=ds.min_gap,
-        metric=exp.metric, random_state=exp.seed if seed is None else seed, module=module,
+        metric=exp.metric, random_state=exp.seed if seed is None else seed, module=module, base=base,
     ).set_params(impute=exp.data.impute, categorical=exp.data.categorical,  # per-fold feature preprocessing
                  categorical_features=list(ds.categorical) or None)
 
@@ -173,11 +174,11 @@ def with_module(exp: Experiment, module: Any) -> Experiment:
     return exp.with_overrides({"model.kind": "custom", "model.module": module_reference(module)})
 
 
-def prepare(exp: Experiment, *, allow_large_loo: bool = False, module: Any = None) -> Prepared:
+def prepare(exp: Experiment, *, allow_large_loo: bool = False, module: Any = None, tracking_uri: str | None = None) -> Prepared:
     """Load data, hold out the test set, build and check the folds and the estimator; no training.
 
     `module`: for model.kind=custom, the class or factory itself (else model.module is imported). A module
-    of your own is built once and run on a few rows here, so its errors come before any training.
+    of your own is built once and run on a few rows here, so its errors come before any training (and model.base's).
     """
     ds = load_dataset(exp.data, seed=derive_seed(exp.seed, "data"))
     warnings = scheme_warnings(exp.cv, ds)  # before rows without a time column are taken as time-ordered
@@ -196,6 +197,7 @@ def prepare(exp: Experiment, *, allow_large_loo: bool = False, module: Any = Non
                        allow_large_loo=allow_large_loo, classes=ds.classes, test_size=exp.data.test_size)
     est = make_estimator(exp, ds, module=module)
     est.check_module(ds.X[cv_idx[:8]], ds.y[cv_idx])
+    est.set_params(base=load_base(exp.model, fits=est, n_features=ds.X.shape[1], tracking_uri=tracking_uri))
     return Prepared(exp, ds, cv_idx, test_idx, folds, est, warnings, module)
 
 
@@ -289,7 +291,7 @@ def run_experiment(
     tracker = tracker or NullTracker()
     if module is not None:
         exp = with_module(exp, module)
-    prep = prepared or prepare(exp, allow_large_loo=allow_large_loo, module=module)
+    prep = prepared or prepare(exp, allow_large_loo=allow_large_loo, module=module, tracking_uri=getattr(tracker, "tracking_uri", None))
     ds = prep.dataset
     for step in after_cv:
         step.check(prep)  # before any training
@@ -303,7 +305,7 @@ def run_experiment(
     else:
         run_id = tracker.start_run(exp.name, run_name or run_label(exp.name), parent=parent_run,
                                    tags={**run_tags(exp, ds, prep.folds, engine_used(exp.train.engine, prep.estimator)),
-                                         **dict(tags or {})})
+                                         **getattr(prep.estimator.base, "tags", {}), **dict(tags or {})})
         tracker.log_params(run_id, {**exp.flat_params(), "n_samples": ds.n_samples, "n_test": len(prep.test_idx),
                                     "n_folds": len(prep.folds)})
         tracker.log_text(run_id, exp.to_yaml(), "spec.yaml")  # now: --resume compares with it
@@ -447,7 +449,7 @@ def refit_model(exp: Experiment, prep: Prepared, tracker: Tracker, run_id: str,
 def fit_refit(exp: Experiment, prep: Prepared) -> tuple[NetEstimator, dict[str, float]]:
     """Fit on every non-test sample (early stopping still validates inside it) and score the test set."""
     ds = prep.dataset
-    est = make_estimator(exp, ds, seed=derive_seed(exp.seed, "refit"), module=prep.module)
+    est = make_estimator(exp, ds, seed=derive_seed(exp.seed, "refit"), module=prep.module, base=prep.estimator.base)
     rows = refit_rows(exp, prep)
     est.fit(ds.X[rows], ds.y[rows], groups=None if ds.groups is None else ds.groups[rows])
     scores: dict[str, float] = {}

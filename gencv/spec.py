@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from gencv.errors import SpecError, did_you_mean
 from gencv.modref import module_ref_problem, module_relative_to
+from gencv.spec_transfer import BaseSpec, drop_unset_transfer_keys
 
 __all__ = [
     "CVSpec",
@@ -64,6 +65,7 @@ class DataSpec(_Strict):
     horizon: int = Field(1, ge=1, le=1000)
     # Fraction of each training fold (and of the refit's rows) that is fitted on; held-out folds are unchanged.
     train_fraction: float = Field(1.0, gt=0.0, le=1.0)
+    classes: list[int | str] | None = Field(None, min_length=2)  # keep these classes only, coded 0..k-1 in this order
 
     @field_validator("sep")
     @classmethod
@@ -112,6 +114,7 @@ class ModelSpec(_Strict):
     kernel_size: int = Field(3, ge=1, le=15)
     cell: Literal["lstm", "gru"] = "lstm"
     rnn_layers: int = Field(1, ge=1, le=8)
+    base: BaseSpec | None = None  # transfer learning: start from a trained network (spec_transfer.BaseSpec)
 
     @field_validator("hidden", "channels")
     @classmethod
@@ -179,6 +182,7 @@ class TrainSpec(_Strict):
     max_members: int | None = Field(None, ge=1, le=1_000_000)
     # Train until the eval-mode data loss on the fitted rows is <= this (Jiang et al. 2019), or max_epochs.
     stop_at_train_loss: float | None = Field(None, gt=0.0)
+    base_lr_factor: float = Field(1.0, gt=0.0, le=1.0)  # model.base: lr of the unfrozen base layers = lr x this
 
     @model_validator(mode="after")
     def _one_stopping_rule(self) -> TrainSpec:
@@ -433,11 +437,13 @@ class Experiment(_Strict):
 
 
 def drop_unset_custom_keys(raw: dict[str, Any]) -> None:
-    """Remove model.module and model.kwargs from a dumped spec when unset (in place): digests stay as before them."""
+    """Remove model.module and model.kwargs (and the transfer keys) from a dumped spec when unset (in place): digests
+    stay as before them."""
     model = raw.get("model")
     if isinstance(model, dict) and model.get("module") is None and not model.get("kwargs"):
         model.pop("module", None)
         model.pop("kwargs", None)
+    drop_unset_transfer_keys(raw)
 
 
 def _param_str(v: Any) -> str:
@@ -534,6 +540,7 @@ _MODELS: dict[str, type[BaseModel]] = {
     "": Experiment,
     "data": DataSpec,
     "model": ModelSpec,
+    "model.base": BaseSpec,
     "train": TrainSpec,
     "train.schedule": ScheduleSpec,
     "train.early_stopping": EarlyStoppingSpec,

@@ -16,7 +16,7 @@ PKG = ROOT / "gencv"
 LAYERS: list[tuple[str, ...]] = [
     ("gencv.errors", "gencv.seeds", "gencv.checksums", "gencv.metrics", "gencv.measures.config", "gencv.datasets", "gencv.experiments",
      "gencv.modref"),
-    ("gencv.spec",),
+    ("gencv.spec", "gencv.spec_transfer"),
     ("gencv.data", "gencv.tables", "gencv.arrays"),
     ("gencv.splits",),
     ("gencv.models",),

@@ -181,7 +181,7 @@ def run(
                              "e.g. --register iris-mlp")
         if not no_track:
             check_tracking_uri(tracking_uri)  # the quick checks, before data and torch are loaded
-        prep = prepare(exp, allow_large_loo=allow_large_loo)
+        prep = prepare(exp, allow_large_loo=allow_large_loo, tracking_uri=tracking_uri)
         after_cv = []
         if permutations:
             from gencv.studies.permutation import PermutationTest

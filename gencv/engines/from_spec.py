@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from gencv.engines.sklearn_api import NetClassifier, NetEstimator, NetRegressor
+from gencv.engines.transfer import BaseWeights
 from gencv.models import load_module
 from gencv.spec import ModelSpec, TrainSpec
 
@@ -27,12 +28,13 @@ def estimator_from_spec(
     metric: str | None = None,
     random_state: int = 0,
     module: Callable[..., nn.Module] | None = None,
+    base: BaseWeights | None = None,
 ) -> NetEstimator:
     """The NetClassifier/NetRegressor for a spec's model and training settings (labels 0..n_classes-1).
 
     `module`: for `model.kind: custom`, the class or factory itself (a notebook's), instead of importing
-    `model.module`."""
-    m = model.model_dump(exclude={"module", "kwargs"})
+    `model.module`. `base`: the weights `model.base` names, loaded (`gencv.tracking.base_model.load_base`)."""
+    m = model.model_dump(exclude={"module", "kwargs", "base"})
     kind: Any = m.pop("kind")
     if kind == "custom":  # the class or factory model.module names, its model.kwargs routed as module__<name>
         kind = load_module(str(model.module)) if module is None else module
@@ -41,7 +43,7 @@ def estimator_from_spec(
     t = train.model_dump(exclude={"schedule", "early_stopping", "engine"})  # the engine is the CV's, not the net's
     common: dict[str, Any] = dict(module=kind, **m, **t, schedule=train.schedule, early_stopping=train.early_stopping,
                                   scale=scale, time_ordered=time_ordered, time_gap=time_gap, image_shape=image_shape,
-                                  metric=metric, random_state=random_state)
+                                  metric=metric, random_state=random_state, base=base)
     if task == "classification":
         return NetClassifier(classes=tuple(range(n_classes)), **common)
     return NetRegressor(**common)

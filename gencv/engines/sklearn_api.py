@@ -33,6 +33,7 @@ from gencv.engines.skorch_net import (
     StopTraining,
     TensorBatches,
 )
+from gencv.engines.transfer import transfer_
 from gencv.models import CNN, MLP, RNN, check_output, module_args
 from gencv.spec import EarlyStoppingSpec, ModelSpec, ScheduleSpec, TrainSpec
 
@@ -129,6 +130,7 @@ class NetEstimator(BaseEstimator):
     image_shape : (C, H, W) for ``module="cnn"``
     classes : the label set (a training fold may lack a class); None: the labels seen by ``fit``
     metric : the metric of the per-epoch held-out curve (default accuracy / rmse)
+    base, base_lr_factor : the weights to start from (`transfer.BaseWeights`), the lr factor of its trained layers
     random_state : int, RandomState or None
         Seeds weight init, shuffling, dropout and the early-stopping split.
     **kwargs : ``module__<name>=value``, passed to the module's constructor (as in skorch).
@@ -173,6 +175,8 @@ class NetEstimator(BaseEstimator):
         image_shape: tuple[int, ...] | None = None,
         classes: Any = None,
         metric: str | None = None,
+        base: Any = None,
+        base_lr_factor: float = 1.0,
         random_state: Any = None,
         **kwargs: Any,
     ) -> None:
@@ -209,6 +213,8 @@ class NetEstimator(BaseEstimator):
         self.image_shape = image_shape
         self.classes = classes
         self.metric = metric
+        self.base = base
+        self.base_lr_factor = base_lr_factor
         self.random_state = random_state
         self._unexpected_kwargs: dict[str, Any] = {}
         self._store_kwargs(kwargs)
@@ -260,7 +266,7 @@ class NetEstimator(BaseEstimator):
                               max_epochs=self.max_epochs, schedule=_schedule(self.schedule),
                               clip_grad_norm=self.clip_grad_norm, early_stopping=_early_stopping(self.early_stopping),
                               stop_at_train_loss=self.stop_at_train_loss, device=self.device, dtype=self.dtype,
-                              max_members=self.max_members)
+                              max_members=self.max_members, base_lr_factor=self.base_lr_factor)
         except ValidationError as exc:
             raise ValueError(f"{type(self).__name__}: invalid setting(s):\n{exc}") from None
         if self.scale not in ("standard", "minmax", "none"):
@@ -439,6 +445,9 @@ class NetEstimator(BaseEstimator):
             net.initialize()
             if train.dtype != "float32":
                 net.module_.to(getattr(torch, train.dtype))  # in place: the optimizer keeps its parameters
+            if self.base is not None:  # the base's weights over the seeded init; a new optimizer
+                transfer_(net, self.base, n_inputs=self.n_inputs_, lr_factor=train.base_lr_factor, init=model.init,
+                          activation=model.activation)
             self.init_state_ = {k: v.detach().clone() for k, v in net.module_.state_dict().items()}
             yt = self.encode_target(y)
             # skorch's partial_fit swallows KeyboardInterrupt (it just stops training); we let

@@ -8,9 +8,14 @@ import torch
 from mlflow import MlflowClient
 
 from gencv.data import load_dataset
-from gencv.engines import NetClassifier, UnsupportedSettingError, engine_used, get_engine
+from gencv.engines import (
+    NetClassifier,
+    UnsupportedSettingError,
+    engine_used,
+    get_engine,
+)
 from gencv.engines.transfer import BaseWeights
-from gencv.errors import SpecError
+from gencv.errors import GencvError, SpecError
 from gencv.runner import prepare, run_experiment
 from gencv.spec import DataSpec, Experiment
 from gencv.splits import Fold
@@ -158,9 +163,44 @@ def test_transferred_run_names_its_base_run_in_its_tags(tracking_uri: str, tmp_p
     assert tags["gencv.base_run"] == src.run_id and tags["gencv.base_model_version"] == "iris-two/1"
     # a weights file whose SHA-256 no longer matches the run's tag is refused before training
     client.set_tag(src.run_id, "gencv.sha256.model_weights/state_dict.pt", "0" * 64)
-    with pytest.raises(Exception, match="corrupted or was replaced"):
+    with pytest.raises(GencvError, match="corrupted or was replaced"):
         prepare(target, tracking_uri=tracking_uri)
     # a base whose spec has another architecture is named, field by field
     client.set_tag(src.run_id, "gencv.sha256.model_weights/state_dict.pt", src_tags["gencv.sha256.model_weights/state_dict.pt"])
     with pytest.raises(SpecError, match=r"model.hidden=\[8, 8\] in the base, \[8, 4\] here"):
         prepare(target.with_overrides({"model.hidden": [8, 4]}), tracking_uri=tracking_uri)
+
+
+@pytest.mark.slow
+def test_the_shipped_transfer_examples_run_and_compare(tracking_uri: str, tmp_path, monkeypatch) -> None:
+    # The README's recipe, one epoch and 2 folds: pretrain on digits 0-4 (registered), then digits 5-9 with and
+    # without the base on the same folds, and `gencv compare` on the pair.
+    import json
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from gencv.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    examples = Path(__file__).resolve().parents[1] / "experiments"
+    fast = ["--set", "train.max_epochs=1", "--set", "cv.n_splits=2", "--tracking-uri", tracking_uri, "--json"]
+
+    def run(*args: str) -> dict:
+        res = CliRunner().invoke(app, ["run", *args, *fast])
+        assert res.exit_code == 0, res.output
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
+    source = run(str(examples / "transfer_source_digits.yaml"), "--register", "digits-0-4")
+    transferred = run(str(examples / "transfer_target_digits.yaml"))
+    scratch = run(str(examples / "transfer_target_digits.yaml"), "--set", "model.base=null")
+    client = MlflowClient(tracking_uri)
+    tags = client.get_run(transferred["run_id"]).data.tags
+    assert tags["gencv.base_run"] == source["run_id"] and tags["gencv.base_uri"] == "models:/digits-0-4/latest"
+    assert "gencv.base_run" not in client.get_run(scratch["run_id"]).data.tags
+    assert tags["gencv.folds_digest"] == client.get_run(scratch["run_id"]).data.tags["gencv.folds_digest"]
+    res = CliRunner().invoke(app, ["compare", transferred["run_id"], scratch["run_id"], "--tracking-uri", tracking_uri,
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    pair = json.loads(res.stdout.strip().splitlines()[-1])["pairs"][0]
+    assert pair["n_folds"] == 2 and 0.0 <= pair["corrected_p"] <= 1.0

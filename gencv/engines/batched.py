@@ -75,7 +75,8 @@ def unsupported_setting(estimator: Any) -> str | None:
         name = getattr(estimator.module, "__qualname__", repr(estimator.module))
         return f"model.kind: got 'custom' ({name}); the batched engine stacks the built-in MLP only"
     if getattr(estimator, "base", None) is not None:
-        return "model.base: set; the batched engine does not load, freeze or re-head a base network"
+        return (f"model.base: got {getattr(estimator.base, 'tags', {}).get('gencv.base', 'a base network')}; "
+                "the batched engine does not load, freeze or re-head a base network")
     try:
         m, t = estimator._specs()
     except ValueError:

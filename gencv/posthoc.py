@@ -166,7 +166,7 @@ def measure_logged_run(
             init_state = _load_weights(tracker, run_id, "model_weights/init_state_dict.pt", tmp, tags, notes)
         module = _logged_module(tracker, run_id, exp, tmp, tags, notes) if exp.model.kind == "custom" else None
     cfg = _resolve_config(exp, config, overrides, notes)
-    prep = prepare(exp, allow_large_loo=True, module=module)
+    prep = prepare(exp, allow_large_loo=True, module=module, tracking_uri=tracker.tracking_uri)
     ds = prep.dataset
     est = prep.estimator
     # The rows the refit's network was fitted on: the non-test rows (subsampled to data.train_fraction)

@@ -107,7 +107,7 @@ def tune_nested(exp: Experiment, prep: Prepared, dims: list[Dimension], store: A
             best.study = name
             winners[k] = best
             winner = exp.with_overrides(best.params)
-            est = make_estimator(winner, ds, module=prep.module)
+            est = make_estimator(winner, ds, module=prep.module, base=prep.estimator.base)
             # data.train_fraction: the winner is refit on that fraction of the outer training fold, too
             outer_fit = subsample_train(Fold(k, outer.train, outer.valid), ds.y, ds.groups, winner.data.train_fraction,
                                         derive_seed(exp.seed, "outer", k, "train_fraction"),

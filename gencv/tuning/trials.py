@@ -175,7 +175,7 @@ def _run_trial_body(ctx: TrialContext, study: Any, trial: Any) -> TrialRecord:
     state, value, reason, penalized = TrialState.COMPLETE, None, "", False
     try:
         trial_exp = exp.with_overrides(overrides)
-        est = make_estimator(trial_exp, ds, module=ctx.prep.module)
+        est = make_estimator(trial_exp, ds, module=ctx.prep.module, base=ctx.prep.estimator.base)
         if trial_exp.train.engine != exp.train.engine or exp.train.engine == "auto":
             ctx.tracker.set_tags(run_id, {"gencv.engine": engine_used(trial_exp.train.engine, est)})
         cv = cross_validate(est, ds.X, ds.y, ctx.folds, metric=metric, seed=exp.seed,

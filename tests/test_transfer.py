@@ -135,7 +135,7 @@ def test_the_batched_engine_refuses_a_base_and_auto_falls_back() -> None:
     est = NetClassifier("mlp", hidden=(8, 8), base=BaseWeights(_source_state()))
     X, y = _xy()
     assert engine_used("auto", est) == "skorch"
-    with pytest.raises(UnsupportedSettingError, match="model.base: set; .*use train.engine: skorch"):
+    with pytest.raises(UnsupportedSettingError, match="model.base: got a base network; .*use train.engine: skorch"):
         get_engine("batched").fit_folds(est, X, y, [Fold(0, np.arange(40), np.arange(40, 60))], [0])
 
 

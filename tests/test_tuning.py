@@ -218,6 +218,9 @@ def _old_digest(exp: Experiment) -> str:
     raw["data"]["lags"] = 12  # the old default, unused outside built-in series
     raw["model"].pop("module", None)  # model.kind: custom's keys
     raw["model"].pop("kwargs", None)
+    raw["model"].pop("base", None)  # transfer learning's keys
+    raw["train"].pop("base_lr_factor", None)
+    raw["data"].pop("classes", None)
     return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -104,8 +104,8 @@ def _print(result: Any) -> None:
             f"valid_{m}_mean": f"CV {m}", f"gap_{m}_mean": "gap", f"test_{m}_mean": f"test {m}",
             "diff_vs_baseline": "diff", "p_holm": "p (Holm)", "P_better": "P better", "P_equivalent": "P equiv",
             "P_worse": "P worse", "infer_ms_b1_mean": "ms b1", "infer_ms_b256_mean": "ms b256"}
-    if "hessian_top_mean" in result.table:
-        cols["hessian_top_mean"] = "hessian_top"
+    if "hessian_top_1_mean" in result.table:  # the top Hessian eigenvalue of the pruned network, when measured
+        cols["hessian_top_1_mean"] = "hessian_top"
     cols = {k: v for k, v in cols.items() if k in result.table}
     for label in cols.values():
         t.add_column(label, justify="right", no_wrap=True)

@@ -24,6 +24,7 @@ from gencv.studies.prune import (
     BASELINE,
     PruneSettings,
     check_settings,
+    engine_note,
     parse_levels,
     run_prune,
 )
@@ -217,3 +218,28 @@ def test_measures_are_computed_on_each_pruned_network_and_summarized_per_level(t
     assert "hessian_top_1_mean" in prune_markdown(out)
     (path,) = plot_prune(out, tmp_path)
     assert path.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["batched", "auto"])
+def test_a_batched_engine_spec_is_trained_by_skorch_with_a_clear_note(engine: str, caplog: pytest.LogCaptureFixture) -> None:
+    exp = tiny(**{**FAST, "train.max_epochs": 1, "train.engine": engine})
+    settings = PruneSettings(("magnitude",), (0.5,), finetune_epochs=0, timing=False)
+    with caplog.at_level("WARNING", logger="gencv.studies.prune"):
+        out = run_prune(exp, settings)
+    assert out.experiment.train.engine == "skorch"
+    assert out.notes[0] == engine_note(engine)
+    assert f"train.engine={engine!r} is not used by gencv prune" in out.notes[0]
+    assert "trained by the skorch engine" in out.notes[0] and "no batched pruning path" in out.notes[0]
+    assert engine_note(engine) in caplog.text  # said when the sweep starts, not only in the final notes
+    assert (out.table["folds_ok"] == 3).all()
+
+
+def test_threads_option_is_checked_and_the_callers_setting_restored() -> None:
+    spec = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.yaml"
+    before = torch.get_num_threads()
+    bad = CliRunner().invoke(app, ["prune", str(spec), "-m", "magnitude", "--threads", "-1", "--no-track"])
+    assert bad.exit_code == 2 and "--threads: got -1" in bad.output
+    bad = CliRunner().invoke(app, ["prune", str(spec), "-m", "channel", "--threads", "1", "--no-track"])
+    assert bad.exit_code == 2 and "needs model.kind=cnn" in bad.output  # refused on one thread, then restored
+    assert torch.get_num_threads() == before

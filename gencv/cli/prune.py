@@ -41,6 +41,9 @@ def prune(
                                                 "diagonal (0: exact, one HVP per parameter)")] = 32,
     no_timing: Annotated[bool, typer.Option("--no-timing", help="skip the CPU inference timing of shrunk "
                                             "networks")] = False,
+    threads: Annotated[int, typer.Option("--threads", help="torch CPU threads (default 1: small networks gain "
+                                         "nothing from more, and on a busy machine spinning threads slow the sweep "
+                                         "several-fold); 0 = torch's default")] = 1,
     set_: SetOpt = None,
     tracking_uri: UriOpt = None,
     no_track: Annotated[bool, typer.Option("--no-track", help="do not record anything in MLflow")] = False,
@@ -57,6 +60,21 @@ def prune(
     sigterm_to_interrupt()
 
     def go() -> Any:
+        from gencv.errors import SpecError
+
+        exp = load_spec(spec, set_)
+        if threads < 0:
+            raise SpecError(f"--threads: got {threads}; use 1 or more, or 0 for torch's default")
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads or before)  # restored below: a CliRunner or notebook caller keeps its own
+        try:
+            return sweep(exp)
+        finally:
+            torch.set_num_threads(before)
+
+    def sweep(exp: Any) -> Any:
         from gencv.studies.prune import (
             PruneSettings,
             check_settings,
@@ -65,7 +83,6 @@ def prune(
         )
         from gencv.tracking import make_tracker
 
-        exp = load_spec(spec, set_)
         settings = PruneSettings(tuple(method or ()), parse_levels(levels), finetune_epochs=finetune_epochs,
                                  hessian_probes=hessian_probes, iterative=iterative, rewind=rewind,
                                  timing=not no_timing)
@@ -90,6 +107,7 @@ def prune(
         return command("prune", spec_path(spec), set_, *[("--method", m) for m in method or []],
                        ("--levels", levels), ("--finetune-epochs", finetune_epochs), ("--iterative", iterative),
                        ("--rewind", rewind), ("--hessian-probes", hessian_probes), ("--no-timing", no_timing),
+                       ("--threads", None if threads == 1 else threads),
                        ("--tracking-uri", redacted(tracking_uri)), ("--no-track", no_track), ("--resume", run_id))
 
     guard(go, resume_hint)

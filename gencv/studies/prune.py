@@ -33,7 +33,8 @@ from gencv.studies.compare import RunScores, compare_runs
 from gencv.studies.prune_store import PruneStore
 from gencv.tracking import NullTracker, Tracker
 
-__all__ = ["BASELINE", "PruneOutcome", "PruneSettings", "check_settings", "parse_levels", "prune_params", "run_prune"]
+__all__ = ["BASELINE", "PruneOutcome", "PruneSettings", "check_settings", "engine_note", "parse_levels", "prune_params",
+           "run_prune"]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,14 @@ def parse_levels(text: str) -> tuple[float, ...]:
         raise SpecError(f"--levels: got {text!r}; every level must lie in (0, 1) (level 0, the unpruned baseline, is "
                         "always included), e.g. 0.5,0.8,0.9")
     return tuple(sorted(set(levels)))
+
+
+def engine_note(engine: str) -> str:
+    """Why a sweep with `train.engine` other than skorch trains its folds with the skorch engine."""
+    return (f"train.engine={engine!r} is not used by gencv prune: the folds were trained by the skorch engine "
+            "instead (each (method, level) prunes and fine-tunes one fold's own fitted network; there is no batched "
+            "pruning path). Scores, spec digest and tags are those of train.engine='skorch', so the unpruned "
+            "baseline compares with `gencv run SPEC --set train.engine=skorch`.")
 
 
 def check_settings(exp: Experiment, settings: PruneSettings) -> None:
@@ -282,8 +291,8 @@ def run_prune(exp: Experiment, settings: PruneSettings, *, tracker: Tracker | No
     tracker = tracker or NullTracker()
     notes: list[str] = []
     if exp.train.engine != "skorch":
-        notes.append(f"train.engine={exp.train.engine!r}: the folds were trained by the skorch engine (pruning "
-                     "swaps the fitted skorch net's module)")
+        notes.append(engine_note(exp.train.engine))
+        log.warning("%s", notes[-1])
         exp = exp.with_overrides({"train.engine": "skorch"})
     prep = prepared or prepare(exp)
     ds = prep.dataset

@@ -285,7 +285,9 @@ def run_prune(exp: Experiment, settings: PruneSettings, *, tracker: Tracker | No
     """Train every fold once, then prune, fine-tune and score each method at each level; compare with level 0.
 
     `resume`: the id of an interrupted prune run: its saved trained folds are not retrained and its
-    finished (fold, method, level) steps are read back.
+    finished (fold, method, level) steps are read back; refused (GencvError naming each difference) when
+    the run had another spec or other `prune_params`. `on_step(fold, label, level, result)` is called as
+    each step ends, with the pruned network still attached (`result.estimator`, let go after the call).
     """
     check_settings(exp, settings)
     tracker = tracker or NullTracker()

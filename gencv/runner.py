@@ -158,7 +158,7 @@ def make_estimator(exp: Experiment, ds: Dataset, seed: int | None = None, module
     return estimator_from_spec(
         exp.model, exp.train, task=ds.task, n_classes=max(len(ds.classes), 2),
         image_shape=ds.image_shape, scale=exp.data.scale, time_ordered=ds.is_time_series, time_gap=ds.min_gap,
-        metric=exp.metric, random_state=exp.seed if seed is None else seed, module=module,
+        metric=exp.metric, random_state=exp.seed if seed is None else seed, module=module, augment=exp.data.augment,
     ).set_params(impute=exp.data.impute, categorical=exp.data.categorical,  # per-fold feature preprocessing
                  categorical_features=list(ds.categorical) or None)
 

@@ -16,6 +16,7 @@ from gencv.errors import SpecError, did_you_mean
 from gencv.modref import module_ref_problem, module_relative_to
 
 __all__ = [
+    "AugmentSpec",
     "CVSpec",
     "DataSpec",
     "Distribution",
@@ -35,6 +36,29 @@ __all__ = [
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AugmentSpec(_Strict):
+    """Data augmentation of training batches only (`gencv.augment`); all zero: off.
+
+    Images: `shift` (pixels), `rotate` (degrees), `scale` (relative zoom), `cutout` (side of a zeroed square,
+    pixels). Images and tables: `noise` (std in the network's input units, standardized with data.scale:
+    standard), `mixup` (Beta(alpha, alpha) mixing of row pairs and their targets). `p`: chance that a row
+    gets the shift/rotate/scale/cutout/noise draws.
+    """
+
+    shift: int = Field(0, ge=0, le=1024)
+    rotate: float = Field(0.0, ge=0.0, le=180.0)
+    scale: float = Field(0.0, ge=0.0, lt=1.0)
+    noise: float = Field(0.0, ge=0.0, le=100.0)
+    cutout: int = Field(0, ge=0, le=4096)
+    mixup: float = Field(0.0, ge=0.0, le=100.0)
+    p: float = Field(1.0, ge=0.0, le=1.0)
+
+    @property
+    def active(self) -> bool:
+        """Whether any augmentation is on."""
+        return (self.p > 0 and any((self.shift, self.rotate, self.scale, self.noise, self.cutout))) or self.mixup > 0
 
 
 class DataSpec(_Strict):
@@ -64,6 +88,7 @@ class DataSpec(_Strict):
     horizon: int = Field(1, ge=1, le=1000)
     # Fraction of each training fold (and of the refit's rows) that is fitted on; held-out folds are unchanged.
     train_fraction: float = Field(1.0, gt=0.0, le=1.0)
+    augment: AugmentSpec | None = None  # training batches only; never held-out, early-stopping or measured rows
 
     @field_validator("sep")
     @classmethod
@@ -433,7 +458,10 @@ class Experiment(_Strict):
 
 
 def drop_unset_custom_keys(raw: dict[str, Any]) -> None:
-    """Remove model.module and model.kwargs from a dumped spec when unset (in place): digests stay as before them."""
+    """Remove model.module, model.kwargs and data.augment from a dumped spec when unset (in place): digests stay
+    as before them."""
+    if isinstance(raw.get("data"), dict) and raw["data"].get("augment", 0) is None:
+        raw["data"].pop("augment")
     model = raw.get("model")
     if isinstance(model, dict) and model.get("module") is None and not model.get("kwargs"):
         model.pop("module", None)
@@ -533,6 +561,7 @@ def validate_experiment(raw: Mapping[str, Any], source: str = "spec") -> Experim
 _MODELS: dict[str, type[BaseModel]] = {
     "": Experiment,
     "data": DataSpec,
+    "data.augment": AugmentSpec,
     "model": ModelSpec,
     "train": TrainSpec,
     "train.schedule": ScheduleSpec,

@@ -80,6 +80,8 @@ def unsupported_setting(estimator: Any) -> str | None:
         return None
     if m.kind != "mlp":
         return f"model.kind: got {m.kind!r}; the batched engine stacks MLPs only"
+    if getattr(estimator, "augment", None) is not None:
+        return "data.augment: got augmentation; the batched engine does not augment its batches"
     if m.batch_norm:
         return "model.batch_norm: got true; the batched engine has no per-member batch norm yet"
     if t.optimizer not in STACKED_OPTIMIZERS:

@@ -7,9 +7,10 @@ from typing import Any
 
 from torch import nn
 
+from gencv.augment import as_augment_spec, check_augment
 from gencv.engines.sklearn_api import NetClassifier, NetEstimator, NetRegressor
 from gencv.models import load_module
-from gencv.spec import ModelSpec, TrainSpec
+from gencv.spec import AugmentSpec, ModelSpec, TrainSpec
 
 __all__ = ["estimator_from_spec"]
 
@@ -27,11 +28,14 @@ def estimator_from_spec(
     metric: str | None = None,
     random_state: int = 0,
     module: Callable[..., nn.Module] | None = None,
+    augment: AugmentSpec | None = None,
 ) -> NetEstimator:
     """The NetClassifier/NetRegressor for a spec's model and training settings (labels 0..n_classes-1).
 
     `module`: for `model.kind: custom`, the class or factory itself (a notebook's), instead of importing
-    `model.module`."""
+    `model.module`. `augment`: data.augment, checked against the data here (SpecError before any training)."""
+    spec = as_augment_spec(augment)
+    check_augment(spec, image_shape)
     m = model.model_dump(exclude={"module", "kwargs"})
     kind: Any = m.pop("kind")
     if kind == "custom":  # the class or factory model.module names, its model.kwargs routed as module__<name>
@@ -41,7 +45,7 @@ def estimator_from_spec(
     t = train.model_dump(exclude={"schedule", "early_stopping", "engine"})  # the engine is the CV's, not the net's
     common: dict[str, Any] = dict(module=kind, **m, **t, schedule=train.schedule, early_stopping=train.early_stopping,
                                   scale=scale, time_ordered=time_ordered, time_gap=time_gap, image_shape=image_shape,
-                                  metric=metric, random_state=random_state)
+                                  metric=metric, random_state=random_state, augment=spec)
     if task == "classification":
         return NetClassifier(classes=tuple(range(n_classes)), **common)
     return NetRegressor(**common)

@@ -21,6 +21,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from skorch.callbacks import Callback, GradientNormClipping
 from torch import nn
 
+from gencv.augment import make_augmenter
 from gencv.engines.estimator import ExportedModel, make_preprocessor, x_checks
 from gencv.engines.optim import make_optimizer, make_schedule
 from gencv.engines.skorch_net import (
@@ -127,6 +128,7 @@ class NetEstimator(BaseEstimator):
     time_ordered, time_gap
         Rows are in time order: early stopping holds out the last block, ``time_gap`` rows before it left out.
     image_shape : (C, H, W) for ``module="cnn"``
+    augment : None, a dict of ``data.augment`` fields or an AugmentSpec: training batches only (`gencv.augment`)
     classes : the label set (a training fold may lack a class); None: the labels seen by ``fit``
     metric : the metric of the per-epoch held-out curve (default accuracy / rmse)
     random_state : int, RandomState or None
@@ -171,6 +173,7 @@ class NetEstimator(BaseEstimator):
         time_ordered: bool = False,
         time_gap: int = 0,
         image_shape: tuple[int, ...] | None = None,
+        augment: Any = None,
         classes: Any = None,
         metric: str | None = None,
         random_state: Any = None,
@@ -207,6 +210,7 @@ class NetEstimator(BaseEstimator):
         self.time_ordered = time_ordered
         self.time_gap = time_gap
         self.image_shape = image_shape
+        self.augment = augment
         self.classes = classes
         self.metric = metric
         self.random_state = random_state
@@ -344,7 +348,9 @@ class NetEstimator(BaseEstimator):
             batch_size=t.batch_size, train_split=self._inner_split(es, groups), callbacks=callbacks, verbose=0,
             iterator_train=TensorBatches, iterator_valid=TensorBatches, iterator_train__shuffle=True,
             device=t.device, l1=t.l1, l2_explicit=t.weight_decay if t.optimizer == "lbfgs" else 0.0,
-            init_scheme=model.init, init_activation=model.activation,
+            init_scheme=model.init, init_activation=model.activation, augment=make_augmenter(
+                self.augment, seed=self._seed_, task=self.task, image_shape=self.image_shape,
+                preprocess=self.preprocess_, n_features=self.n_features_in_),
             **{f"module__{k}": v for k, v in margs.items()},
             **{f"optimizer__{k}": v for k, v in oargs.items()},
         )

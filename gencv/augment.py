@@ -25,7 +25,7 @@ from gencv.errors import SpecError
 from gencv.seeds import derive_seed
 from gencv.spec import AugmentSpec
 
-__all__ = ["IMAGE_OPTIONS", "Augmenter", "affine_images", "as_augment_spec", "check_augment", "input_affine", "make_augmenter"]
+__all__ = ["IMAGE_OPTIONS", "Augmenter", "affine_images", "as_augment_spec", "augment_refusal", "check_augment", "input_affine", "make_augmenter"]
 
 #: options that only make sense for images (they move or blank pixels)
 IMAGE_OPTIONS = ("shift", "rotate", "scale", "cutout")
@@ -46,6 +46,18 @@ def as_augment_spec(value: Any) -> AugmentSpec | None:
         raise TypeError(f"augment: got {value!r}; use None, a dict such as {{'rotate': 10, 'shift': 1}} "
                          "or an AugmentSpec")
     return value if value.active else None
+
+
+def augment_refusal(augment: Any, engine: str) -> str | None:
+    """Why `engine`, which does not augment, cannot train with `augment` ("data.augment: got ..."); None when
+    augmentation is off (or invalid: the estimator's fit refuses that)."""
+    try:
+        spec = as_augment_spec(augment)
+    except (TypeError, ValueError):
+        return None
+    if spec is None:
+        return None
+    return f"data.augment: got {spec.model_dump(exclude_defaults=True)}; {engine} does not augment training batches"
 
 
 def check_augment(spec: AugmentSpec | None, image_shape: tuple[int, ...] | None) -> None:

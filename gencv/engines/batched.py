@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from sklearn.base import clone
 from torch import nn
 
+from gencv.augment import augment_refusal
 from gencv.engines.base import EpochCallback, FoldFit, FoldStartCallback
 from gencv.engines.optim import make_schedule
 from gencv.engines.skorch_engine import SkorchEngine
@@ -80,8 +81,8 @@ def unsupported_setting(estimator: Any) -> str | None:
         return None
     if m.kind != "mlp":
         return f"model.kind: got {m.kind!r}; the batched engine stacks MLPs only"
-    if getattr(estimator, "augment", None) is not None:
-        return "data.augment: got augmentation; the batched engine does not augment its batches"
+    if (refusal := augment_refusal(getattr(estimator, "augment", None), "the batched engine")) is not None:
+        return refusal
     if m.batch_norm:
         return "model.batch_norm: got true; the batched engine has no per-member batch norm yet"
     if t.optimizer not in STACKED_OPTIMIZERS:

@@ -25,7 +25,8 @@ from gencv.errors import SpecError
 from gencv.seeds import derive_seed
 from gencv.spec import AugmentSpec
 
-__all__ = ["IMAGE_OPTIONS", "Augmenter", "affine_images", "as_augment_spec", "augment_refusal", "check_augment", "input_affine", "make_augmenter"]
+__all__ = ["IMAGE_OPTIONS", "Augmenter", "affine_images", "as_augment_spec", "augment_refusal", "check_augment",
+           "input_affine", "make_augmenter"]
 
 #: options that only make sense for images (they move or blank pixels)
 IMAGE_OPTIONS = ("shift", "rotate", "scale", "cutout")
@@ -144,7 +145,8 @@ class Augmenter:
     def _rand(self, *shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=self._gen, dtype=torch.float64)
 
-    def __call__(self, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float]:
+    def __call__(self, X: torch.Tensor, y: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float]:
         """The augmented batch: inputs, targets, the mixed-in targets (classification mixup) and their weight."""
         spec, n = self.spec, X.shape[0]
         out = X

@@ -235,6 +235,7 @@ def test_table_options_and_the_spec_reach_the_estimator() -> None:
 
 def test_batched_engine_refuses_augment_and_auto_falls_back() -> None:
     est = NetClassifier(augment={"noise": 0.1})
-    assert unsupported_setting(est) == "data.augment: got {'noise': 0.1}; the batched engine does not augment training batches"
+    assert unsupported_setting(est) == ("data.augment: got {'noise': 0.1}; the batched engine does not augment "
+                                        "training batches")
     assert unsupported_setting(NetClassifier(augment={"noise": 0.0})) is None  # all zero: off
     assert engine_used("auto", est) == "skorch" and engine_used("auto", NetClassifier()) == "batched"

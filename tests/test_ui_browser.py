@@ -133,6 +133,9 @@ def test_ui_renders_fold_runs_metric_charts_and_plots_in_chromium(tmp_path: Path
                    "a link to the logged model")
         b.wait_for(f"document.body.innerText.includes({dataset!r})", RENDER, "the data set under Datasets")
         b.screenshot(tmp_path / "run_page.png")
+        b.evaluate(f"[...document.querySelectorAll('a[href]')].find(a => a.href.includes({model_id!r}))"
+                   ".scrollIntoView()")
+        b.screenshot(tmp_path / "run_page_model.png")
 
         # Metric charts: plotly charts drawn, titled by metrics of this run.
         b.goto(f"{origin}/#/experiments/{exp_id}/runs/{out.run_id}/model-metrics{query}")

@@ -3,6 +3,7 @@ deprecated `GencvEstimator` (now `NetClassifier`/`NetRegressor` in `sklearn_api`
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from collections.abc import Sequence
@@ -10,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
@@ -18,7 +20,7 @@ from torch import nn
 
 from gencv.spec import ModelSpec, TrainSpec
 
-__all__ = ["ExportedModel", "GencvEstimator", "export_input", "make_preprocessor", "x_checks"]
+__all__ = ["ExportedModel", "GencvEstimator", "export_input", "make_preprocessor", "param_names", "x_checks"]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,12 @@ def _to_float32(X: np.ndarray, dtype: str = "float32") -> np.ndarray:
 
 def _scaler(scale: str) -> Any:
     return {"standard": StandardScaler(), "minmax": MinMaxScaler(), "none": "passthrough"}[scale]
+
+
+@functools.cache
+def param_names(cls: type) -> tuple[str, ...]:
+    """scikit-learn's parameter names of an estimator class (from `__init__`'s signature), computed once per class."""
+    return tuple(BaseEstimator._get_param_names.__func__(cls))  # type: ignore[attr-defined]
 
 
 def make_preprocessor(scale: str, dtype: str = "float32", *, impute: str = "none", categorical: str = "onehot",

@@ -7,7 +7,6 @@ reference engine trains these same estimators (`estimator_from_spec` builds one 
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,7 +21,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from skorch.callbacks import Callback, GradientNormClipping
 from torch import nn
 
-from gencv.engines.estimator import ExportedModel, make_preprocessor, x_checks
+from gencv.engines.estimator import ExportedModel, make_preprocessor, param_names, x_checks
 from gencv.engines.optim import make_optimizer, make_schedule
 from gencv.engines.skorch_net import (
     FoldEarlyStopping,
@@ -100,10 +99,6 @@ class _CurveMetric:
             return float(func(y, proba, list(range(self.n_classes))))
         return float(func(y, out.argmax(1)))
 
-
-@functools.cache
-def _param_names(cls: type) -> tuple[str, ...]:
-    return tuple(BaseEstimator._get_param_names.__func__(cls))  # type: ignore[attr-defined]
 
 
 class NetEstimator(BaseEstimator):
@@ -221,10 +216,8 @@ class NetEstimator(BaseEstimator):
 
     # ------------------------------------------------------------------ parameters
     @classmethod
-    def _get_param_names(cls) -> list[str]:
-        """scikit-learn's parameter names (from `__init__`'s signature), computed once per class: `get_params`,
-        `set_params` and `clone` ask for them on every call (a third of a leave-one-out fold's setup)."""
-        return list(_param_names(cls))
+    def _get_param_names(cls) -> list[str]:  # once per class: clone/get_params ask on every call (LOO fold setup)
+        return list(param_names(cls))
 
     def _store_kwargs(self, kwargs: dict[str, Any]) -> None:
         """`module__<name>` settings become attributes (as in skorch); anything else is kept and refused by `fit`."""

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from gencv.engines import FittedModel, FoldFit, NetClassifier, NetRegressor, get_engine
+from gencv.engines import Engine, FittedModel, FoldFit, NetClassifier, NetRegressor, get_engine
 from gencv.errors import DivergenceError
 from gencv.metrics import METRICS, score_all
 from gencv.seeds import derive_seed
@@ -183,7 +183,7 @@ def fit_and_score(
     measures: Sequence[str] = (),
     measure_config: Any = None,
     progress: Progress | None = None,
-    engine: str = "skorch",
+    engine: str | Engine = "skorch",
     groups: np.ndarray | None = None,
 ) -> FoldResult:
     """Fit a copy of `estimator` on the fold's training part, score train / valid / test, compute measures.
@@ -365,7 +365,7 @@ def cross_validate(
     fold_order: Sequence[int] | None = None,
     done: Mapping[int, FoldResult] | None = None,
     keep_estimators: bool = False,
-    engine: str = "skorch",
+    engine: str | Engine = "skorch",
     groups: np.ndarray | None = None,
     train_fraction: float = 1.0,
     data: DataRef | None = None,

@@ -309,6 +309,7 @@ class TuneSpec(_Strict):
     pruner_options: dict[str, float] = Field(default_factory=dict)
     max_consecutive_failures: int = Field(10, ge=1)
     divergence: Literal["prune", "penalty"] = "prune"
+    batch_trials: int = Field(1, ge=1, le=1024)  # trials asked at once and trained as one population (batched engine)
 
     @model_validator(mode="after")
     def _check_pruner_options(self) -> TuneSpec:
@@ -458,14 +459,17 @@ class Experiment(_Strict):
 
 
 def drop_unset_custom_keys(raw: dict[str, Any]) -> None:
-    """Remove model.module, model.kwargs and data.augment from a dumped spec when unset (in place): digests stay
-    as before them."""
+    """Remove model.module, model.kwargs and data.augment when unset, and tune.batch_trials at its default 1,
+    from a dumped spec (in place): digests stay as before these keys existed."""
     if isinstance(raw.get("data"), dict) and raw["data"].get("augment", 0) is None:
         raw["data"].pop("augment")
     model = raw.get("model")
     if isinstance(model, dict) and model.get("module") is None and not model.get("kwargs"):
         model.pop("module", None)
         model.pop("kwargs", None)
+    tune = raw.get("tune")
+    if isinstance(tune, dict) and tune.get("batch_trials", 1) == 1:
+        tune.pop("batch_trials", None)
 
 
 def _param_str(v: Any) -> str:

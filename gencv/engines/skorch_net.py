@@ -11,11 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.model_selection import GroupShuffleSplit, ShuffleSplit, StratifiedShuffleSplit
-from skorch import NeuralNet as _NetBase
-from skorch import NeuralNetClassifier, NeuralNetRegressor
+from skorch import NeuralNet as _NetBase, NeuralNetClassifier, NeuralNetRegressor
 from skorch.callbacks import Callback, EarlyStopping
-from skorch.dataset import Dataset as SkorchDataset
-from skorch.dataset import get_len
+from skorch.dataset import Dataset as SkorchDataset, get_len
 from torch import nn
 
 from gencv.errors import DivergenceError

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from gencv.engines import FittedModel, FoldFit, NetClassifier, NetRegressor, get_engine
+from gencv.engines import Engine, FittedModel, FoldFit, NetClassifier, NetRegressor, get_engine
 from gencv.errors import DivergenceError
 from gencv.metrics import METRICS, score_all
 from gencv.seeds import derive_seed
@@ -183,7 +183,7 @@ def fit_and_score(
     measures: Sequence[str] = (),
     measure_config: Any = None,
     progress: Progress | None = None,
-    engine: str = "skorch",
+    engine: str | Engine = "skorch",
     groups: np.ndarray | None = None,
 ) -> FoldResult:
     """Fit a copy of `estimator` on the fold's training part, score train / valid / test, compute measures.
@@ -365,7 +365,7 @@ def cross_validate(
     fold_order: Sequence[int] | None = None,
     done: Mapping[int, FoldResult] | None = None,
     keep_estimators: bool = False,
-    engine: str = "skorch",
+    engine: str | Engine = "skorch",
     groups: np.ndarray | None = None,
     train_fraction: float = 1.0,
     data: DataRef | None = None,
@@ -388,8 +388,8 @@ def cross_validate(
     data : what `X`, `y` are (`DataRef.of`): each fold run then gets its parts as run inputs (contexts
         training, early_stopping, validation) and `fold_rows.json` with their row indices.
     fold_runs : a child run per fold (True), or every fold recorded in `parent_run` itself (False):
-        per-fold metrics as steps (`fold_<name>`, step = fold index), `fold_results/fold-<i>.json`, and
-        the learning curves (`fold-<i>/curve_*`) of `curve_folds` evenly spaced folds.
+        per-fold metrics as steps (`fold_<name>`, step = fold index), the fold records in `fold_results/`,
+        and the learning curves (`fold-<i>/curve_*`) of `curve_folds` evenly spaced folds (`ParentFoldLog`).
     """
     eng = get_engine(engine)
     estimator = as_estimator(estimator, metric, y)
@@ -406,7 +406,8 @@ def cross_validate(
     todo = [i for i in order if i not in done]
     seeds = {i: derive_seed(seed, "fold", i) for i in todo}
     open_runs: dict[int, str] = {}
-    curve_set = set() if fold_runs else set(curve_sample(len(folds), curve_folds))
+    in_parent = (ParentFoldLog(tracker, parent_run, curve_sample(len(folds), curve_folds))
+                 if not fold_runs and parent_run is not None else None)
 
     def fold_start(i: int) -> None:
         progress.fold_start(i, len(folds), estimator.max_epochs)
@@ -439,9 +440,9 @@ def cross_validate(
                     status = "FINISHED" if res.ok else "FAILED"
                 finally:
                     tracker.end_run(run_id, status)
-            elif parent_run is not None:
+            elif in_parent is not None:
                 res.run_id = parent_run
-                log_fold_in_parent(tracker, parent_run, res, curves=i in curve_set)
+                in_parent.add(res)
             if not keep_estimators:
                 res.estimator = None
             results[i] = res
@@ -460,6 +461,8 @@ def cross_validate(
         raise
     finally:
         fits.close()  # a consumer that stopped early (a pruned trial) trains no further fold
+        if in_parent is not None:
+            in_parent.close()  # finished folds are kept, also after Ctrl-C or an error
     return CVResult(folds=[results[i] for i in sorted(results)], metric=metric,
                     task=estimator.task, seed=seed)
 
@@ -494,18 +497,56 @@ def curve_sample(n_folds: int, k: int) -> list[int]:
     return sorted({round(float(x)) for x in np.linspace(0, n_folds - 1, min(k, n_folds))})
 
 
-def log_fold_in_parent(tracker: Tracker, run_id: str, res: FoldResult, *, curves: bool) -> None:
-    """Record a fold in its parent run: `fold_<metric>` at step = fold index (with `fold_ok`, `fold_n_train`,
-    `fold_n_valid`), its learning curves when `curves`, and `fold_results/fold-<i>.json` for --resume."""
-    import json
+class ParentFoldLog:
+    """Folds recorded in their parent run (`tracking.fold_runs` off), written in batches.
 
-    metrics = {f"fold_{k}": v for k, v in res.flat_metrics().items()}
-    metrics.update({"fold_ok": float(res.ok), "fold_n_train": float(res.n_train), "fold_n_valid": float(res.n_valid)})
-    series = {}
-    if curves and res.history:
-        keys = [k for k in res.history[0] if k.startswith("curve_")]
-        series = {f"fold-{res.index}/{k}": [row.get(k, np.nan) for row in res.history] for k in keys}
-    tracker.log_metrics(run_id, metrics, step=res.index)
-    if series:
-        tracker.log_series(run_id, series)
-    tracker.log_text(run_id, json.dumps(res.to_json()), f"fold_results/fold-{res.index}.json")
+    Per fold: `fold_<metric>` at step = fold index (with `fold_ok`, `fold_n_train`, `fold_n_valid`), its
+    learning curves (`fold-<i>/curve_*`) when the fold is in `curves`, and its record in a
+    `fold_results/folds-<first>-<last>-<tag>.json` list that --resume and `compare` read. Writing fold by fold
+    cost one database commit and one artifact per fold (leave-one-out: ~60 ms a fold, as much as training
+    it), so folds are written `every` folds or `seconds` after the oldest unwritten one, whichever comes
+    first, and on `close()` (also after Ctrl-C or an error). A killed process (SIGKILL) loses at most that
+    much finished work; --resume refits those folds.
+    """
+
+    def __init__(self, tracker: Tracker, run_id: str, curves: Iterable[int] = (), *, every: int = 50,
+                 seconds: float = 15.0) -> None:
+        self.tracker, self.run_id, self.curves = tracker, run_id, set(curves)
+        self.every, self.seconds = max(1, int(every)), float(seconds)
+        self._pending: list[FoldResult] = []
+        self._since = 0.0
+
+    def add(self, res: FoldResult) -> None:
+        import time
+
+        if not self._pending:
+            self._since = time.monotonic()
+        self._pending.append(res)
+        if len(self._pending) >= self.every or time.monotonic() - self._since >= self.seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        import json
+        import uuid
+
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        steps: dict[int, dict[str, float]] = {}
+        series: dict[str, list[float]] = {}
+        for res in batch:
+            metrics = {f"fold_{k}": v for k, v in res.flat_metrics().items()}
+            metrics.update({"fold_ok": float(res.ok), "fold_n_train": float(res.n_train),
+                            "fold_n_valid": float(res.n_valid)})
+            steps[res.index] = metrics
+            if res.index in self.curves and res.history:
+                keys = [k for k in res.history[0] if k.startswith("curve_")]
+                series.update({f"fold-{res.index}/{k}": [row.get(k, np.nan) for row in res.history] for k in keys})
+        self.tracker.log_steps(self.run_id, steps)
+        if series:
+            self.tracker.log_series(self.run_id, series)
+        indices = [r.index for r in batch]
+        name = f"fold_results/folds-{min(indices)}-{max(indices)}-{uuid.uuid4().hex[:8]}.json"
+        self.tracker.log_text(self.run_id, json.dumps([r.to_json() for r in batch]), name)
+
+    close = flush

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -177,7 +178,11 @@ def score_all(
     out: dict[str, float] = {}
     # Inputs come from our own predictions on validated data: skip sklearn's repeated
     # parameter validation and finiteness scans (they cost more than the metrics themselves).
-    with sklearn.config_context(skip_parameter_validation=True, assume_finite=True):
+    with sklearn.config_context(skip_parameter_validation=True, assume_finite=True), warnings.catch_warnings():
+        # one held-out row (leave-one-out): balanced accuracy's confusion matrix has one or two labels, and the
+        # score (the recall of the true class) is still right; sklearn's warnings would print once per fold
+        warnings.filterwarnings("ignore", message="A single label was found", category=UserWarning)
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true", category=UserWarning)
         prf: tuple[float, float, float] | None = None
         for m in metrics_for_task(task):
             if m.name in _PRF_INDEX:  # the three macro scores from one pass (what each score function does inside)

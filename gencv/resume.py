@@ -140,7 +140,8 @@ def finished_folds(tracker: Tracker, run_id: str, exp: Experiment) -> dict[int, 
 
 
 def _folds_in_parent(client: Any, run_id: str) -> dict[int, FoldResult]:
-    """Successful folds a run recorded in itself (`fold_results/fold-<i>.json`, no fold runs)."""
+    """Successful folds a run recorded in itself (no fold runs): the `fold_results/folds-*.json` lists
+    `ParentFoldLog` writes, and the one-fold `fold_results/fold-<i>.json` files of earlier versions."""
     try:
         if not client.list_artifacts(run_id, "fold_results"):
             return {}
@@ -150,9 +151,11 @@ def _folds_in_parent(client: Any, run_id: str) -> dict[int, FoldResult]:
     out: dict[int, FoldResult] = {}
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(client.download_artifacts(run_id, "fold_results", tmp))
-        for path in sorted(local.glob("fold-*.json")):
-            fr = FoldResult.from_json(json.loads(path.read_text()))
-            if fr.ok:  # failed folds are fitted again, as failed fold runs are
-                fr.run_id = run_id
-                out[fr.index] = fr
+        for path in sorted(local.glob("*.json")):
+            records = json.loads(path.read_text())
+            for record in records if isinstance(records, list) else [records]:
+                fr = FoldResult.from_json(record)
+                if fr.ok:  # failed folds are fitted again, as failed fold runs are
+                    fr.run_id = run_id
+                    out[fr.index] = fr
     return out

@@ -20,6 +20,7 @@ from gencv.checksums import sha256_file, tag_key
 from gencv.cv import CVResult, FoldResult, Progress, cross_validate, refit_landscapes
 from gencv.data import Dataset, holdout_test, load_dataset
 from gencv.engines import NetEstimator, engine_used, estimator_from_spec, export_input
+from gencv.engines.devices import check_device
 from gencv.errors import DivergenceError, SpecError, TrackingError
 from gencv.metrics import check_metric_for_task, score_all
 from gencv.models import module_reference, source_file
@@ -150,7 +151,8 @@ class HeldOutPredictions:
         return pd.concat([self.frames[i] for i in sorted(self.frames)], ignore_index=True) if self.frames else None
 
 
-def make_estimator(exp: Experiment, ds: Dataset, seed: int | None = None, module: Any = None, base: Any = None) -> NetEstimator:
+def make_estimator(exp: Experiment, ds: Dataset, seed: int | None = None, module: Any = None,
+                   base: Any = None) -> NetEstimator:
     """The estimator template for this experiment and data (`module`: the class or factory of model.kind=custom,
     instead of importing model.module; `base`: the weights model.base names, loaded)."""
     if exp.model.kind == "cnn" and ds.image_shape is None:
@@ -159,7 +161,8 @@ def make_estimator(exp: Experiment, ds: Dataset, seed: int | None = None, module
     return estimator_from_spec(
         exp.model, exp.train, task=ds.task, n_classes=max(len(ds.classes), 2),
         image_shape=ds.image_shape, scale=exp.data.scale, time_ordered=ds.is_time_series, time_gap=ds.min_gap,
-        metric=exp.metric, random_state=exp.seed if seed is None else seed, module=module, base=base,
+        metric=exp.metric, random_state=exp.seed if seed is None else seed, module=module, augment=exp.data.augment,
+        base=base,
     ).set_params(impute=exp.data.impute, categorical=exp.data.categorical,  # per-fold feature preprocessing
                  categorical_features=list(ds.categorical) or None)
 
@@ -174,7 +177,8 @@ def with_module(exp: Experiment, module: Any) -> Experiment:
     return exp.with_overrides({"model.kind": "custom", "model.module": module_reference(module)})
 
 
-def prepare(exp: Experiment, *, allow_large_loo: bool = False, module: Any = None, tracking_uri: str | None = None) -> Prepared:
+def prepare(exp: Experiment, *, allow_large_loo: bool = False, module: Any = None,
+            tracking_uri: str | None = None) -> Prepared:
     """Load data, hold out the test set, build and check the folds and the estimator; no training.
 
     `module`: for model.kind=custom, the class or factory itself (else model.module is imported). A module
@@ -190,7 +194,7 @@ def prepare(exp: Experiment, *, allow_large_loo: bool = False, module: Any = Non
         log.info("cv.kind=rolling on data without data.time: rows are taken to be in time order")
         ds = dataclasses.replace(ds, time_index=np.arange(ds.n_samples))
     check_metric_for_task(exp.metric, ds.task)
-    _check_device(exp.train.device)
+    check_device(exp.train.device)
     cv_idx, test_idx = holdout_test(ds, exp.data.test_size, seed=derive_seed(exp.seed, "test"))
     folds = make_folds(exp.cv, y=ds.y, task=ds.task, seed=derive_seed(exp.seed, "cv"), indices=cv_idx,
                        groups=ds.groups, is_time_series=ds.is_time_series, min_gap=ds.min_gap,
@@ -199,19 +203,6 @@ def prepare(exp: Experiment, *, allow_large_loo: bool = False, module: Any = Non
     est.check_module(ds.X[cv_idx[:8]], ds.y[cv_idx])
     est.set_params(base=load_base(exp.model, fits=est, n_features=ds.X.shape[1], tracking_uri=tracking_uri))
     return Prepared(exp, ds, cv_idx, test_idx, folds, est, warnings, module)
-
-
-def _check_device(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        index = int(device.split(":")[1]) if ":" in device else 0
-        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
-            found = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            raise SpecError(f"train.device: got {device!r}, but this machine has {found} CUDA device(s); "
-                            "use train.device=cpu" + (f" or cuda:0..cuda:{found - 1}" if found else ""))
-    elif device == "mps" and not torch.backends.mps.is_available():
-        raise SpecError("train.device: got 'mps', but MPS is not available here; use train.device=cpu")
 
 
 def _git_commit() -> str | None:
@@ -291,7 +282,8 @@ def run_experiment(
     tracker = tracker or NullTracker()
     if module is not None:
         exp = with_module(exp, module)
-    prep = prepared or prepare(exp, allow_large_loo=allow_large_loo, module=module, tracking_uri=getattr(tracker, "tracking_uri", None))
+    prep = prepared or prepare(exp, allow_large_loo=allow_large_loo, module=module,
+                               tracking_uri=getattr(tracker, "tracking_uri", None))
     ds = prep.dataset
     for step in after_cv:
         step.check(prep)  # before any training
@@ -449,7 +441,8 @@ def refit_model(exp: Experiment, prep: Prepared, tracker: Tracker, run_id: str,
 def fit_refit(exp: Experiment, prep: Prepared) -> tuple[NetEstimator, dict[str, float]]:
     """Fit on every non-test sample (early stopping still validates inside it) and score the test set."""
     ds = prep.dataset
-    est = make_estimator(exp, ds, seed=derive_seed(exp.seed, "refit"), module=prep.module, base=prep.estimator.base)
+    est = make_estimator(exp, ds, seed=derive_seed(exp.seed, "refit"), module=prep.module,
+                         base=prep.estimator.base)
     rows = refit_rows(exp, prep)
     est.fit(ds.X[rows], ds.y[rows], groups=None if ds.groups is None else ds.groups[rows])
     scores: dict[str, float] = {}

@@ -14,9 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from gencv.errors import SpecError, did_you_mean
 from gencv.modref import module_ref_problem, module_relative_to
-from gencv.spec_transfer import BaseSpec, drop_unset_transfer_keys
+from gencv.spec_transfer import BaseSpec, drop_unset_custom_keys
 
 __all__ = [
+    "AugmentSpec",
     "CVSpec",
     "DataSpec",
     "Distribution",
@@ -36,6 +37,29 @@ __all__ = [
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AugmentSpec(_Strict):
+    """Data augmentation of training batches only (`gencv.augment`); all zero: off.
+
+    Images: `shift` (pixels), `rotate` (degrees), `scale` (relative zoom), `cutout` (side of a zeroed square,
+    pixels). Images and tables: `noise` (std in the network's input units, standardized with data.scale:
+    standard), `mixup` (Beta(alpha, alpha) mixing of row pairs and their targets). `p`: chance that a row
+    gets the shift/rotate/scale/cutout/noise draws.
+    """
+
+    shift: int = Field(0, ge=0, le=1024)
+    rotate: float = Field(0.0, ge=0.0, le=180.0)
+    scale: float = Field(0.0, ge=0.0, lt=1.0)
+    noise: float = Field(0.0, ge=0.0, le=100.0)
+    cutout: int = Field(0, ge=0, le=4096)
+    mixup: float = Field(0.0, ge=0.0, le=100.0)
+    p: float = Field(1.0, ge=0.0, le=1.0)
+
+    @property
+    def active(self) -> bool:
+        """Whether any augmentation is on."""
+        return (self.p > 0 and any((self.shift, self.rotate, self.scale, self.noise, self.cutout))) or self.mixup > 0
 
 
 class DataSpec(_Strict):
@@ -65,6 +89,7 @@ class DataSpec(_Strict):
     horizon: int = Field(1, ge=1, le=1000)
     # Fraction of each training fold (and of the refit's rows) that is fitted on; held-out folds are unchanged.
     train_fraction: float = Field(1.0, gt=0.0, le=1.0)
+    augment: AugmentSpec | None = None  # training batches only; never held-out, early-stopping or measured rows
     classes: list[int | str] | None = Field(None, min_length=2)  # keep these classes only, coded 0..k-1 in this order
 
     @field_validator("sep")
@@ -288,6 +313,7 @@ class TuneSpec(_Strict):
     pruner_options: dict[str, float] = Field(default_factory=dict)
     max_consecutive_failures: int = Field(10, ge=1)
     divergence: Literal["prune", "penalty"] = "prune"
+    batch_trials: int = Field(1, ge=1, le=1024)  # trials asked at once and trained as one population (batched engine)
 
     @model_validator(mode="after")
     def _check_pruner_options(self) -> TuneSpec:
@@ -436,16 +462,6 @@ class Experiment(_Strict):
         return validate_experiment(apply_overrides(raw, overrides), source="overrides")
 
 
-def drop_unset_custom_keys(raw: dict[str, Any]) -> None:
-    """Remove model.module and model.kwargs (and the transfer keys) from a dumped spec when unset (in place): digests
-    stay as before them."""
-    model = raw.get("model")
-    if isinstance(model, dict) and model.get("module") is None and not model.get("kwargs"):
-        model.pop("module", None)
-        model.pop("kwargs", None)
-    drop_unset_transfer_keys(raw)
-
-
 def _param_str(v: Any) -> str:
     s = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
     return s if len(s) <= 6000 else s[:5997] + "..."
@@ -539,6 +555,7 @@ def validate_experiment(raw: Mapping[str, Any], source: str = "spec") -> Experim
 _MODELS: dict[str, type[BaseModel]] = {
     "": Experiment,
     "data": DataSpec,
+    "data.augment": AugmentSpec,
     "model": ModelSpec,
     "model.base": BaseSpec,
     "train": TrainSpec,

@@ -1,5 +1,5 @@
 """The spec of a transferred network: `model.base` (which trained gencv network to start from, what to freeze,
-the new head) and the keys it adds, dropped from digests when unset so earlier specs keep theirs."""
+the new head); and the spec keys added over time, dropped from digests when unset so earlier specs keep theirs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["BaseSpec", "drop_unset_transfer_keys"]
+__all__ = ["BaseSpec", "drop_unset_custom_keys", "drop_unset_transfer_keys"]
 
 _URI = re.compile(r"models:/([^/@]+)(?:/(\d+|latest)|@(\w[\w-]*))")
 
@@ -20,7 +20,7 @@ class BaseSpec(BaseModel):
 
     run: str | None = None  # a `gencv run` parent run id: its refit model's logged state dict
     uri: str | None = None  # models:/NAME/VERSION, models:/NAME/latest or models:/NAME@ALIAS (`gencv run --register`)
-    path: str | None = None  # a state-dict file (torch.save(module.state_dict()) or a run's model_weights/state_dict.pt)
+    path: str | None = None  # a state-dict file: torch.save(module.state_dict()), a run's model_weights/state_dict.pt
     sha256: str | None = None  # path: the file's expected SHA-256 (run/uri: checked against the run's tag)
     # all_but_head: only the new head trains; none: everything trains; [names]: those layers (and below) stay fixed
     freeze: Literal["all_but_head", "none"] | list[str] = "all_but_head"
@@ -31,7 +31,7 @@ class BaseSpec(BaseModel):
     @classmethod
     def _positive(cls, v: list[int]) -> list[int]:
         if any(int(h) < 1 for h in v):
-            raise ValueError(f"model.base.new_head: got {v}; give positive hidden sizes, e.g. [32], or [] for one layer")
+            raise ValueError(f"model.base.new_head: got {v}; give positive hidden sizes, e.g. [32] ([]: one layer)")
         return v
 
     @field_validator("freeze")
@@ -79,3 +79,18 @@ def drop_unset_transfer_keys(raw: dict[str, Any]) -> None:
         part = raw.get(section)
         if isinstance(part, dict) and key in part and part[key] == unset:
             part.pop(key)
+
+
+def drop_unset_custom_keys(raw: dict[str, Any]) -> None:
+    """Remove model.module, model.kwargs, data.augment and the transfer keys when unset, and tune.batch_trials at
+    its default 1, from a dumped spec (in place): digests stay as before these keys existed."""
+    if isinstance(raw.get("data"), dict) and raw["data"].get("augment", 0) is None:
+        raw["data"].pop("augment")
+    model = raw.get("model")
+    if isinstance(model, dict) and model.get("module") is None and not model.get("kwargs"):
+        model.pop("module", None)
+        model.pop("kwargs", None)
+    drop_unset_transfer_keys(raw)
+    tune = raw.get("tune")
+    if isinstance(tune, dict) and tune.get("batch_trials", 1) == 1:
+        tune.pop("batch_trials", None)

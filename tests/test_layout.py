@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("gencv.spec", "gencv.spec_transfer"),
     ("gencv.data", "gencv.tables", "gencv.arrays"),
     ("gencv.splits",),
-    ("gencv.models",),
+    ("gencv.models", "gencv.augment"),
     ("gencv.engines",),
     ("gencv.measures",),
     ("gencv.pruning",),

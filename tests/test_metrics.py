@@ -104,3 +104,15 @@ def test_auc_is_missing_where_one_vs_rest_is_undefined() -> None:
     assert np.isnan(auc(np.array([0, 1, 0, 1]), proba, [0, 1, 2]))  # class 2 absent from the fold
     assert np.isnan(auc(np.array([1, 1, 1, 1]), proba[:, :2], [0, 1]))  # a single class
     assert auc(np.array([0, 1, 0, 1]), proba[:, :2], [0, 1]) == 1.0  # binary: the positive column ranks them
+
+
+@pytest.mark.parametrize(("pred", "expected"), [(1, 1.0), (0, 0.0)])
+def test_one_held_out_row_is_scored_without_a_warning_per_fold(pred: int, expected: float) -> None:
+    import warnings
+
+    from gencv.metrics import score_all
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # leave-one-out scores hundreds of one-row folds
+        out = score_all("classification", np.array([1]), np.array([pred]), np.array([[1 - pred, pred]], float), [0, 1])
+    assert out["accuracy"] == out["balanced_accuracy"] == expected

@@ -19,6 +19,7 @@ from gencv.pruning import (
     count_parameters,
     finetune_,
     hessian_diagonal,
+    inference_seconds,
     keep_by_norm,
     mask_units_,
     masks_from_scores,
@@ -212,3 +213,37 @@ def test_rewinding_restores_the_initial_values_of_surviving_weights() -> None:
         torch.testing.assert_close(lay.weight[kept], init_state[f"{name}.weight"][kept], rtol=0, atol=0)
         assert torch.all(lay.weight[~kept] == 0)
         torch.testing.assert_close(lay.bias, init_state[f"{name}.bias"], rtol=0, atol=0)
+
+
+def test_obd_uses_the_public_hvp_core() -> None:
+    import gencv.measures._hvp as hvp
+    from gencv.measures import LossLandscape
+
+    assert LossLandscape is hvp._Landscape  # the measures' private name still works
+    X, y = _data()
+    module = _mlp()
+    land = LossLandscape(module, X, y, F.cross_entropy)
+    diag, _ = hessian_diagonal(module, X, y, F.cross_entropy, probes=0)
+    e = torch.zeros(land.n_params, dtype=DT)
+    e[3] = 1.0
+    assert float(land.hvp(e)[3]) == pytest.approx(float(diag["net.0.weight"].reshape(-1)[3]), rel=1e-12)
+
+
+def test_inference_timing_is_per_module_on_one_thread_and_restores_the_setting() -> None:
+    torch.manual_seed(0)
+    big, small = MLP(30, 2, hidden=(256, 256)), MLP(30, 2, hidden=(4,))
+    before = torch.get_num_threads()
+    seen = []
+
+    class Probe(nn.Module):  # records the thread count while it is timed
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(torch.get_num_threads())
+            return x
+
+    t_big, t_small, _ = inference_seconds([big, small, Probe()], 30, 256, repeats=7, warmup=2)
+    assert torch.get_num_threads() == before
+    assert seen == [1] * (2 + 7)  # warm-up and timed passes, all on one thread
+    assert t_big > t_small > 0  # 256x256 weights against 4 hidden units: far apart on any machine
+    assert inference_seconds([small], (30,), 1, repeats=1)[0] > 0
+    with pytest.raises(ValueError, match="repeats: got 0"):
+        inference_seconds([small], 30, 1, repeats=0)

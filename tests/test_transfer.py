@@ -124,8 +124,8 @@ def test_a_base_of_another_input_shape_fails_before_training(tmp_path) -> None:
     with pytest.raises(SpecError, match="model.base.sha256: the file .* has SHA-256"):
         prepare(tiny().with_overrides({"model.hidden": [8, 8], "model.base": {"path": str(path), "sha256": "0" * 64}}))
     torch.save(_source_state(n_features=4), path)
-    with pytest.raises(SpecError, match="model.base.freeze: got 'body': the network has no such layer.*Its layers: net, "
-                                        "net.0"):
+    with pytest.raises(SpecError, match="model.base.freeze: got 'body': the network has no such layer.*"
+                                        "Its layers: net, net.0"):
         prepare(tiny().with_overrides({"model.hidden": [8, 8], "model.base": {"path": str(path), "freeze": ["body"]}}))
     with pytest.raises(SpecError, match="model.base.head: got 'fc'"):
         prepare(tiny().with_overrides({"model.hidden": [8, 8], "model.base": {"path": str(path), "head": "fc"}}))
@@ -166,7 +166,8 @@ def test_transferred_run_names_its_base_run_in_its_tags(tracking_uri: str, tmp_p
     with pytest.raises(GencvError, match="corrupted or was replaced"):
         prepare(target, tracking_uri=tracking_uri)
     # a base whose spec has another architecture is named, field by field
-    client.set_tag(src.run_id, "gencv.sha256.model_weights/state_dict.pt", src_tags["gencv.sha256.model_weights/state_dict.pt"])
+    key = "gencv.sha256.model_weights/state_dict.pt"
+    client.set_tag(src.run_id, key, src_tags[key])
     with pytest.raises(SpecError, match=r"model.hidden=\[8, 8\] in the base, \[8, 4\] here"):
         prepare(target.with_overrides({"model.hidden": [8, 4]}), tracking_uri=tracking_uri)
 

@@ -203,7 +203,7 @@ def _old_digest(exp: Experiment) -> str:
     import hashlib
 
     raw = exp.model_dump(mode="json")
-    for k in ("trials", "timeout", "max_consecutive_failures", "nested", "pruner_options"):
+    for k in ("trials", "timeout", "max_consecutive_failures", "nested", "pruner_options", "batch_trials"):
         raw["tune"].pop(k, None)
     raw.pop("name", None)
     raw.pop("sweep", None)  # nor the keys added since (train.engine, train.dtype, sweep, tracking, ...)
@@ -221,6 +221,7 @@ def _old_digest(exp: Experiment) -> str:
     raw["model"].pop("base", None)  # transfer learning's keys
     raw["train"].pop("base_lr_factor", None)
     raw["data"].pop("classes", None)
+    raw["data"].pop("augment", None)  # data.augment (unset)
     return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -102,6 +102,10 @@ def test_ui_renders_fold_runs_metric_charts_and_plots_in_chromium(tmp_path: Path
     plots = sorted(a.path.split("/")[-1] for a in client.list_artifacts(out.run_id, "plots"))
     assert plots == ["confusion_matrix.png", "fold_scores.png", "learning_curves.png"]
     run_name = parent.info.run_name
+    (model,) = client.search_logged_models(experiment_ids=[exp_id])
+    assert model.source_run_id == out.run_id
+    model_id = model.model_id
+    (dataset,) = {i.dataset.name for i in parent.inputs.dataset_inputs}
     head = Path(client.download_artifacts(out.run_id, "plots/fold_scores.png", str(tmp_path))).read_bytes()[:24]
     png_size = struct.unpack(">II", head[16:24])  # width, height from the PNG's IHDR chunk
 
@@ -124,7 +128,14 @@ def test_ui_renders_fold_runs_metric_charts_and_plots_in_chromium(tmp_path: Path
         hrefs = b.evaluate(_HREFS)
         for child in children:
             assert any(h.endswith(f"/runs/{child.info.run_id}") for h in hrefs), child.info.run_name
+        # ... the refit model under "Logged models", linked to its model page, and the data set under "Datasets"
+        b.wait_for(f"[...document.querySelectorAll('a[href]')].some(a => a.href.includes({model_id!r}))", RENDER,
+                   "a link to the logged model")
+        b.wait_for(f"document.body.innerText.includes({dataset!r})", RENDER, "the data set under Datasets")
         b.screenshot(tmp_path / "run_page.png")
+        b.evaluate(f"[...document.querySelectorAll('a[href]')].find(a => a.href.includes({model_id!r}))"
+                   ".scrollIntoView()")
+        b.screenshot(tmp_path / "run_page_model.png")
 
         # Metric charts: plotly charts drawn, titled by metrics of this run.
         b.goto(f"{origin}/#/experiments/{exp_id}/runs/{out.run_id}/model-metrics{query}")

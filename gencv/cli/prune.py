@@ -41,6 +41,9 @@ def prune(
                                                 "diagonal (0: exact, one HVP per parameter)")] = 32,
     no_timing: Annotated[bool, typer.Option("--no-timing", help="skip the CPU inference timing of shrunk "
                                             "networks")] = False,
+    threads: Annotated[int, typer.Option("--threads", help="torch CPU threads (default 1: small networks gain "
+                                         "nothing from more, and on a busy machine spinning threads slow the sweep "
+                                         "several-fold); 0 = torch's default")] = 1,
     set_: SetOpt = None,
     tracking_uri: UriOpt = None,
     no_track: Annotated[bool, typer.Option("--no-track", help="do not record anything in MLflow")] = False,
@@ -57,6 +60,21 @@ def prune(
     sigterm_to_interrupt()
 
     def go() -> Any:
+        from gencv.errors import SpecError
+
+        exp = load_spec(spec, set_)
+        if threads < 0:
+            raise SpecError(f"--threads: got {threads}; use 1 or more, or 0 for torch's default")
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads or before)  # restored below: a CliRunner or notebook caller keeps its own
+        try:
+            return sweep(exp)
+        finally:
+            torch.set_num_threads(before)
+
+    def sweep(exp: Any) -> Any:
         from gencv.studies.prune import (
             PruneSettings,
             check_settings,
@@ -65,7 +83,6 @@ def prune(
         )
         from gencv.tracking import make_tracker
 
-        exp = load_spec(spec, set_)
         settings = PruneSettings(tuple(method or ()), parse_levels(levels), finetune_epochs=finetune_epochs,
                                  hessian_probes=hessian_probes, iterative=iterative, rewind=rewind,
                                  timing=not no_timing)
@@ -90,6 +107,7 @@ def prune(
         return command("prune", spec_path(spec), set_, *[("--method", m) for m in method or []],
                        ("--levels", levels), ("--finetune-epochs", finetune_epochs), ("--iterative", iterative),
                        ("--rewind", rewind), ("--hessian-probes", hessian_probes), ("--no-timing", no_timing),
+                       ("--threads", None if threads == 1 else threads),
                        ("--tracking-uri", redacted(tracking_uri)), ("--no-track", no_track), ("--resume", run_id))
 
     guard(go, resume_hint)
@@ -104,8 +122,8 @@ def _print(result: Any) -> None:
             f"valid_{m}_mean": f"CV {m}", f"gap_{m}_mean": "gap", f"test_{m}_mean": f"test {m}",
             "diff_vs_baseline": "diff", "p_holm": "p (Holm)", "P_better": "P better", "P_equivalent": "P equiv",
             "P_worse": "P worse", "infer_ms_b1_mean": "ms b1", "infer_ms_b256_mean": "ms b256"}
-    if "hessian_top_mean" in result.table:
-        cols["hessian_top_mean"] = "hessian_top"
+    if "hessian_top_1_mean" in result.table:  # the top Hessian eigenvalue of the pruned network, when measured
+        cols["hessian_top_1_mean"] = "hessian_top"
     cols = {k: v for k, v in cols.items() if k in result.table}
     for label in cols.values():
         t.add_column(label, justify="right", no_wrap=True)

@@ -23,6 +23,11 @@ member at once. Each member keeps what the skorch engine gives its fold:
   a member that reaches the target stops there (recorded as skorch's `StopAtTrainLoss` records it);
 - its own dropout masks (one engine generator, seeded from the fold seeds; not skorch's masks).
 
+`BatchedEngine.fit_population` trains many configurations (a tuning population: trials x folds) the same
+way: members that share architecture, batch size, optimizer, epochs and schedule kind go in one stack, and
+each member has its own learning rate, weight decay, L1, dropout rate and early-stopping patience
+(per-member columns broadcast in the step; a float where every member agrees, as in a configuration's folds).
+
 Each fold comes back as a fitted `NetClassifier`/`NetRegressor` (`NetEstimator.prepare_fit` did its
 checks, target encoding and scaling) whose `net_` is a small stand-in holding the
 member's trained module, criterion and epoch history, so predict, loss, measures and `to_torch`
@@ -31,6 +36,7 @@ are the estimator's own. `FoldFit.seconds` is the stack's wall time shared equal
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -45,9 +51,11 @@ import torch.nn.functional as F
 from sklearn.base import clone
 from torch import nn
 
+from gencv.augment import augment_refusal
 from gencv.engines.base import EpochCallback, FoldFit, FoldStartCallback
 from gencv.engines.optim import make_schedule
 from gencv.engines.skorch_engine import SkorchEngine
+from gencv.engines.stacked_mlp import StackedMLP
 from gencv.engines.stacked_optim import STACKED_OPTIMIZERS, StackedOptimizer
 from gencv.errors import DivergenceError, GencvError
 from gencv.models import init_weights_
@@ -83,6 +91,8 @@ def unsupported_setting(estimator: Any) -> str | None:
         return None
     if m.kind != "mlp":
         return f"model.kind: got {m.kind!r}; the batched engine stacks MLPs only"
+    if (refusal := augment_refusal(getattr(estimator, "augment", None), "the batched engine")) is not None:
+        return refusal
     if m.batch_norm:
         return "model.batch_norm: got true; the batched engine has no per-member batch norm yet"
     if t.optimizer not in STACKED_OPTIMIZERS:
@@ -128,6 +138,7 @@ class _Member:
     X_ev: torch.Tensor | None
     y_ev: np.ndarray | None
     curve: Any
+    model: Any  # the estimator's ModelSpec
     history: list[dict[str, Any]] = field(default_factory=list)
     alive: bool = True
     error: Exception | None = None
@@ -152,108 +163,12 @@ def _stack_rows(rows: Sequence[torch.Tensor | None], fill: float | int = 0) -> t
     return out, mask
 
 
-class _StackedMLP:
-    """The members' MLPs as one function of a flat (members, n_params) parameter tensor."""
-
-    def __init__(self, template: nn.Module) -> None:
-        self.steps: list[tuple[str, Any]] = []  # ("linear", (w_off, out, in, b_off)) | ("dropout", p) | ("act", module)
-        self.weight_slices: list[tuple[int, int]] = []
-        off = 0
-        for layer in template.net:
-            if isinstance(layer, nn.Linear):
-                o, i = layer.out_features, layer.in_features
-                self.steps.append(("linear", (off, o, i, off + o * i)))
-                self.weight_slices.append((off, off + o * i))
-                off += o * i + o
-            elif isinstance(layer, nn.Dropout):
-                self.steps.append(("dropout", float(layer.p)))
-            else:  # an elementwise activation module
-                self.steps.append(("act", layer))
-        self.n_params = off
-
-    def flatten(self, module: nn.Module) -> torch.Tensor:
-        """One member's parameters as a flat vector in the stack's layout."""
-        parts = []
-        for layer in module.net:
-            if isinstance(layer, nn.Linear):
-                parts += [layer.weight.detach().reshape(-1), layer.bias.detach().reshape(-1)]
-        return torch.cat(parts)
-
-    def load_(self, module: nn.Module, flat: torch.Tensor) -> nn.Module:
-        """Copy a flat vector into `module`'s parameters, in place."""
-        with torch.no_grad():
-            off = 0
-            for layer in module.net:
-                if isinstance(layer, nn.Linear):
-                    n = layer.weight.numel()
-                    layer.weight.copy_(flat[off : off + n].view_as(layer.weight))
-                    layer.bias.copy_(flat[off + n : off + n + layer.bias.numel()])
-                    off += n + layer.bias.numel()
-        return module
-
-    def leaves(self, flat: torch.Tensor, grad: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per-layer (weight, bias) leaf views into `flat`, their `.grad` views into `grad`.
-
-        Autograd then accumulates every layer's gradient straight into the flat `grad` buffer (no
-        scatter of each slice's gradient into a full-size tensor, as views of one leaf would need).
-        """
-        M, out = flat.shape[0], []
-        for kind, arg in self.steps:
-            if kind == "linear":
-                w_off, o, i, b_off = arg
-                pair = []
-                for a, b, shape in ((w_off, b_off, (M, o, i)), (b_off, b_off + o, (M, o))):
-                    leaf = flat[:, a:b].view(shape).requires_grad_(True)
-                    leaf.grad = grad[:, a:b].view(shape)
-                    pair.append(leaf)
-                out.append((pair[0], pair[1]))
-        return out
-
-    @staticmethod
-    def sync_grads_(params: list[tuple[torch.Tensor, torch.Tensor]], grad: torch.Tensor, layout: list[Any]) -> None:
-        """Copy into `grad` any leaf gradient autograd did not accumulate in place (then rebind the view)."""
-        for (W, b), (w_off, o, i, b_off) in zip(params, layout):
-            for leaf, a, e in ((W, w_off, b_off), (b, b_off, b_off + o)):
-                view = grad[:, a:e].view(leaf.shape)
-                if leaf.grad is not None and leaf.grad.data_ptr() != view.data_ptr():
-                    view.copy_(leaf.grad)
-                    leaf.grad = view
-
-    @property
-    def layout(self) -> list[Any]:
-        return [arg for kind, arg in self.steps if kind == "linear"]
-
-    def forward(self, params: list[tuple[torch.Tensor, torch.Tensor]], X: torch.Tensor,
-                gen: torch.Generator | None) -> torch.Tensor:
-        """Outputs (members, rows, n_out) for inputs (members, rows, n_in); dropout only when `gen` is given."""
-        M = params[0][0].shape[0]
-        h = X.reshape(M, X.shape[1], -1)
-        layer = 0
-        for kind, arg in self.steps:
-            if kind == "linear":
-                W, b = params[layer]
-                layer += 1
-                h = torch.baddbmm(b.unsqueeze(1), h, W.transpose(1, 2))
-            elif kind == "dropout":
-                if gen is not None and arg > 0:
-                    keep = torch.empty_like(h).bernoulli_(1.0 - arg, generator=gen)
-                    h = h * keep / (1.0 - arg)
-            else:
-                h = arg(h)
-        return h
-
-    @staticmethod
-    def l1(params: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """Sum of absolute weights (biases excluded, as skorch's penalty) per member."""
-        return sum(W.abs().flatten(1).sum(1) for W, _ in params)  # type: ignore[return-value]
-
-
 class _Plateaus:
     """One `ReduceLROnPlateau` per member (torch's own, on a stand-in optimizer): a learning rate each."""
 
-    def __init__(self, train: Any, n_members: int) -> None:
-        sched = make_schedule(train, "train_loss")
-        self.opts = [torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=train.lr) for _ in range(n_members)]
+    def __init__(self, trains: Sequence[Any]) -> None:
+        sched = make_schedule(trains[0], "train_loss")
+        self.opts = [torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=t.lr) for t in trains]
         self.policies = [sched.policy(o, **sched.kwargs) for o in self.opts]  # type: ignore[union-attr]
 
     def rates(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -276,6 +191,22 @@ def _learning_rates(train: Any) -> list[float]:
         opt.step()
         policy.step()
     return lrs
+
+
+def _column(values: Sequence[float], dtype: torch.dtype, device: torch.device) -> float | torch.Tensor:
+    """One float when every member has the same value, else a (members, 1) column."""
+    if all(v == values[0] for v in values):
+        return float(values[0])
+    return torch.tensor([float(v) for v in values], dtype=dtype, device=device).unsqueeze(1)
+
+
+def _epoch_rates(trains: Sequence[Any], dtype: torch.dtype, device: torch.device) -> list[Any]:
+    """Each epoch's learning rate: a float when the members agree, else a (members, 1) column."""
+    per = [_learning_rates(t) for t in trains]
+    if all(r == per[0] for r in per):
+        return list(per[0])
+    table = torch.tensor(per, dtype=dtype, device=device)  # (members, epochs)
+    return [table[:, e : e + 1] for e in range(table.shape[1])]
 
 
 class BatchedEngine:
@@ -303,33 +234,86 @@ class BatchedEngine:
             raise UnsupportedSettingError(f"{reason}; use train.engine: skorch (or auto, which falls back)")
         return self._fits(estimator, X, y, list(folds), list(seeds), groups, eval_on_valid, on_fold_start, on_epoch)
 
+    def fit_population(
+        self,
+        estimators: Sequence[Any],
+        X: np.ndarray,
+        y: np.ndarray,
+        folds: Sequence[Fold],
+        seeds: Sequence[int],
+        *,
+        groups: np.ndarray | None = None,
+        eval_on_valid: bool = True,
+    ) -> list[list[FoldFit]]:
+        """Fit every estimator (a trial's configuration) on every fold, all as members of stacked models.
+
+        Members whose architecture, batch size, optimizer, epochs, schedule kind or dtype differ go in
+        different stacks; within a stack each member has its own learning rate, weight decay, L1, dropout
+        rate and early-stopping patience / min_delta. `seeds[i]` seeds fold i of every estimator, so each
+        member trains as `fit_folds(estimator, ...)` trains it alone (dropout masks aside). Returns, per
+        estimator, its FoldFits in fold order; a member's failure (divergence) is its FoldFit's error.
+        """
+        if len(folds) != len(seeds):
+            raise ValueError(f"got {len(folds)} folds but {len(seeds)} seeds; pass one seed per fold")
+        for e, est in enumerate(estimators):
+            reason = unsupported_setting(est)
+            if reason is not None:
+                raise UnsupportedSettingError(f"estimator {e}: {reason}; train it with the skorch engine")
+        return _population(list(estimators), X, y, list(folds), list(seeds), groups, eval_on_valid, None, None)
+
     def _fits(self, estimator: Any, X: np.ndarray, y: np.ndarray, folds: list[Fold], seeds: list[int],
               groups: np.ndarray | None, eval_on_valid: bool, on_fold_start: FoldStartCallback | None,
               on_epoch: EpochCallback | None) -> Iterator[FoldFit]:
-        t0 = time.perf_counter()
-        failed: dict[int, Exception] = {}
-        members: list[_Member] = []
+        yield from _population([estimator], X, y, folds, seeds, groups, eval_on_valid, on_fold_start, on_epoch)[0]
+
+
+def _stack_key(m: _Member) -> str:
+    """What members of one stack share: all settings but the per-member hyper-parameters."""
+    es = m.train.early_stopping
+    return json.dumps([list(m.X.shape[1:]), m.model.model_dump(mode="json", exclude={"dropout"}),
+                       m.train.model_dump(mode="json", exclude={"lr", "weight_decay", "l1", "early_stopping"}),
+                       None if es is None else es.model_dump(mode="json", exclude={"patience", "min_delta"})],
+                      sort_keys=True, default=str)
+
+
+def _population(estimators: list[Any], X: np.ndarray, y: np.ndarray, folds: list[Fold], seeds: list[int],
+                groups: np.ndarray | None, eval_on_valid: bool, on_fold_start: FoldStartCallback | None,
+                on_epoch: EpochCallback | None) -> list[list[FoldFit]]:
+    """Prepare every (estimator, fold) member, train them in stacks of shared settings, collect the fits."""
+    t0 = time.perf_counter()
+    failed: dict[tuple[int, int], Exception] = {}
+    members: dict[tuple[int, int], _Member] = {}
+    for e, estimator in enumerate(estimators):
         for pos, (fold, seed) in enumerate(zip(folds, seeds)):
             if on_fold_start is not None:
                 on_fold_start(fold.index)
             try:
-                members.append(_prepare(estimator, X, y, groups, fold, seed, eval_on_valid))
+                members[e, pos] = _prepare(estimator, X, y, groups, fold, seed, eval_on_valid)
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as exc:  # a fold's failure is reported, the other folds go on
-                failed[pos] = exc
-        for width in sorted({m.X.shape[1] for m in members}):  # one-hot widths differ when a fold lacks a category
-            group = [m for m in members if m.X.shape[1] == width]
-            for chunk in _chunks(group, group[0].train.max_members):
-                _train(chunk, chunk[0].train, on_epoch)
-        share = (time.perf_counter() - t0) / max(1, len(folds))
-        it = iter(members)
+                failed[e, pos] = exc
+    stacks: dict[str, list[_Member]] = {}
+    for m in members.values():  # one-hot widths differ when a fold lacks a category; trials differ in settings
+        stacks.setdefault(_stack_key(m), []).append(m)
+    if len(estimators) > 1:
+        log.info("batched engine: %d configurations x %d folds in %d stack(s)", len(estimators), len(folds),
+                 len(stacks))
+    for group in stacks.values():
+        for chunk in _chunks(group, group[0].train.max_members):
+            _train(chunk, chunk[0].train, on_epoch)
+    share = (time.perf_counter() - t0) / max(1, len(folds) * len(estimators))
+    out: list[list[FoldFit]] = []
+    for e in range(len(estimators)):
+        fits = []
         for pos, (fold, seed) in enumerate(zip(folds, seeds)):
-            if pos in failed:
-                yield FoldFit(fold, seed, None, failed[pos], share)
-                continue
-            mb = next(it)
-            yield FoldFit(fold, seed, None if mb.error else mb.est, mb.error, share)
+            if (e, pos) in failed:
+                fits.append(FoldFit(fold, seed, None, failed[e, pos], share))
+            else:
+                mb = members[e, pos]
+                fits.append(FoldFit(fold, seed, None if mb.error else mb.est, mb.error, share))
+        out.append(fits)
+    return out
 
 
 #: bytes a stack may hold in its stacked tensors (padded rows of every member, parameters, gradients and
@@ -392,7 +376,7 @@ def _prepare(estimator: Any, X: np.ndarray, y: np.ndarray, groups: np.ndarray | 
         y=yt_t if fit_pos is None else yt_t[torch.as_tensor(fit_pos)],
         X_es=None if es_pos is None else Xt_t[torch.as_tensor(es_pos)],
         y_es=None if es_pos is None else yt_t[torch.as_tensor(es_pos)],
-        X_ev=X_ev, y_ev=y_ev, curve=est._curve_metric())
+        X_ev=X_ev, y_ev=y_ev, curve=est._curve_metric(), model=model)
 
 
 def _row_losses(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
@@ -410,7 +394,7 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
     """Train every member in lockstep, then hand each its module, history and early-stopping outcome."""
     est0 = members[0].est
     task, dtype, device = est0.task, getattr(torch, t.dtype), torch.device(t.device)
-    stack = _StackedMLP(members[0].module)
+    stack = StackedMLP(members[0].module)
     M, B = len(members), t.batch_size
     flat = torch.stack([stack.flatten(m.module) for m in members]).to(device)
     grad_buf = torch.zeros_like(flat)
@@ -432,12 +416,18 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
         X_ev, ev_mask = X_ev.to(device), ev_mask.to(device=device, dtype=dtype)
         y_ev, _ = _stack_rows([None if m.y_ev is None else torch.as_tensor(m.y_ev) for m in members])
         y_ev = y_ev.to(device)
-    opt = StackedOptimizer(t.optimizer, flat, momentum=t.momentum, weight_decay=t.weight_decay)
+    # the per-member hyper-parameters: one float where the members agree (a configuration's folds), else a column
+    wd = _column([m.train.weight_decay for m in members], dtype, device)
+    l1 = _column([m.train.l1 for m in members], dtype, device)
+    l1 = l1.squeeze(1) if isinstance(l1, torch.Tensor) else l1
+    p_drop = _column([m.model.dropout for m in members], dtype, device)
+    p_drop = p_drop.unsqueeze(2) if isinstance(p_drop, torch.Tensor) else p_drop
+    opt = StackedOptimizer(t.optimizer, flat, momentum=t.momentum, weight_decay=wd)
     drop_gen = torch.Generator(device=device)
     drop_gen.manual_seed(derive_seed(members[0].seed, "batched-dropout", *[m.seed for m in members[1:]]))
-    has_dropout = any(kind == "dropout" and p > 0 for kind, p in stack.steps)
-    plateau = _Plateaus(t, M) if t.schedule.kind == "plateau" else None
-    lrs = None if plateau is not None else _learning_rates(t)
+    has_dropout = isinstance(p_drop, torch.Tensor) or p_drop > 0
+    plateau = _Plateaus([m.train for m in members]) if t.schedule.kind == "plateau" else None
+    lrs = None if plateau is not None else _epoch_rates([m.train for m in members], dtype, device)
     n_pad = max(n_fit)
     for epoch in range(1, t.max_epochs + 1):
         alive = [m.alive for m in members]
@@ -461,10 +451,10 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
             counts = (n_rows - s).clamp(min=0, max=B)  # rows each member has in this batch (CPU)
             stepping = counts > 0
             mask = row_mask[:, s : s + B]
-            out = stack.forward(params, Xp[:, s : s + B], drop_gen if has_dropout else None)
+            out = stack.forward(params, Xp[:, s : s + B], drop_gen if has_dropout else None, p_drop)
             loss_m = _masked_mean(_row_losses(out, yp[:, s : s + B], task), mask)
-            if t.l1 > 0:
-                loss_m = loss_m + t.l1 * stack.l1(params)
+            if isinstance(l1, torch.Tensor) or l1 > 0:
+                loss_m = loss_m + l1 * stack.l1(params)
             finite = torch.isfinite(loss_m.detach()).cpu()
             bad = stepping & ~finite
             if bool(bad.any()):  # as skorch: stop the member at its first diverged batch, before the step
@@ -479,7 +469,7 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
             step_dev = stepping.to(device)
             total = torch.where(step_dev, loss_m, torch.zeros_like(loss_m)).sum()
             grad_buf.zero_()
-            with warnings.catch_warnings():  # the leaves are strided views by design (see _StackedMLP.leaves)
+            with warnings.catch_warnings():  # the leaves are strided views by design (see StackedMLP.leaves)
                 warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout")
                 total.backward()
             stack.sync_grads_(params, grad_buf, stack.layout)
@@ -524,12 +514,13 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
             if plateau is not None:  # skorch's LRScheduler steps ReduceLROnPlateau on the monitored loss
                 plateau.step(i, row["valid_loss" if es is not None else "train_loss"])
             if es is not None:  # skorch's EarlyStopping, threshold_mode="abs", lower is better
+                m_es = m.train.early_stopping  # patience and min_delta are the member's own
                 if es_loss[i] < m.threshold:
-                    m.misses, m.threshold, m.best_epoch, m.has_best = 0, es_loss[i] - es.min_delta, epoch, True
+                    m.misses, m.threshold, m.best_epoch, m.has_best = 0, es_loss[i] - m_es.min_delta, epoch, True
                     improved.append(i)
                 else:
                     m.misses += 1
-                if m.misses == es.patience:
+                if m.misses == m_es.patience:
                     m.alive = False
         if es is not None and es.restore_best and improved:
             idx = torch.tensor(improved, device=device)

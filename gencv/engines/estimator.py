@@ -1,8 +1,10 @@
-"""Pieces around the network estimators: the per-fit preprocessing, the exported torch model, and the
+"""Pieces around the network estimators: settings given as values or specs, the per-epoch curve metric, the
+per-fit preprocessing, the exported torch model, and the
 deprecated `GencvEstimator` (now `NetClassifier`/`NetRegressor` in `sklearn_api`)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from collections.abc import Sequence
@@ -10,18 +12,68 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, MinMaxScaler, OneHotEncoder, OrdinalEncoder, StandardScaler
 from torch import nn
 
-from gencv.spec import ModelSpec, TrainSpec
+from gencv.spec import EarlyStoppingSpec, ModelSpec, ScheduleSpec, TrainSpec
 
-__all__ = ["ExportedModel", "GencvEstimator", "export_input", "make_preprocessor", "x_checks"]
+__all__ = ["CurveMetric", "ExportedModel", "GencvEstimator", "early_stopping_spec", "export_input", "make_preprocessor",
+           "param_names", "schedule_spec", "x_checks"]
 
 log = logging.getLogger(__name__)
 
+
+
+def early_stopping_spec(value: Any) -> EarlyStoppingSpec | None:
+    """`early_stopping` as given (True/False/None, a dict of EarlyStoppingSpec fields, or one) -> spec or None."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return EarlyStoppingSpec()
+    if isinstance(value, EarlyStoppingSpec):
+        return value
+    if isinstance(value, dict):
+        return EarlyStoppingSpec(**value)
+    raise ValueError(f"early_stopping: got {value!r}; use True, False, or a dict such as "
+                     "{'patience': 10, 'valid_fraction': 0.2, 'min_delta': 0.0, 'restore_best': True}")
+
+
+def schedule_spec(value: Any) -> ScheduleSpec:
+    """`schedule` as given (None, a kind name, a dict of ScheduleSpec fields, or one) -> spec."""
+    if value is None:
+        return ScheduleSpec(kind="none")
+    if isinstance(value, ScheduleSpec):
+        return value
+    if isinstance(value, str):
+        return ScheduleSpec(kind=value)  # type: ignore[arg-type]
+    if isinstance(value, dict):
+        return ScheduleSpec(**value)
+    raise ValueError(f"schedule: got {value!r}; use None, a kind ('step', 'exponential', 'cosine', 'plateau') "
+                     "or a dict such as {'kind': 'step', 'step_size': 10, 'gamma': 0.1}")
+
+
+class CurveMetric:
+    """The primary metric on (network outputs, fitted targets), in the units `predict` reports (picklable)."""
+
+    def __init__(self, name: str, task: str, n_classes: int, y_mean: float = 0.0, y_std: float = 1.0) -> None:
+        self.name, self.task, self.n_classes, self.y_mean, self.y_std = name, task, n_classes, y_mean, y_std
+
+    def __call__(self, out: np.ndarray, y: np.ndarray) -> float:
+        from gencv.metrics import METRICS
+
+        m = METRICS[self.name]
+        func = m.fast or m.func  # per epoch: the numpy version, held to sklearn's number by the tests
+        if self.task == "regression":  # back from standardised units
+            return float(func(np.ravel(y) * self.y_std + self.y_mean,
+                              np.ravel(out).astype(np.float64) * self.y_std + self.y_mean))
+        if m.needs_proba:
+            proba = torch.softmax(torch.as_tensor(out, dtype=torch.float64), dim=1).numpy()
+            return float(func(y, proba, list(range(self.n_classes))))
+        return float(func(y, out.argmax(1)))
 
 
 def _to_float32(X: np.ndarray, dtype: str = "float32") -> np.ndarray:
@@ -30,6 +82,12 @@ def _to_float32(X: np.ndarray, dtype: str = "float32") -> np.ndarray:
 
 def _scaler(scale: str) -> Any:
     return {"standard": StandardScaler(), "minmax": MinMaxScaler(), "none": "passthrough"}[scale]
+
+
+@functools.cache
+def param_names(cls: type) -> tuple[str, ...]:
+    """scikit-learn's parameter names of an estimator class (from `__init__`'s signature), computed once per class."""
+    return tuple(BaseEstimator._get_param_names.__func__(cls))  # type: ignore[attr-defined]
 
 
 def make_preprocessor(scale: str, dtype: str = "float32", *, impute: str = "none", categorical: str = "onehot",

@@ -21,7 +21,16 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from skorch.callbacks import Callback, GradientNormClipping
 from torch import nn
 
-from gencv.engines.estimator import ExportedModel, make_preprocessor, x_checks
+from gencv.augment import make_augmenter
+from gencv.engines.estimator import (
+    CurveMetric as _CurveMetric,
+    ExportedModel,
+    early_stopping_spec as _early_stopping,
+    make_preprocessor,
+    param_names,
+    schedule_spec as _schedule,
+    x_checks,
+)
 from gencv.engines.optim import make_optimizer, make_schedule
 from gencv.engines.skorch_net import (
     FoldEarlyStopping,
@@ -35,7 +44,7 @@ from gencv.engines.skorch_net import (
 )
 from gencv.engines.transfer import transfer_
 from gencv.models import CNN, MLP, RNN, check_output, module_args
-from gencv.spec import EarlyStoppingSpec, ModelSpec, ScheduleSpec, TrainSpec
+from gencv.spec import EarlyStoppingSpec, ModelSpec, TrainSpec
 
 __all__ = ["SKLEARN_EXPECTED_FAILED_CHECKS", "NetClassifier", "NetEstimator", "NetRegressor"]
 
@@ -51,54 +60,6 @@ SKLEARN_EXPECTED_FAILED_CHECKS: dict[str, str] = {
 }
 
 _BUILTIN = {"mlp": MLP, "cnn": CNN, "rnn": RNN}
-
-
-def _early_stopping(value: Any) -> EarlyStoppingSpec | None:
-    """`early_stopping` as given (True/False/None, a dict of EarlyStoppingSpec fields, or one) -> spec or None."""
-    if value is None or value is False:
-        return None
-    if value is True:
-        return EarlyStoppingSpec()
-    if isinstance(value, EarlyStoppingSpec):
-        return value
-    if isinstance(value, dict):
-        return EarlyStoppingSpec(**value)
-    raise ValueError(f"early_stopping: got {value!r}; use True, False, or a dict such as "
-                     "{'patience': 10, 'valid_fraction': 0.2, 'min_delta': 0.0, 'restore_best': True}")
-
-
-def _schedule(value: Any) -> ScheduleSpec:
-    """`schedule` as given (None, a kind name, a dict of ScheduleSpec fields, or one) -> spec."""
-    if value is None:
-        return ScheduleSpec(kind="none")
-    if isinstance(value, ScheduleSpec):
-        return value
-    if isinstance(value, str):
-        return ScheduleSpec(kind=value)  # type: ignore[arg-type]
-    if isinstance(value, dict):
-        return ScheduleSpec(**value)
-    raise ValueError(f"schedule: got {value!r}; use None, a kind ('step', 'exponential', 'cosine', 'plateau') "
-                     "or a dict such as {'kind': 'step', 'step_size': 10, 'gamma': 0.1}")
-
-
-class _CurveMetric:
-    """The primary metric on (network outputs, fitted targets), in the units `predict` reports (picklable)."""
-
-    def __init__(self, name: str, task: str, n_classes: int, y_mean: float = 0.0, y_std: float = 1.0) -> None:
-        self.name, self.task, self.n_classes, self.y_mean, self.y_std = name, task, n_classes, y_mean, y_std
-
-    def __call__(self, out: np.ndarray, y: np.ndarray) -> float:
-        from gencv.metrics import METRICS
-
-        m = METRICS[self.name]
-        func = m.fast or m.func  # per epoch: the numpy version, held to sklearn's number by the tests
-        if self.task == "regression":  # back from standardised units
-            return float(func(np.ravel(y) * self.y_std + self.y_mean,
-                              np.ravel(out).astype(np.float64) * self.y_std + self.y_mean))
-        if m.needs_proba:
-            proba = torch.softmax(torch.as_tensor(out, dtype=torch.float64), dim=1).numpy()
-            return float(func(y, proba, list(range(self.n_classes))))
-        return float(func(y, out.argmax(1)))
 
 
 class NetEstimator(BaseEstimator):
@@ -128,6 +89,7 @@ class NetEstimator(BaseEstimator):
     time_ordered, time_gap
         Rows are in time order: early stopping holds out the last block, ``time_gap`` rows before it left out.
     image_shape : (C, H, W) for ``module="cnn"``
+    augment : None, a dict of ``data.augment`` fields or an AugmentSpec: training batches only (`gencv.augment`)
     classes : the label set (a training fold may lack a class); None: the labels seen by ``fit``
     metric : the metric of the per-epoch held-out curve (default accuracy / rmse)
     base, base_lr_factor : the weights to start from (`transfer.BaseWeights`), the lr factor of its trained layers
@@ -173,6 +135,7 @@ class NetEstimator(BaseEstimator):
         time_ordered: bool = False,
         time_gap: int = 0,
         image_shape: tuple[int, ...] | None = None,
+        augment: Any = None,
         classes: Any = None,
         metric: str | None = None,
         base: Any = None,
@@ -211,6 +174,7 @@ class NetEstimator(BaseEstimator):
         self.time_ordered = time_ordered
         self.time_gap = time_gap
         self.image_shape = image_shape
+        self.augment = augment
         self.classes = classes
         self.metric = metric
         self.base = base
@@ -220,6 +184,10 @@ class NetEstimator(BaseEstimator):
         self._store_kwargs(kwargs)
 
     # ------------------------------------------------------------------ parameters
+    @classmethod
+    def _get_param_names(cls) -> list[str]:  # once per class: clone/get_params ask on every call (LOO fold setup)
+        return list(param_names(cls))
+
     def _store_kwargs(self, kwargs: dict[str, Any]) -> None:
         """`module__<name>` settings become attributes (as in skorch); anything else is kept and refused by `fit`."""
         for key, value in kwargs.items():
@@ -350,7 +318,9 @@ class NetEstimator(BaseEstimator):
             batch_size=t.batch_size, train_split=self._inner_split(es, groups), callbacks=callbacks, verbose=0,
             iterator_train=TensorBatches, iterator_valid=TensorBatches, iterator_train__shuffle=True,
             device=t.device, l1=t.l1, l2_explicit=t.weight_decay if t.optimizer == "lbfgs" else 0.0,
-            init_scheme=model.init, init_activation=model.activation,
+            init_scheme=model.init, init_activation=model.activation, augment=make_augmenter(
+                self.augment, seed=self._seed_, task=self.task, image_shape=self.image_shape,
+                preprocess=self.preprocess_, n_features=self.n_features_in_),
             **{f"module__{k}": v for k, v in margs.items()},
             **{f"optimizer__{k}": v for k, v in oargs.items()},
         )

@@ -11,11 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.model_selection import GroupShuffleSplit, ShuffleSplit, StratifiedShuffleSplit
-from skorch import NeuralNet as _NetBase
-from skorch import NeuralNetClassifier, NeuralNetRegressor
+from skorch import NeuralNet as _NetBase, NeuralNetClassifier, NeuralNetRegressor
 from skorch.callbacks import Callback, EarlyStopping
-from skorch.dataset import Dataset as SkorchDataset
-from skorch.dataset import get_len
+from skorch.dataset import Dataset as SkorchDataset, get_len
 from torch import nn
 
 from gencv.errors import DivergenceError
@@ -322,10 +320,23 @@ class _GencvNetMixin(_LeanLoopMixin, _PenalizedMixin):
     """gencv's extra net settings (penalties, weight init) on top of skorch's classifier/regressor."""
 
     def __init__(self, *args: Any, l1: float = 0.0, l2_explicit: float = 0.0, init_scheme: str = "default",
-                 init_activation: str = "relu", **kwargs: Any) -> None:
+                 init_activation: str = "relu", augment: Callable[..., Any] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.l1, self.l2_explicit = l1, l2_explicit
         self.init_scheme, self.init_activation = init_scheme, init_activation
+        self.augment = augment  # a gencv.augment.Augmenter: training batches only (validation_step never sees it)
+
+    def train_step_single(self, batch: Any, **fit_params: Any) -> dict[str, Any]:
+        if self.augment is None:
+            return super().train_step_single(batch, **fit_params)  # type: ignore[misc,no-any-return]
+        self._set_training(True)
+        Xi, yi, y_mix, lam = self.augment(*batch)
+        y_pred = self.infer(Xi, **fit_params)  # type: ignore[attr-defined]
+        loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        if y_mix is not None:  # mixup, classification: the loss mixed as the inputs were (penalty weight lam + 1 - lam)
+            loss = lam * loss + (1 - lam) * self.get_loss(y_pred, y_mix, X=Xi, training=True)
+        loss.backward()
+        return {"loss": loss, "y_pred": y_pred}
 
     def initialize_module(self) -> Any:
         super().initialize_module()  # type: ignore[misc]

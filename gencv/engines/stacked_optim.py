@@ -14,12 +14,13 @@ class StackedOptimizer:
     default settings, as `gencv.engines.optim.OPTIMIZERS` builds them), one row per member.
 
     `step_` updates only the given member rows; the others keep parameters and state unchanged
-    (bias corrections and NAdam's momentum schedule use each member's own step count).
+    (bias corrections and NAdam's momentum schedule use each member's own step count). The learning
+    rate and `weight_decay` are one float, or a (members, 1) column: a rate per member (a population).
     """
 
     _STATE = ("buf", "exp_avg", "exp_avg_sq", "steps", "mu_product")
 
-    def __init__(self, kind: str, flat: torch.Tensor, *, momentum: float, weight_decay: float) -> None:
+    def __init__(self, kind: str, flat: torch.Tensor, *, momentum: float, weight_decay: float | torch.Tensor) -> None:
         self.kind, self.momentum, self.wd = kind, momentum, weight_decay
         self.betas, self.eps = (0.9, 0.999), 1e-10 if kind == "adagrad" else 1e-8
         self.alpha, self.momentum_decay = 0.99, 4e-3  # RMSprop's smoothing; NAdam's momentum decay
@@ -42,6 +43,9 @@ class StackedOptimizer:
         for n in self._STATE:
             if saved[n] is not None:
                 setattr(self, n, saved[n][rows])
+        wd = self.wd
+        if isinstance(wd, torch.Tensor):
+            self.wd = wd[rows]
         try:
             self._update(p, grad[rows], lr[rows] if isinstance(lr, torch.Tensor) else lr)
             flat.index_copy_(0, rows, p)
@@ -49,6 +53,7 @@ class StackedOptimizer:
                 if saved[n] is not None:
                     saved[n].index_copy_(0, rows, getattr(self, n))
         finally:
+            self.wd = wd
             for n in self._STATE:
                 setattr(self, n, saved[n])
 
@@ -57,8 +62,8 @@ class StackedOptimizer:
         if isinstance(lr, torch.Tensor) and kind not in ("nadam", "adam", "adamw"):
             self._update_per_member(p, g, lr)  # a rate per member (plateau): scalar alpha=/value= need a float
             return
-        if kind != "adamw" and wd:
-            g = g.add(p, alpha=wd)
+        if kind != "adamw":
+            g = _decayed(g, p, wd)
         if kind == "sgd":
             p.add_(g, alpha=-lr)
         elif kind in ("momentum", "nesterov"):
@@ -100,9 +105,8 @@ class StackedOptimizer:
 
     def _update_per_member(self, p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor) -> None:
         """`_update` with a (members, 1) learning-rate column (scalar `alpha=`/`value=` arguments need a float)."""
-        kind, wd = self.kind, self.wd
-        if wd:
-            g = g.add(p, alpha=wd)
+        kind = self.kind
+        g = _decayed(g, p, self.wd)
         if kind == "sgd":
             p.sub_(lr * g)
         elif kind in ("momentum", "nesterov"):
@@ -117,3 +121,10 @@ class StackedOptimizer:
             else:
                 self.buf.mul_(self.alpha).addcmul_(g, g, value=1.0 - self.alpha)
             p.sub_(lr * g / self.buf.sqrt().add_(self.eps))
+
+
+def _decayed(g: torch.Tensor, p: torch.Tensor, wd: float | torch.Tensor) -> torch.Tensor:
+    """The gradient with L2 weight decay added (torch.optim's `grad + weight_decay * param`)."""
+    if isinstance(wd, torch.Tensor):
+        return g.addcmul(p, wd)
+    return g.add(p, alpha=wd) if wd else g

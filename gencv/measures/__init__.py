@@ -2,7 +2,8 @@
 
 Each measure's meaning, cost and parameters: README.md, section "Curvature and sharpness measures".
 The catalogue (`MEASURE_NAMES`, `MeasureConfig`) is torch-free; the computing functions import
-torch on first use.
+torch on first use. `LossLandscape` is the Hessian-vector-product core (loss, gradient, H @ v over
+flat parameters) that the measures share, public for other packages (network pruning's OBD diagonal).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from gencv.measures.config import MEASURE_NAMES, MeasureConfig, validate_measure
 __all__ = [
     "MEASURE_NAMES",
     "LandscapeFiles",
+    "LossLandscape",
     "MeasureConfig",
     "MeasureResult",
     "compute_measures",
@@ -24,6 +26,7 @@ __all__ = [
 
 _LAZY = {
     "LandscapeFiles": "gencv.measures._landscape_plot",
+    "LossLandscape": "gencv.measures._hvp",
     "MeasureResult": "gencv.measures._api",
     "compute_measures": "gencv.measures._api",
     "plot_density": "gencv.measures._density",

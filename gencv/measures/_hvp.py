@@ -21,7 +21,7 @@ HVP_BACKENDS: tuple[str, ...] = ("autograd", "func")
 DEFAULT_HVP_BACKEND = "autograd"
 
 
-class _Landscape:
+class LossLandscape:
     """The mean loss of `module` on (X, y) as a function of its flattened trainable parameters.
 
     The module is never written to: every evaluation goes through `torch.func.functional_call`
@@ -173,3 +173,7 @@ class _Landscape:
     def close(self) -> None:
         """Free the cached first-order graph."""
         self._cache = None
+
+
+#: The name the measure modules use (kept so they need not change); `LossLandscape` is the public one.
+_Landscape = LossLandscape

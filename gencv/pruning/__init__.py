@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gencv.pruning.finetune import (
+    TIMING_REPEATS,
+    TIMING_WARMUP,
     FinetuneResult,
     count_parameters,
     finetune_,
@@ -35,9 +37,10 @@ from gencv.pruning.masks import (
 )
 from gencv.pruning.surgery import keep_by_norm, mask_units_, shrink, structured_units
 
-__all__ = ["METHODS", "FinetuneResult", "Method", "SaliencyData", "apply_masks_", "bake_", "count_parameters",
-           "finetune_", "hessian_diagonal", "inference_seconds", "keep_by_norm", "mask_units_", "masks_from_scores",
-           "prunable", "rewind_", "saliency", "shrink", "sparsity", "structured_units"]
+__all__ = ["METHODS", "TIMING_REPEATS", "TIMING_WARMUP", "FinetuneResult", "Method", "SaliencyData", "apply_masks_",
+           "bake_", "count_parameters", "finetune_", "hessian_diagonal", "inference_seconds", "keep_by_norm",
+           "mask_units_", "masks_from_scores", "prunable", "rewind_", "saliency", "shrink", "sparsity",
+           "structured_units"]
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["FinetuneResult", "count_parameters", "finetune_", "inference_seconds"]
+__all__ = ["TIMING_REPEATS", "TIMING_WARMUP", "FinetuneResult", "count_parameters", "finetune_", "inference_seconds"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -116,16 +116,47 @@ def count_parameters(module: nn.Module, *, nonzero: bool = False) -> int:
     return total
 
 
-def inference_seconds(module: nn.Module, n_in: int, batch: int, *, repeats: int = 30, dtype: torch.dtype = torch.float32) -> float:
-    """Median CPU seconds of one forward pass on a batch of `batch` rows (eval mode, no grad, after warm-up)."""
-    m = copy.deepcopy(module).cpu().eval()
-    X = torch.randn(batch, n_in, dtype=dtype, generator=torch.Generator().manual_seed(0))
-    times = []
-    with torch.no_grad():
-        for _ in range(3):
-            m(X)
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            m(X)
-            times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+#: Timed forward passes per network and batch size (the median is reported), after `TIMING_WARMUP` untimed ones.
+TIMING_REPEATS = 50
+TIMING_WARMUP = 5
+
+
+def inference_seconds(
+    modules: Sequence[nn.Module],
+    shape: int | Sequence[int],
+    batch: int,
+    *,
+    repeats: int = TIMING_REPEATS,
+    warmup: int = TIMING_WARMUP,
+    threads: int = 1,
+    dtype: torch.dtype = torch.float32,
+) -> list[float]:
+    """Median CPU seconds of one forward pass of each module on a batch of `batch` rows of `shape`.
+
+    Eval mode, no grad, `warmup` untimed passes each, then `repeats` rounds timed with
+    `time.perf_counter`, the modules taking turns within a round (so a burst of load on a shared
+    machine hits all of them alike). Torch runs on `threads` intra-op threads while timing (1 by
+    default: small networks do not gain from more, and spinning threads distort timings on a
+    loaded machine); the previous setting is restored afterwards.
+    """
+    if repeats < 1:
+        raise ValueError(f"timing repeats: got {repeats}; use 1 or more")
+    dims = (shape,) if isinstance(shape, int) else tuple(shape)
+    ms = [copy.deepcopy(m).cpu().eval() for m in modules]
+    X = torch.randn(batch, *dims, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    times: list[list[float]] = [[] for _ in ms]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            for m in ms:
+                for _ in range(warmup):
+                    m(X)
+            for _ in range(repeats):
+                for m, t in zip(ms, times):
+                    t0 = time.perf_counter()
+                    m(X)
+                    t.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
+    return [float(np.median(t)) for t in times]

@@ -85,16 +85,16 @@ def hessian_diagonal(module: nn.Module, X: torch.Tensor, y: torch.Tensor, loss_f
                      probes: int = 0, seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Diagonal of the mean training loss's Hessian over every trainable parameter, and its standard error.
 
-    Uses the Hessian-vector-product core of `gencv.measures` (`_Landscape.hvp`). probes=0: exact, one
+    Uses the Hessian-vector-product core `gencv.measures.LossLandscape` (its `hvp`). probes=0: exact, one
     product per unit vector (standard error 0). probes=k >= 2: Hutchinson, mean of z * Hz over k
     Rademacher probes (Bekas et al. 2007), standard error from their spread. Returns name -> tensor
     shaped like the parameter (names as `module.named_parameters()`), for value and standard error.
     """
-    from gencv.measures._hvp import _Landscape
+    from gencv.measures import LossLandscape
 
     module, was = _eval_params(module)
     try:
-        land = _Landscape(module, X, y, loss_fn)
+        land = LossLandscape(module, X, y, loss_fn)
         n = land.n_params
         if probes == 0:
             diag = torch.empty(n, dtype=land.dtype, device=land.device)

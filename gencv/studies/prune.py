@@ -33,7 +33,8 @@ from gencv.studies.compare import RunScores, compare_runs
 from gencv.studies.prune_store import PruneStore
 from gencv.tracking import NullTracker, Tracker
 
-__all__ = ["BASELINE", "PruneOutcome", "PruneSettings", "check_settings", "parse_levels", "run_prune"]
+__all__ = ["BASELINE", "PruneOutcome", "PruneSettings", "check_settings", "engine_note", "parse_levels", "prune_params",
+           "run_prune"]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,14 @@ def parse_levels(text: str) -> tuple[float, ...]:
         raise SpecError(f"--levels: got {text!r}; every level must lie in (0, 1) (level 0, the unpruned baseline, is "
                         "always included), e.g. 0.5,0.8,0.9")
     return tuple(sorted(set(levels)))
+
+
+def engine_note(engine: str) -> str:
+    """Why a sweep with `train.engine` other than skorch trains its folds with the skorch engine."""
+    return (f"train.engine={engine!r} is not used by gencv prune: the folds were trained by the skorch engine "
+            "instead (each (method, level) prunes and fine-tunes one fold's own fitted network; there is no batched "
+            "pruning path). Scores, spec digest and tags are those of train.engine='skorch', so the unpruned "
+            "baseline compares with `gencv run SPEC --set train.engine=skorch`.")
 
 
 def check_settings(exp: Experiment, settings: PruneSettings) -> None:
@@ -255,13 +264,15 @@ def _units(module: Any, method: str) -> list[Any]:
     return [u.layer for u in structured_units(module, method)]
 
 
-def _timing(module: Any, unpruned: Any, n_in: int) -> dict[str, float]:
-    from gencv.pruning import inference_seconds
+def _timing(module: Any, unpruned: Any, shape: tuple[int, ...]) -> dict[str, float]:
+    """CPU ms per forward pass of the shrunk and the unpruned network, batch 1 and 256 (median; one thread)."""
+    from gencv.pruning import TIMING_REPEATS, inference_seconds
 
-    out = {}
+    out = {"infer_repeats": float(TIMING_REPEATS)}
     for b in (1, 256):
-        out[f"infer_ms_b{b}"] = 1e3 * inference_seconds(module, n_in, b, repeats=20)
-        out[f"infer_ms_b{b}_unpruned"] = 1e3 * inference_seconds(unpruned, n_in, b, repeats=20)
+        pruned_s, unpruned_s = inference_seconds([module, unpruned], shape, b)
+        out[f"infer_ms_b{b}"] = 1e3 * pruned_s
+        out[f"infer_ms_b{b}_unpruned"] = 1e3 * unpruned_s
     return out
 
 
@@ -274,21 +285,23 @@ def run_prune(exp: Experiment, settings: PruneSettings, *, tracker: Tracker | No
     """Train every fold once, then prune, fine-tune and score each method at each level; compare with level 0.
 
     `resume`: the id of an interrupted prune run: its saved trained folds are not retrained and its
-    finished (fold, method, level) steps are read back.
+    finished (fold, method, level) steps are read back; refused (GencvError naming each difference) when
+    the run had another spec or other `prune_params`. `on_step(fold, label, level, result)` is called as
+    each step ends, with the pruned network still attached (`result.estimator`, let go after the call).
     """
     check_settings(exp, settings)
     tracker = tracker or NullTracker()
     notes: list[str] = []
     if exp.train.engine != "skorch":
-        notes.append(f"train.engine={exp.train.engine!r}: the folds were trained by the skorch engine (pruning "
-                     "swaps the fitted skorch net's module)")
+        notes.append(engine_note(exp.train.engine))
+        log.warning("%s", notes[-1])
         exp = exp.with_overrides({"train.engine": "skorch"})
     prep = prepared or prepare(exp)
     ds = prep.dataset
     digest = folds_digest(prep.folds)
     tags = run_tags(exp, ds, prep.folds)
     if resume:
-        PruneStore.check(tracker, resume)
+        PruneStore.check(tracker, resume, exp.digest(), prune_params(exp, settings), exp.flat_params())
         parent = resume
         tracker.client.update_run(parent, status="RUNNING")  # type: ignore[attr-defined]
         saved, done = PruneStore(tracker, parent).load()
@@ -324,12 +337,16 @@ def run_prune(exp: Experiment, settings: PruneSettings, *, tracker: Tracker | No
             flush()
 
 
+def prune_params(exp: Experiment, settings: PruneSettings) -> dict[str, str]:
+    """The sweep's options as the prune run logs them (MLflow params, strings); a resume must match them."""
+    return {"prune.methods": ",".join(settings.methods), "prune.levels": ",".join(f"{v:g}" for v in settings.levels),
+            "prune.finetune_epochs": str(settings.epochs(exp)), "prune.iterative": str(settings.iterative),
+            "prune.rewind": str(settings.rewind), "prune.hessian_probes": str(settings.hessian_probes)}
+
+
 def _start_parent(tracker: Tracker, exp: Experiment, settings: PruneSettings, tags: dict[str, str]) -> str:
     parent = tracker.start_run(exp.name, f"{exp.name}-prune", tags={**tags, "gencv.kind": "prune"})
-    tracker.log_params(parent, {**exp.flat_params(), "prune.methods": ",".join(settings.methods),
-                                "prune.levels": ",".join(f"{v:g}" for v in settings.levels),
-                                "prune.finetune_epochs": settings.epochs(exp), "prune.iterative": settings.iterative,
-                                "prune.rewind": settings.rewind, "prune.hessian_probes": settings.hessian_probes})
+    tracker.log_params(parent, {**exp.flat_params(), **prune_params(exp, settings)})
     tracker.log_text(parent, exp.to_yaml(), "spec.yaml")
     resolve = getattr(tracker, "resolve", None)
     return resolve(parent) if callable(resolve) else parent
@@ -374,7 +391,7 @@ def _sweep(exp: Experiment, settings: PruneSettings, prep: Prepared, trained: Se
     steps += [(label, m, lv, rw) for label, m, rw in settings.variants for lv in settings.levels]
     for fr in trained:
         fd = _fold_data(fr.estimator, ds.X, ds.y, prep.folds[fr.index], fr.seed)
-        n_in = int(fd.X_fit.shape[1])
+        shape = tuple(int(d) for d in fd.X_fit.shape[1:])
         for label, method, level, rewind in steps:
             prior = (done or {}).get((label, f"{level:g}", fr.index))
             if prior is not None:
@@ -384,13 +401,13 @@ def _sweep(exp: Experiment, settings: PruneSettings, prep: Prepared, trained: Se
             res = score_fold(FoldFit(fd.fold, fd.seed, est), ds.X, ds.y, metric=exp.metric, X_test=prep.X_test,
                              y_test=prep.y_test, measures=exp.measures, measure_config=measure_config_for(exp))
             if settings.timing and METHODS[method].kind == "structured" and res.ok:
-                facts |= _timing(est.module_, fd.est.module_, n_in)
-            res.estimator = None
+                facts |= _timing(est.module_, fd.est.module_, shape)
             records.setdefault((label, level), []).append((res, facts))
             if store is not None:
                 store.save_step(label, level, res, facts)
-            if on_step is not None:
+            if on_step is not None:  # the pruned network is still attached (res.estimator), then let go
                 on_step(fr.index, label, level, res)
+            res.estimator = None
             log.info("fold %d %s level %g: valid %s %.4f", fr.index, label, level, exp.metric,
                      res.valid_scores.get(exp.metric, math.nan))
         fr.estimator = None

@@ -12,6 +12,7 @@ import pandas as pd
 
 from gencv.cv import FoldResult
 from gencv.metrics import METRICS
+from gencv.pruning.finetune import TIMING_WARMUP
 from gencv.spec import Experiment
 from gencv.studies.prune import (
     BASELINE,
@@ -22,18 +23,21 @@ from gencv.studies.prune import (
 )
 from gencv.tracking import NullTracker, Tracker
 
-__all__ = ["log_prune", "plot_prune", "prune_markdown", "summarize_prune"]
+__all__ = ["log_prune", "measure_columns", "plot_prune", "prune_markdown", "summarize_prune"]
 
 Records = dict[tuple[str, float], list[tuple[FoldResult, dict[str, float]]]]
 _FACTS = ("sparsity", "n_params", "n_params_nonzero", "units_removed_fraction", "finetune_epochs_run",
-          "infer_ms_b1", "infer_ms_b1_unpruned", "infer_ms_b256", "infer_ms_b256_unpruned")
+          "infer_ms_b1", "infer_ms_b1_unpruned", "infer_ms_b256", "infer_ms_b256_unpruned", "infer_repeats")
 
 
 def _measure_keys(records: Records) -> list[str]:
+    """The measures the folds report (e.g. hessian_top_1), not their diagnostics (iterations, probes, ...)."""
+    from gencv.measures.config import is_diagnostic
+
     keys: set[str] = set()
     for recs in records.values():
         for r, _ in recs:
-            keys |= {k for k in r.measures if not k.endswith(("_se", "_probes", "_iters", "sample_size"))}
+            keys |= {k for k in r.measures if not is_diagnostic(k)}
     return sorted(keys)
 
 
@@ -83,8 +87,8 @@ def plot_prune(outcome: PruneOutcome, directory: Path) -> list[Path]:
     plt = pyplot()
     directory.mkdir(parents=True, exist_ok=True)
     metric = outcome.experiment.metric
-    keys = [f"valid_{metric}", f"gap_{metric}"] + [k for k in ("hessian_top",) if f"{k}_mean" in outcome.table]
-    keys += [k for k in _measure_keys_from_table(outcome.table) if k not in keys][:3]
+    measured = measure_columns(outcome.table)  # hessian_top_1 first when measured, then up to 3 more
+    keys = [f"valid_{metric}", f"gap_{metric}"] + sorted(measured, key=lambda k: k != "hessian_top_1")[:4]
     levels = [0.0, *outcome.settings.levels]
     x_of = {lv: i for i, lv in enumerate(levels)}  # even spacing: 0.9 and 0.95 stay apart
     cols = min(3, len(keys))
@@ -123,8 +127,9 @@ def plot_prune(outcome: PruneOutcome, directory: Path) -> list[Path]:
     return [path]
 
 
-def _measure_keys_from_table(table: pd.DataFrame) -> list[str]:
-    skip = ("valid_", "train_", "gap_", "test_")
+def measure_columns(table: pd.DataFrame) -> list[str]:
+    """The measures summarized in a sweep's table (`KEY_mean` columns besides scores, gaps and pruning facts)."""
+    skip = ("valid_", "train_", "gap_", "test_", "es_")
     return [c.removesuffix("_ci_low") for c in table.columns if c.endswith("_ci_low") and not c.startswith(skip)]
 
 
@@ -139,10 +144,15 @@ def prune_markdown(outcome: PruneOutcome) -> str:
              f"({direction} is better). Each (method, level) is compared with the unpruned network fine-tuned for "
              "the same epochs, on the same folds: corrected resampled t-test (p Holm-corrected across methods and "
              "levels) and Bayesian correlated t-test (P better / equivalent / worse, ROPE 0.01).")
+    if "infer_repeats_mean" in outcome.table:
+        head += (f" Inference times (neuron, channel): median ms per forward pass over "
+                 f"{outcome.table['infer_repeats_mean'].max():.0f} timed passes after {TIMING_WARMUP} untimed ones, "
+                 "one CPU thread, the shrunk and the unpruned network timed in turns.")
     lines = [f"# Pruning sweep {outcome.experiment.name}", "", head, ""]
     cols = ["method", "level", "sparsity_mean", "n_params_mean", f"valid_{metric}_mean", f"gap_{metric}_mean",
             f"test_{metric}_mean", "diff_vs_baseline", "p_holm", "P_better", "P_equivalent", "P_worse",
             "infer_ms_b1_mean", "infer_ms_b1_unpruned_mean", "infer_ms_b256_mean", "infer_ms_b256_unpruned_mean"]
+    cols += [f"{k}_mean" for k in measure_columns(outcome.table)]
     table = outcome.table[[c for c in cols if c in outcome.table]]
     lines.append(table.to_markdown(index=False, floatfmt=".4g"))
     lines += [""] + [f"- note: {n}" for n in outcome.notes]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,15 @@ class PruneStore:
                                   f"steps/{step_key(label, level)}/fold-{res.index}.json")
 
     @staticmethod
-    def check(tracker: Tracker, run_id: str) -> Any:
-        """The prune run to resume, or a GencvError saying what to pass."""
+    def check(tracker: Tracker, run_id: str, digest: str | None = None,
+              settings: Mapping[str, str] | None = None, spec: Mapping[str, str] | None = None) -> Any:
+        """The prune run to resume, or a GencvError saying what to pass.
+
+        digest : today's spec digest; refused when the run's `gencv.spec_digest` differs (the differing
+            spec keys are named, from `spec`, today's flat params, against the run's params).
+        settings : today's `prune.*` params (methods, levels, fine-tuning epochs, rounds, rewind, probes);
+            refused when any differs from the run's.
+        """
         if not isinstance(tracker, MlflowTracker):
             raise GencvError("--resume needs tracking on (it reads the trained folds and finished steps from MLflow)")
         try:
@@ -58,6 +66,12 @@ class PruneStore:
                              "printed by `gencv prune`") from None
         if run.data.tags.get("gencv.kind") != "prune":
             raise GencvError(f"--resume: run {run_id} is not a prune run; pass the id `gencv prune` printed")
+        diffs = _differences(run, digest, settings or {}, spec or {})
+        if diffs:
+            shown = "; ".join(diffs[:10]) + (f"; and {len(diffs) - 10} more" if len(diffs) > 10 else "")
+            raise GencvError(f"--resume {run_id}: that prune run was made with other settings: {shown}. Resume with "
+                             "the run's spec and options (the command Ctrl-C printed), or start a new sweep without "
+                             "--resume")
         return run
 
     def load(self) -> tuple[dict[int, Any], dict[tuple[str, str, int], tuple[FoldResult, dict[str, float]]]]:
@@ -79,3 +93,20 @@ class PruneStore:
                     res = FoldResult.from_json(raw["result"])
                     steps[(label, level, res.index)] = (res, raw["facts"])
         return trained, steps
+
+
+_OPTIONS = {"prune.methods": "--method", "prune.levels": "--levels", "prune.finetune_epochs": "--finetune-epochs",
+            "prune.iterative": "--iterative", "prune.rewind": "--rewind", "prune.hessian_probes": "--hessian-probes"}
+
+
+def _differences(run: Any, digest: str | None, settings: Mapping[str, str], spec: Mapping[str, str]) -> list[str]:
+    """What differs between the run to resume and today's spec and sweep options, one line each."""
+    params = run.data.params
+    diffs = [f"{_OPTIONS.get(k, k)}: the run has {params.get(k, '(not set)')}, now {v}"
+             for k, v in settings.items() if params.get(k) != v]
+    if digest is not None and run.data.tags.get("gencv.spec_digest") != digest:
+        keys = [k for k in spec if params.get(k) != spec[k] and not k.startswith("tracking.")]
+        keys += [k for k in params if k not in spec and not k.startswith(("prune.", "tracking."))]
+        diffs += [f"{k}: the run has {params.get(k, '(not set)')}, this spec {spec.get(k, '(not set)')}"
+                  for k in keys] or ["the spec (digests differ)"]
+    return diffs

@@ -221,6 +221,15 @@ class MlflowTracker:
         for chunk in _chunks(items, _MAX_METRICS):
             self.client.log_batch(self._real(run_id), metrics=chunk)
 
+    def _log_steps_now(self, run_id: str, steps: Mapping[int, Mapping[str, float]]) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, int(step)) for step, metrics in steps.items()
+                 for k, v in metrics.items() if _finite(v)]
+        for chunk in _chunks(items, _MAX_METRICS):
+            self.client.log_batch(self._real(run_id), metrics=chunk)
+
     def _set_tags_now(self, run_id: str, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
@@ -333,6 +342,10 @@ class MlflowTracker:
 
     def log_series(self, run_id: str, series: Mapping[str, Sequence[float]], start_step: int = 1) -> None:
         self._submit("_log_series_now", run_id, {k: list(v) for k, v in series.items()}, start_step)
+
+    def log_steps(self, run_id: str, steps: Mapping[int, Mapping[str, float]]) -> None:
+        """Metrics at several steps in one write (one database commit per 1000 values)."""
+        self._submit("_log_steps_now", run_id, {int(k): dict(v) for k, v in steps.items()})
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         self._submit("_set_tags_now", run_id, dict(tags))

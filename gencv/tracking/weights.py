@@ -26,7 +26,8 @@ _MEASURE_NEEDS = ("`gencv measure` needs a run made by `gencv run` with tracking
                   "model_weights/state_dict.pt)")
 WEIGHTS = "model_weights/state_dict.pt"
 #: the model settings that shape the network: a base must agree with the target on them
-_ARCHITECTURE = ("kind", "module", "hidden", "channels", "kernel_size", "activation", "batch_norm", "cell", "rnn_layers")
+_ARCHITECTURE = ("kind", "module", "hidden", "channels", "kernel_size", "activation", "batch_norm", "cell",
+                 "rnn_layers")
 
 
 def download_artifact(client: Any, run_id: str, path: str, tmp: str, needs: str = _MEASURE_NEEDS) -> Path:
@@ -145,7 +146,8 @@ def load_base(model: ModelSpec, *, fits: Any = None, n_features: int | None = No
         state, found = _from_run(client, run_id, model, "model.base.run" if base.uri is None else "model.base.uri")
         tags |= found
     weights = BaseWeights.from_state(state, freeze=base.freeze if isinstance(base.freeze, str) else tuple(base.freeze),
-                                     new_head=tuple(base.new_head), head=base.head, tags={"gencv.base": base.source, **tags})
+                                     new_head=tuple(base.new_head), head=base.head,
+                                     tags={"gencv.base": base.source, **tags})
     if fits is not None:
         check_base(fits, weights, int(n_features if n_features is not None else weights.n_inputs or 0))
     return weights

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,13 +114,17 @@ def fold_order(exp: Experiment, number: int, n: int) -> list[int]:
     return [int(i) for i in rng.permutation(n)]
 
 
-def _run_trial(ctx: TrialContext, study: Any, trial: Any) -> TrialRecord:
-    """Cross-validate one configuration; tell the study how it ended; log it as a child run."""
+def _run_trial(ctx: TrialContext, study: Any, trial: Any, engine: Any = None, population: str = "") -> TrialRecord:
+    """Cross-validate one configuration; tell the study how it ended; log it as a child run.
+
+    `engine`: the engine that hands back this trial's folds (a population's `PrefitEngine`: trained
+    already, so fold-level pruning would save nothing and is skipped); default the spec's `train.engine`.
+    """
     with Heartbeat(ctx.storage, trial._trial_id):
-        return _run_trial_body(ctx, study, trial)
+        return _run_trial_body(ctx, study, trial, engine, population)
 
 
-def _run_trial_body(ctx: TrialContext, study: Any, trial: Any) -> TrialRecord:
+def _run_trial_body(ctx: TrialContext, study: Any, trial: Any, engine: Any = None, population: str = "") -> TrialRecord:
     import optuna
     from optuna.trial import TrialState
 
@@ -133,8 +138,10 @@ def _run_trial_body(ctx: TrialContext, study: Any, trial: Any) -> TrialRecord:
         raise _sampler_failed(ctx, study, [trial._trial_id], exc) from exc
     ctx.progress.trial_start(number, overrides)
     tags = {"gencv.kind": "trial", "gencv.trial": str(number), "gencv.study": ctx.study_name,
-            "gencv.folds_digest": folds_digest(ctx.folds), "gencv.engine": exp.train.engine,
-            "gencv.data_digest": ctx.prep.dataset.digest, "gencv.seed": str(exp.seed)}
+            "gencv.folds_digest": folds_digest(ctx.folds), "gencv.engine": exp.train.engine if engine is None
+            else engine.name, "gencv.data_digest": ctx.prep.dataset.digest, "gencv.seed": str(exp.seed)}
+    if population:
+        tags["gencv.population"] = population
     retried = ctx.storage.get_trial(trial._trial_id).system_attrs.get("failed_trial")
     if retried is not None:
         tags["gencv.retry_of"] = str(retried)
@@ -168,7 +175,7 @@ def _run_trial_body(ctx: TrialContext, study: Any, trial: Any) -> TrialRecord:
             trial.report(float(score), res.index)
         else:  # median / hyperband compare running means at the same number of folds done (1, 2, ...)
             trial.report(float(np.mean(list(scores.values()))), pos + 1)
-        if pos < len(ctx.folds) - 1 and trial.should_prune():
+        if engine is None and pos < len(ctx.folds) - 1 and trial.should_prune():
             raise optuna.TrialPruned(f"pruned after {pos + 1} of {len(ctx.folds)} folds "
                                      f"(running mean {metric} {np.mean(list(scores.values())):.4f})")
 
@@ -176,12 +183,12 @@ def _run_trial_body(ctx: TrialContext, study: Any, trial: Any) -> TrialRecord:
     try:
         trial_exp = exp.with_overrides(overrides)
         est = make_estimator(trial_exp, ds, module=ctx.prep.module, base=ctx.prep.estimator.base)
-        if trial_exp.train.engine != exp.train.engine or exp.train.engine == "auto":
+        if engine is None and (trial_exp.train.engine != exp.train.engine or exp.train.engine == "auto"):
             ctx.tracker.set_tags(run_id, {"gencv.engine": engine_used(trial_exp.train.engine, est)})
         cv = cross_validate(est, ds.X, ds.y, ctx.folds, metric=metric, seed=exp.seed,
                             measures=exp.measures, measure_config=ctx.measure_config, tracker=ctx.tracker,
                             experiment=exp.name, parent_run=run_id, on_fold_end=on_fold_end, fold_order=order,
-                            groups=ds.groups, engine=trial_exp.train.engine,
+                            groups=ds.groups, engine=trial_exp.train.engine if engine is None else engine,
                             train_fraction=trial_exp.data.train_fraction, data=ctx.prep.data_ref)
         value = float(np.mean([scores[i] for i in sorted(scores)]))
         _set_measures(trial, cv.ok_folds, metric)
@@ -384,6 +391,7 @@ def optimize(ctx: TrialContext, study: Any, n_trials: int, timeout: float | None
                 trial = _ask(ctx, study)
                 # Beat at once: a RUNNING trial without any heartbeat is never detected as stale.
                 Heartbeat(ctx.storage, trial._trial_id).beat_once()
+                batch = [trial, *_ask_more(ctx, study, n_trials, counts["WAITING"] - 1, taken + 1)]
         if trial is None:
             if counts["RUNNING"] == 0:
                 return
@@ -397,13 +405,108 @@ def optimize(ctx: TrialContext, study: Any, n_trials: int, timeout: float | None
                 return
             time.sleep(poll)
             continue
-        rec = _run_trial(ctx, study, trial)
-        counts = study_counts(study)
-        ctx.progress.trial_end(rec, counts, _best_value(study))
-        if ctx.consecutive_failures >= max_failures:
-            raise TuningError(
-                f"{ctx.label}: {ctx.consecutive_failures} consecutive trials failed "
-                f"(tune.max_consecutive_failures={max_failures}); last reason: {rec.reason}. "
-                "Fix the cause, or narrow tune.space; the study is kept and can be resumed with --study"
-            )
+        records = _run_batch(ctx, study, batch) if len(batch) > 1 else iter([_run_trial(ctx, study, trial)])
+        try:
+            for rec in records:
+                counts = study_counts(study)
+                ctx.progress.trial_end(rec, counts, _best_value(study))
+                if ctx.consecutive_failures >= max_failures:
+                    raise TuningError(
+                        f"{ctx.label}: {ctx.consecutive_failures} consecutive trials failed "
+                        f"(tune.max_consecutive_failures={max_failures}); last reason: {rec.reason}. "
+                        "Fix the cause, or narrow tune.space; the study is kept and can be resumed with --study"
+                    )
+        finally:
+            close = getattr(records, "close", None)
+            if close is not None:
+                close()  # a batch stopped early re-queues the trials it did not score
+
+
+def _ask_more(ctx: TrialContext, study: Any, n_trials: int, waiting: int, taken: int) -> list[Any]:
+    """Up to `tune.batch_trials - 1` more trials (queued ones first), within the study's budget; beaten once."""
+    import optuna
+
+    n = (ctx.exp.tune.batch_trials if ctx.exp.tune is not None else 1) - 1
+    more: list[Any] = []
+    while len(more) < n:
+        grid = isinstance(study.sampler, optuna.samplers.GridSampler)
+        if waiting <= 0 and (taken >= n_trials or (grid and study.sampler.is_exhausted(study))):
+            break
+        trial = _ask(ctx, study)
+        Heartbeat(ctx.storage, trial._trial_id).beat_once()
+        more.append(trial)
+        waiting, taken = waiting - 1, taken + 1  # a queued trial asked is RUNNING now, as a new one is
+    return more
+
+
+def _run_batch(ctx: TrialContext, study: Any, trials: list[Any]) -> Iterator[TrialRecord]:
+    """`tune.batch_trials`: train the asked trials together, then score, record and tell each one.
+
+    Trials whose configuration the batched engine supports train as one population (trials x folds,
+    `BatchedEngine.fit_population`: stacks by architecture and batch size, per-member lr, weight decay,
+    L1, dropout and patience); each is then cross-validated from its trained members exactly as
+    `_run_trial` records a trial alone (fold runs, fold scores, divergence of a member failing its trial
+    only). Fold-level pruning is skipped for them: every fold has trained already. The other trials
+    run one by one, with the reason logged. Yields each trial's record as it is told.
+    """
+    from gencv.engines import BatchedEngine, PrefitEngine
+    from gencv.engines.batched import unsupported_setting
+
+    exp, ds = ctx.exp, ctx.prep.dataset
+    try:
+        overrides = [suggest(t, ctx.dims) for t in trials]
+    except Exception as exc:
+        raise _sampler_failed(ctx, study, [t._trial_id for t in trials], exc) from exc
+    ests: dict[int, Any] = {}
+    for j, (trial, values) in enumerate(zip(trials, overrides)):
+        try:
+            trial_exp = exp.with_overrides(values)
+            est = make_estimator(trial_exp, ds, module=ctx.prep.module)
+            why = unsupported_setting(est) or ("data.train_fraction below 1 (folds are subsampled per trial)"
+                                               if trial_exp.data.train_fraction < 1 else None)
+        except Exception as exc:  # the trial run alone reports (and fails on) the same error
+            why = f"{type(exc).__name__}: {exc}"
+        if why is None:
+            ests[j] = est
+        else:
+            log.info("%s: trial %d runs alone, not in the population: %s", ctx.label, trial.number, why)
+    fits: dict[int, list[Any]] = {}
+    if ests:
+        seeds = [derive_seed(exp.seed, "fold", i) for i in range(len(ctx.folds))]  # cross_validate's fold seeds
+        try:
+            with contextlib.ExitStack() as beats:
+                for j in ests:
+                    beats.enter_context(Heartbeat(ctx.storage, trials[j]._trial_id))
+                out = BatchedEngine().fit_population(list(ests.values()), ds.X, ds.y, ctx.folds, seeds,
+                                                     groups=ds.groups)
+            fits = dict(zip(ests, out))
+        except (KeyboardInterrupt, SystemExit):
+            _abandon(ctx, study, trials, "interrupted while its population trained")
+            raise
+        except Exception as exc:  # not one member's failure (those are per fold): the trials run alone
+            log.warning("%s: the population of trials %s failed (%s: %s); running them one by one", ctx.label,
+                        [trials[j].number for j in ests], type(exc).__name__, exc)
+    label = f"trials {','.join(str(trials[j].number) for j in fits)} ({len(fits)} x {len(ctx.folds)} folds)"
+    try:
+        for j, trial in enumerate(trials):
+            yield _run_trial(ctx, study, trial, PrefitEngine(fits[j]) if j in fits else None, label if j in fits else "")
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):  # an interrupted trial re-queued itself; the rest:
+        _abandon(ctx, study, trials, "its batch stopped before it was scored")
+        raise
+
+
+def _finished(ctx: TrialContext, trial: Any) -> bool:
+    return bool(ctx.storage.get_trial(trial._trial_id).state.is_finished())
+
+
+def _abandon(ctx: TrialContext, study: Any, trials: Sequence[Any], why: str) -> None:
+    """Fail trials of a batch that will not be scored (re-queued with the same parameters, as an interrupt is)."""
+    from optuna.trial import TrialState
+
+    for trial in trials:
+        if _finished(ctx, trial):
+            continue
+        ctx.storage.set_trial_user_attr(trial._trial_id, "gencv.reason", f"{why}; re-queued as a WAITING trial")
+        ctx.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        _requeue(study, ctx.storage.get_trial(trial._trial_id))
 

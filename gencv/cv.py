@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -454,17 +455,29 @@ def cross_validate(
     except KeyboardInterrupt:
         for run_id in open_runs.values():
             tracker.end_run(run_id, "KILLED")
+        _close_quietly(in_parent)
         raise
     except BaseException:
         for run_id in open_runs.values():
             tracker.end_run(run_id, "FAILED")
+        _close_quietly(in_parent)
         raise
     finally:
         fits.close()  # a consumer that stopped early (a pruned trial) trains no further fold
-        if in_parent is not None:
-            in_parent.close()  # finished folds are kept, also after Ctrl-C or an error
+    if in_parent is not None:
+        in_parent.close()
     return CVResult(folds=[results[i] for i in sorted(results)], metric=metric,
                     task=estimator.task, seed=seed)
+
+
+def _close_quietly(log_: ParentFoldLog | None) -> None:
+    """Write the finished folds after Ctrl-C or an error, without hiding that error behind a write's."""
+    if log_ is None:
+        return
+    try:
+        log_.close()
+    except Exception:  # noqa: BLE001
+        log.warning("could not write the finished folds to the parent run", exc_info=True)
 
 
 def _log_fold(tracker: Tracker, run_id: str, res: FoldResult, data: DataRef | None = None) -> None:
@@ -504,9 +517,10 @@ class ParentFoldLog:
     learning curves (`fold-<i>/curve_*`) when the fold is in `curves`, and its record in a
     `fold_results/folds-<first>-<last>-<tag>.json` list that --resume and `compare` read. Writing fold by fold
     cost one database commit and one artifact per fold (leave-one-out: ~60 ms a fold, as much as training
-    it), so folds are written `every` folds or `seconds` after the oldest unwritten one, whichever comes
-    first, and on `close()` (also after Ctrl-C or an error). A killed process (SIGKILL) loses at most that
-    much finished work; --resume refits those folds.
+    it), so the folds finished since the last write are written once there are `every` of them or once
+    `seconds` have passed since that write (a slow fold is written as soon as it ends), and on `close()`
+    (also after Ctrl-C or an error). A killed process (SIGKILL) loses at most that much finished work;
+    --resume refits those folds.
     """
 
     def __init__(self, tracker: Tracker, run_id: str, curves: Iterable[int] = (), *, every: int = 50,
@@ -514,21 +528,18 @@ class ParentFoldLog:
         self.tracker, self.run_id, self.curves = tracker, run_id, set(curves)
         self.every, self.seconds = max(1, int(every)), float(seconds)
         self._pending: list[FoldResult] = []
-        self._since = 0.0
+        self._written = time.monotonic()
 
     def add(self, res: FoldResult) -> None:
-        import time
-
-        if not self._pending:
-            self._since = time.monotonic()
         self._pending.append(res)
-        if len(self._pending) >= self.every or time.monotonic() - self._since >= self.seconds:
+        if len(self._pending) >= self.every or time.monotonic() - self._written >= self.seconds:
             self.flush()
 
     def flush(self) -> None:
         import json
         import uuid
 
+        self._written = time.monotonic()
         if not self._pending:
             return
         batch, self._pending = self._pending, []

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from gencv.cv import CVResult
+from gencv.cv import CVResult, curve_sample
 from gencv.measures.config import is_diagnostic
 from gencv.metrics import METRICS
 
@@ -140,15 +141,21 @@ def _at_epoch(history: Sequence[dict[str, float]], epoch: int, key: str) -> floa
 
 
 def plot_learning_curves(result: CVResult, path: str | Path, *, title: str = "Learning curves",
-                         max_legend_folds: int = 10) -> Path:
+                         max_legend_folds: int = 10, max_folds: int = 30) -> Path:
     """Train, early-stopping and held-out loss per epoch (left) and the held-out score (right), one colour
     per fold; a star marks each fold's best (early-stopping) epoch. One legend below both panels names
-    the folds (up to `max_legend_folds`) and the line styles."""
+    the folds (up to `max_legend_folds`) and the line styles. Above `max_folds` folds (leave-one-out's
+    hundreds), `max_legend_folds` evenly spaced folds are drawn, and the median over all folds in black."""
     from matplotlib.lines import Line2D
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
     folds = [f for f in result.ok_folds if f.history]
+    medians = len(folds) > max_folds
+    if medians:
+        _plot_medians(axes, folds)
+        title = f"{title} ({max_legend_folds} of {len(folds)} folds; black: median of all)"
+        folds = [folds[i] for i in curve_sample(len(folds), max_legend_folds)]
     fold_handles = []
     has_es = has_score = False
     for f in folds:
@@ -178,6 +185,8 @@ def plot_learning_curves(result: CVResult, path: str | Path, *, title: str = "Le
     axes[0].set_title(title)
     axes[1].set_title("Held-out score per epoch" if has_score else "(no held-out score recorded)")
     styles = [Line2D([], [], color="grey", label="train loss (fitted rows)")]
+    if medians:
+        styles.append(Line2D([], [], color="black", linewidth=2.5, label="median over all folds"))
     if has_es:
         styles.append(Line2D([], [], color="grey", linestyle=":", label="early-stopping split loss"))
     styles += [Line2D([], [], color="grey", linestyle="--", label="held-out fold loss"),
@@ -196,6 +205,24 @@ def plot_learning_curves(result: CVResult, path: str | Path, *, title: str = "Le
     return out
 
 
+def _plot_medians(axes: Any, folds: Sequence[Any]) -> None:
+    """The median over `folds` of the train and held-out loss (left) and the held-out score (right), per epoch."""
+    keys = ("curve_train_loss", "curve_valid_loss")
+    score_key = next((k for k in folds[0].history[0] if k.startswith("curve_valid_") and k != "curve_valid_loss"),
+                     None)
+    epochs = sorted({int(r["epoch"]) for f in folds for r in f.history})
+    at = {k: {e: [] for e in epochs} for k in (*keys, score_key) if k}
+    for f in folds:
+        for r in f.history:
+            for k, per in at.items():
+                if k in r and np.isfinite(r[k]):
+                    per[int(r["epoch"])].append(float(r[k]))
+    for k, per in at.items():
+        ax, style = (axes[1], "-") if k == score_key else (axes[0], "--" if k == "curve_valid_loss" else "-")
+        ax.plot(epochs, [np.median(per[e]) if per[e] else np.nan for e in epochs], style, color="black",
+                linewidth=2.5, zorder=5)
+
+
 def plot_fold_scores(result: CVResult, path: str | Path) -> Path:
     """Train vs held-out primary score per fold, with the gap drawn between them."""
     plt = pyplot()
@@ -204,14 +231,15 @@ def plot_fold_scores(result: CVResult, path: str | Path) -> Path:
     x = np.arange(len(folds))
     tr = [f.train_scores.get(m, np.nan) for f in folds]
     va = [f.valid_scores.get(m, np.nan) for f in folds]
-    fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(folds) + 3), 4))
+    fig, ax = plt.subplots(figsize=(min(max(5, 0.5 * len(folds) + 3), 14), 4))  # leave-one-out: 14 in, not 230
     ax.vlines(x, np.minimum(tr, va), np.maximum(tr, va), color="grey", alpha=0.6, label="gap")
     ax.scatter(x, tr, label=f"train {m}", zorder=3)
     ax.scatter(x, va, label=f"held-out {m}", zorder=3)
     if any(f.test_scores for f in folds):
         ax.scatter(x, [f.test_scores.get(m, np.nan) for f in folds], marker="x", label=f"test {m}", zorder=3)
-    ax.set_xticks(x, [str(f.index) for f in folds] if len(folds) <= 30 else [""] * len(folds))
-    ax.set_xlabel("fold")
+    if len(folds) <= 30:
+        ax.set_xticks(x, [str(f.index) for f in folds])
+    ax.set_xlabel("fold" if len(folds) <= 30 else "fold (position among the finished folds)")
     ax.set_ylabel(m)
     ax.set_title(f"Fold scores and generalization gap ({m})")
     ax.legend()

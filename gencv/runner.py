@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+from sklearn.base import clone
 
 from gencv import __version__
 from gencv.checksums import sha256_file, tag_key
@@ -201,7 +202,10 @@ def prepare(exp: Experiment, *, allow_large_loo: bool = False, module: Any = Non
                        allow_large_loo=allow_large_loo, classes=ds.classes, test_size=exp.data.test_size)
     est = make_estimator(exp, ds, module=module)
     est.check_module(ds.X[cv_idx[:8]], ds.y[cv_idx])
-    est.set_params(base=load_base(exp.model, fits=est, n_features=ds.X.shape[1], tracking_uri=tracking_uri))
+    n_in = ds.X.shape[1]
+    if exp.model.base is not None and est.categorical_features:  # the network's width: one-hot columns included
+        n_in = int(clone(est).prepare_fit(ds.X[cv_idx], ds.y[cv_idx])[2].shape[1])
+    est.set_params(base=load_base(exp.model, fits=est, n_features=n_in, tracking_uri=tracking_uri))
     return Prepared(exp, ds, cv_idx, test_idx, folds, est, warnings, module)
 
 

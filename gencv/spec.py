@@ -363,7 +363,7 @@ class TrackingSpec(_Strict):
 
     # auto: a child run per fold up to max_fold_runs folds; above it (leave-one-out's hundreds of folds)
     # the folds live in the parent run: the fold table, per-fold metrics as steps (`fold_<metric>`, step
-    # = fold index), the learning curves of `curve_folds` evenly spaced folds, one fold_results/ file each.
+    # = fold index), the learning curves of `curve_folds` evenly spaced folds, and the fold records in fold_results/.
     fold_runs: Literal["auto", "always", "never"] = "auto"
     max_fold_runs: int = Field(30, ge=1, le=100_000)
     curve_folds: int = Field(5, ge=0, le=1000)

@@ -226,6 +226,12 @@ def test_image_options_too_large_for_the_image(path: str, value: int, match: str
         prepare(exp)
 
 
+def test_lbfgs_with_augmentation_is_refused_before_training() -> None:
+    exp = tiny(**{"data.augment.noise": 0.1, "train.optimizer": "lbfgs"})
+    with pytest.raises(SpecError, match=r"data\.augment: got \{'noise': 0\.1\} with train\.optimizer: lbfgs.*adam"):
+        prepare(exp)
+
+
 def test_table_options_and_the_spec_reach_the_estimator() -> None:
     exp = tiny(**{"data.augment": {"noise": 0.1, "mixup": 0.2}})
     est = prepare(exp).estimator

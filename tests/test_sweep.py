@@ -30,10 +30,16 @@ def test_grid_values_are_yaml_and_lists_stay_whole() -> None:
         parse_grid(["model.dropout"])
 
 
-@pytest.mark.parametrize("path", ["cv.n_splits", "seed", "data.test_size", "data.source"])
+@pytest.mark.parametrize("path", ["cv.n_splits", "seed", "data.test_size", "data.source", "data.classes"])
 def test_levels_that_would_change_the_folds_are_refused(path: str) -> None:
     with pytest.raises(SpecError, match=f"sweep.grid.{path}: a level may not change"):
         run_sweep(tiny(**FAST), {path: [1, 2]})
+
+
+def test_a_shared_sweep_refuses_levels_of_the_base_network(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match=r"sweep.grid.model.base.freeze: a shared sweep \(--storage\)"):
+        run_sweep(tiny(**FAST), {"model.base.freeze": ["none", "all_but_head"]},
+                  storage=f"sqlite:///{tmp_path}/optuna.db")
 
 
 def test_levels_share_the_folds_and_are_compared_with_the_baseline(tmp_path: Path) -> None:

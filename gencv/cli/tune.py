@@ -198,7 +198,7 @@ def tune(
         build_space(exp)  # space errors before data or storage are touched
         is_nested = exp.tune.nested if nested is None else nested
         used["study"] = study or default_study_name(exp, is_nested)
-        prep = prepare(exp)
+        prep = prepare(exp, tracking_uri=tracking_uri)
         tracker = make_tracker(not no_track, tracking_uri)
         url = storage or DEFAULT_STORAGE
         err.print(f"[bold]{exp.name}[/]: tuning {len(exp.tune.space)} hyperparameters "

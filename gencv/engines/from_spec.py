@@ -10,6 +10,7 @@ from torch import nn
 from gencv.augment import as_augment_spec, check_augment
 from gencv.engines.sklearn_api import NetClassifier, NetEstimator, NetRegressor
 from gencv.engines.transfer import BaseWeights
+from gencv.errors import SpecError
 from gencv.models import load_module
 from gencv.spec import AugmentSpec, ModelSpec, TrainSpec
 
@@ -39,6 +40,10 @@ def estimator_from_spec(
     `base`: the weights `model.base` names, loaded (`gencv.tracking.weights.load_base`)."""
     spec = as_augment_spec(augment)
     check_augment(spec, image_shape)
+    if spec is not None and spec.active and train.optimizer == "lbfgs":
+        raise SpecError(f"data.augment: got {spec.model_dump(exclude_defaults=True)} with train.optimizer: lbfgs, "
+                        "which evaluates the loss several times per step (line search), each time on another "
+                        "augmented batch; use train.optimizer: adam (or sgd, ...), or remove data.augment")
     m = model.model_dump(exclude={"module", "kwargs", "base"})
     kind: Any = m.pop("kind")
     if kind == "custom":  # the class or factory model.module names, its model.kwargs routed as module__<name>

@@ -296,7 +296,7 @@ def run_prune(exp: Experiment, settings: PruneSettings, *, tracker: Tracker | No
         notes.append(engine_note(exp.train.engine))
         log.warning("%s", notes[-1])
         exp = exp.with_overrides({"train.engine": "skorch"})
-    prep = prepared or prepare(exp)
+    prep = prepared or prepare(exp, tracking_uri=getattr(tracker, "tracking_uri", None))  # model.base's store
     ds = prep.dataset
     digest = folds_digest(prep.folds)
     tags = run_tags(exp, ds, prep.folds)

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 #: spec sections a level may not change: they decide the folds, so levels would not be paired.
 _FIXED = ("seed", "name", "cv", "data.source", "data.target", "data.features", "data.group", "data.time",
-          "data.test_size", "data.lags", "data.horizon", "data.n_samples", "tune", "sweep", "metric")
+          "data.test_size", "data.classes", "data.lags", "data.horizon", "data.n_samples", "tune", "sweep", "metric")
 
 
 @dataclass(frozen=True)
@@ -207,8 +207,13 @@ def run_sweep(
     """
     tracker = tracker or NullTracker()
     progress = progress or _NoProgress()
+    based = [p for p in grid if p == "model.base" or p.startswith("model.base.")]
+    if storage is not None and based:  # a shared sweep's workers train from the one base `prepare` loads
+        raise SpecError(f"sweep.grid.{based[0]}: a shared sweep (--storage) trains every level from the spec's "
+                        "own model.base; sweep the base without --storage (each level then loads its own)")
     levels, base, exps = levels_of(exp, grid, baseline)
-    prep = prepare(exp)  # the folds every level shares (levels may not change what decides them)
+    uri = getattr(tracker, "tracking_uri", None)  # where model.base's run or registered model is
+    prep = prepare(exp, tracking_uri=uri)  # the folds every level shares (levels may not change what decides them)
     digest = folds_digest(prep.folds)
     if storage is not None:
         if resume:
@@ -269,8 +274,9 @@ def _run_level(level: Level, level_exp: Experiment, n_levels: int, prior: tuple[
     """One level's cross-validation as a child of the sweep run; `prior` (run id, status) is resumed or reused."""
     fold_progress = progress.level_start(level, n_levels)
     reused = prior is not None and prior[1] == "FINISHED"
+    prepared = prepare(level_exp, tracking_uri=getattr(tracker, "tracking_uri", None))  # its own model.base
     outcome = run_experiment(
-        level_exp, tracker=tracker, progress=fold_progress, refit=refit, prepared=prepare(level_exp),
+        level_exp, tracker=tracker, progress=fold_progress, refit=refit, prepared=prepared,
         resume=prior[0] if prior is not None else None, parent_run=sweep_run, run_name=level.label,
         tags={"gencv.sweep_level": level.label, "gencv.sweep_index": str(level.index)},
     )

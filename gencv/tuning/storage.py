@@ -8,7 +8,7 @@ import re
 import threading
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -177,18 +177,21 @@ def study_lock(storage: Any, study_name: str) -> Iterator[None]:
 
 
 class Heartbeat:
-    """Records a trial's heartbeat every `interval` seconds while the trial runs (RDB storages only)."""
+    """Records a trial's heartbeat every `interval` seconds while the trial runs (RDB storages only); with
+    several trial ids (a batch of trials waiting for their turn), one thread beats for all of them."""
 
-    def __init__(self, storage: Any, trial_id: int) -> None:
+    def __init__(self, storage: Any, trial_id: int | Sequence[int]) -> None:
         self.storage = storage
-        self.trial_id = trial_id
+        self.trial_ids = [trial_id] if isinstance(trial_id, int) else [int(t) for t in trial_id]
+        self.trial_id = self.trial_ids[0] if self.trial_ids else -1
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def beat_once(self) -> None:
         """Record one heartbeat now (no-op without heartbeats)."""
         if getattr(self.storage, "get_heartbeat_interval", lambda: None)():
-            self.storage.record_heartbeat(self.trial_id)
+            for trial_id in self.trial_ids:
+                self.storage.record_heartbeat(trial_id)
 
     def __enter__(self) -> Heartbeat:
         interval = getattr(self.storage, "get_heartbeat_interval", lambda: None)()
@@ -200,10 +203,11 @@ class Heartbeat:
 
     def _beat(self, interval: float) -> None:
         while True:
-            try:
-                self.storage.record_heartbeat(self.trial_id)
-            except Exception as exc:  # a missed beat is not fatal; the grace period covers it
-                log.debug("heartbeat for trial id %d failed: %s", self.trial_id, exc)
+            for trial_id in self.trial_ids:
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except Exception as exc:  # a missed beat is not fatal; the grace period covers it
+                    log.debug("heartbeat for trial id %d failed: %s", trial_id, exc)
             if self._stop.wait(interval):
                 return
 

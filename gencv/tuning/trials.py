@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
@@ -452,47 +451,46 @@ def _run_batch(ctx: TrialContext, study: Any, trials: list[Any]) -> Iterator[Tri
     from gencv.engines import BatchedEngine, PrefitEngine
     from gencv.engines.batched import unsupported_setting
 
-    exp, ds = ctx.exp, ctx.prep.dataset
-    try:
-        overrides = [suggest(t, ctx.dims) for t in trials]
-    except Exception as exc:
-        raise _sampler_failed(ctx, study, [t._trial_id for t in trials], exc) from exc
-    ests: dict[int, Any] = {}
-    for j, (trial, values) in enumerate(zip(trials, overrides)):
+    with Heartbeat(ctx.storage, [t._trial_id for t in trials]):  # every trial of the batch, until its turn
+        exp, ds = ctx.exp, ctx.prep.dataset
         try:
-            trial_exp = exp.with_overrides(values)
-            est = make_estimator(trial_exp, ds, module=ctx.prep.module)
-            why = unsupported_setting(est) or ("data.train_fraction below 1 (folds are subsampled per trial)"
-                                               if trial_exp.data.train_fraction < 1 else None)
-        except Exception as exc:  # the trial run alone reports (and fails on) the same error
-            why = f"{type(exc).__name__}: {exc}"
-        if why is None:
-            ests[j] = est
-        else:
-            log.info("%s: trial %d runs alone, not in the population: %s", ctx.label, trial.number, why)
-    fits: dict[int, list[Any]] = {}
-    if ests:
-        seeds = [derive_seed(exp.seed, "fold", i) for i in range(len(ctx.folds))]  # cross_validate's fold seeds
-        try:
-            with contextlib.ExitStack() as beats:
-                for j in ests:
-                    beats.enter_context(Heartbeat(ctx.storage, trials[j]._trial_id))
+            overrides = [suggest(t, ctx.dims) for t in trials]
+        except Exception as exc:
+            raise _sampler_failed(ctx, study, [t._trial_id for t in trials], exc) from exc
+        ests: dict[int, Any] = {}
+        for j, (trial, values) in enumerate(zip(trials, overrides)):
+            try:
+                trial_exp = exp.with_overrides(values)
+                est = make_estimator(trial_exp, ds, module=ctx.prep.module, base=ctx.prep.estimator.base)
+                why = unsupported_setting(est) or ("data.train_fraction below 1 (folds are subsampled per trial)"
+                                                   if trial_exp.data.train_fraction < 1 else None)
+            except Exception as exc:  # the trial run alone reports (and fails on) the same error
+                why = f"{type(exc).__name__}: {exc}"
+            if why is None:
+                ests[j] = est
+            else:
+                log.info("%s: trial %d runs alone, not in the population: %s", ctx.label, trial.number, why)
+        fits: dict[int, list[Any]] = {}
+        if ests:
+            seeds = [derive_seed(exp.seed, "fold", i) for i in range(len(ctx.folds))]  # cross_validate's fold seeds
+            try:
                 out = BatchedEngine().fit_population(list(ests.values()), ds.X, ds.y, ctx.folds, seeds,
                                                      groups=ds.groups)
-            fits = dict(zip(ests, out))
-        except (KeyboardInterrupt, SystemExit):
-            _abandon(ctx, study, trials, "interrupted while its population trained")
+                fits = dict(zip(ests, out))
+            except (KeyboardInterrupt, SystemExit):
+                _abandon(ctx, study, trials, "interrupted while its population trained")
+                raise
+            except Exception as exc:  # not one member's failure (those are per fold): the trials run alone
+                log.warning("%s: the population of trials %s failed (%s: %s); running them one by one", ctx.label,
+                            [trials[j].number for j in ests], type(exc).__name__, exc)
+        label = f"trials {','.join(str(trials[j].number) for j in fits)} ({len(fits)} x {len(ctx.folds)} folds)"
+        try:
+            for j, trial in enumerate(trials):
+                prefit = PrefitEngine(fits[j]) if j in fits else None
+                yield _run_trial(ctx, study, trial, prefit, label if j in fits else "")
+        except (KeyboardInterrupt, SystemExit, GeneratorExit):  # an interrupted trial re-queued itself; the rest:
+            _abandon(ctx, study, trials, "its batch stopped before it was scored")
             raise
-        except Exception as exc:  # not one member's failure (those are per fold): the trials run alone
-            log.warning("%s: the population of trials %s failed (%s: %s); running them one by one", ctx.label,
-                        [trials[j].number for j in ests], type(exc).__name__, exc)
-    label = f"trials {','.join(str(trials[j].number) for j in fits)} ({len(fits)} x {len(ctx.folds)} folds)"
-    try:
-        for j, trial in enumerate(trials):
-            yield _run_trial(ctx, study, trial, PrefitEngine(fits[j]) if j in fits else None, label if j in fits else "")
-    except (KeyboardInterrupt, SystemExit, GeneratorExit):  # an interrupted trial re-queued itself; the rest:
-        _abandon(ctx, study, trials, "its batch stopped before it was scored")
-        raise
 
 
 def _finished(ctx: TrialContext, trial: Any) -> bool:

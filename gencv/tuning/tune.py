@@ -73,7 +73,7 @@ def tune_experiment(
     nested = tune.nested if nested is None else nested
     tracker = tracker or NullTracker()
     progress = progress or NoTuneProgress()
-    prep = prepared or prepare(exp)
+    prep = prepared or prepare(exp, tracking_uri=getattr(tracker, "tracking_uri", None))  # model.base's store
     storage_url = storage or DEFAULT_STORAGE
     store = make_storage(storage_url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     if study_name is None:

@@ -18,8 +18,7 @@ import time
 import numpy as np
 import torch
 from sklearn.datasets import make_classification
-from sklearn.model_selection import StratifiedKFold
-from sklearn.model_selection import cross_validate as sk_cross_validate
+from sklearn.model_selection import StratifiedKFold, cross_validate as sk_cross_validate
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from skorch import NeuralNetClassifier

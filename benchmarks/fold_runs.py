@@ -48,7 +48,8 @@ def main() -> None:
     ap.add_argument("--spec", default=str(ROOT / "experiments" / "breast_cancer_loo.yaml"))
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--always", action="store_true", help="also time a child run per fold")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1, as `gencv run` runs; 0: torch's default)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.threads:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from gencv.checksums import sha256_file, tag_key
+from gencv.engines.transfer import new_head_
 from gencv.errors import GencvError, SpecError, did_you_mean
 from gencv.measures import (
     MeasureConfig,
@@ -191,6 +192,8 @@ def measure_logged_run(
             return ((X - state["shift"].double()) / state["scale"].double()).float()
     Xs = scaled(rows)
     module = est.build_module(Xs.shape[1])
+    if est.base is not None:  # a transferred network: its new output block, as training built it
+        new_head_(module, est.base, init=est.init, activation=est.activation)
     net_state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
     try:
         module.load_state_dict(net_state)

@@ -102,15 +102,16 @@ def summary_metrics(result: CVResult) -> dict[str, float]:
 
 
 def summary_markdown(result: CVResult, *, title: str, test_scores: dict[str, float] | None = None,
-                     notes: Sequence[str] = ()) -> str:
-    """A short markdown report: fold table, summary of the primary metric and gap, refit test score."""
+                     notes: Sequence[str] = (), summary: pd.DataFrame | None = None) -> str:
+    """A short markdown report: fold table, summary of the primary metric and gap, refit test score
+    (`summary`: `summary_table(result)` when already made; leave-one-out's takes a second)."""
     m = result.metric
     direction = "higher" if METRICS[m].higher_is_better else "lower"
     lines = [f"# {title}", "", f"Primary metric: **{m}** ({direction} is better). Folds: {len(result.folds)}, "
              f"failed: {result.n_failed}.", ""]
     table = fold_table(result).drop(columns=["reason"])
     lines += [table.to_markdown(index=False, floatfmt=".4f"), ""]
-    summ = summary_table(result)
+    summ = summary_table(result) if summary is None else summary
     keep = summ[summ["metric"].isin([f"train_{m}", f"valid_{m}", f"test_{m}", f"gap_{m}", "gap_loss"]) |
                 summ["metric"].isin(next(iter([f.measures.keys() for f in result.ok_folds]), []))]
     lines += ["## Summary over folds (mean, std, 95% t-interval)", "", keep.to_markdown(index=False, floatfmt=".4f"), ""]

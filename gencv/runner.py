@@ -522,7 +522,7 @@ def _log_parent(tracker: Tracker, run_id: str, exp: Experiment, out: RunOutcome)
         out.table.to_csv(d / "folds.csv", index=False)
         out.summary.to_csv(d / "summary.csv", index=False)
         (d / "summary.md").write_text(summary_markdown(out.cv, title=exp.name, test_scores=out.refit_test_scores,
-                                                       notes=out.notes))
+                                                       notes=out.notes, summary=out.summary))
         plots = d / "plots"
         plots.mkdir()
         if out.cv.ok_folds:

@@ -55,9 +55,13 @@ def test_engine_option_sets_train_engine_on_every_training_command(command: str,
     spec = str(ROOT / "experiments" / "tune_iris.yaml") if command == "tune" else QUICK
     extra = {"run": [], "tune": ["--trials", "1", "--storage", ":memory:", "--set", "tune.pruner=none"],
              "sweep": ["--grid", "model.dropout=0,0.1"]}[command]
-    res = runner.invoke(app, [command, spec, *FAST, "--engine", "batched", "--tracking-uri", tracking_uri, "-q",
-                              *extra])
+    import torch
+
+    before = torch.get_num_threads()
+    res = runner.invoke(app, [command, spec, *FAST, "--engine", "batched", "--threads", "2", "--tracking-uri",
+                              tracking_uri, "-q", *extra])
     assert res.exit_code == 0, res.output
+    assert torch.get_num_threads() == before  # --threads holds for the command only
     client = MlflowClient(tracking_uri)
     runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
     parents = [r for r in runs if r.data.tags.get("gencv.kind") in ("cv", "trial")]
@@ -65,6 +69,8 @@ def test_engine_option_sets_train_engine_on_every_training_command(command: str,
     assert {r.data.params["train.engine"] for r in parents if r.data.tags["gencv.kind"] == "cv"} <= {"batched"}
     bad = runner.invoke(app, [command, QUICK, "--engine", "fast", "--no-track"])
     assert bad.exit_code == 2 and "train.engine" in bad.output and "Traceback" not in bad.output
+    bad = runner.invoke(app, [command, QUICK, "--threads", "-1", "--no-track", *extra])
+    assert bad.exit_code == 2 and "--threads: got -1; use 1 or more" in bad.output and "Traceback" not in bad.output
 
 
 @pytest.mark.parametrize(

@@ -205,3 +205,20 @@ def test_the_shipped_transfer_examples_run_and_compare(tracking_uri: str, tmp_pa
     assert res.exit_code == 0, res.output
     pair = json.loads(res.stdout.strip().splitlines()[-1])["pairs"][0]
     assert pair["n_folds"] == 2 and 0.0 <= pair["corrected_p"] <= 1.0
+
+
+@pytest.mark.slow
+def test_gencv_measure_rebuilds_a_transferred_network_with_its_new_head(tracking_uri: str) -> None:
+    from gencv.posthoc import measure_logged_run
+
+    tracker = MlflowTracker(tracking_uri)
+    source = tiny(**{"data.classes": ["setosa", "versicolor"], "model.hidden": [8], "cv.n_splits": 2})
+    src = run_experiment(source, tracker=tracker)
+    target = tiny(**{"data.classes": ["versicolor", "virginica"], "model.hidden": [8], "cv.n_splits": 2,
+                     "model.base": {"run": src.run_id, "new_head": [4]}})
+    out = run_experiment(target, tracker=tracker)
+    tracker.flush()
+    post = measure_logged_run(tracker, out.run_id, ["norms"], log_results=False)
+    # the measured network is the refit's own: the same weights, new output block included
+    own = sum(float(p.detach().double().pow(2).sum()) for p in out.refit_estimator.module_.parameters())
+    assert post.result.values["norm_l2"] == pytest.approx(np.sqrt(own), rel=1e-6)

@@ -3,6 +3,7 @@ the error guard (exit 2 / 130) and spec loading."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -10,7 +11,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -67,6 +68,33 @@ EngineOpt = Annotated[str | None, typer.Option("--engine", help="train.engine: s
 def engine_sets(sets: list[str] | None, engine: str | None) -> list[str] | None:
     """`--engine X` as the last `--set train.engine=X` (so it wins, and resume hints repeat it)."""
     return sets if engine is None else [*(sets or []), f"train.engine={engine}"]
+
+
+ThreadsOpt = Annotated[int, typer.Option("--threads", help="torch CPU threads (default 1: small networks gain "
+                                         "nothing from more, and leave the other core to MLflow's writer; on a busy "
+                                         "machine spinning threads slow training several-fold); 0 = torch's default")]
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's CPU threads set to `n` (0: left as they are) for the block, then restored (a CliRunner or
+    notebook caller keeps its own)."""
+    if n < 0:
+        raise GencvError(f"--threads: got {n}; use 1 or more, or 0 for torch's default")
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n or before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def with_threads(n: int, fn: Callable[[], T]) -> T:
+    """`fn()` with torch on `n` CPU threads (`torch_threads`)."""
+    with torch_threads(n):
+        return fn()
 
 
 UriOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow URI (default: $MLFLOW_TRACKING_URI or "

@@ -12,6 +12,7 @@ from rich.table import Table
 from gencv.cli.common import (
     SetOpt,
     SpecArg,
+    ThreadsOpt,
     UriOpt,
     command,
     err,
@@ -22,6 +23,7 @@ from gencv.cli.common import (
     setup_logging,
     sigterm_to_interrupt,
     spec_path,
+    torch_threads,
 )
 
 _METHODS_HELP = ("random | magnitude | global_magnitude | gradient | hessian | neuron | channel (repeatable)")
@@ -41,9 +43,7 @@ def prune(
                                                 "diagonal (0: exact, one HVP per parameter)")] = 32,
     no_timing: Annotated[bool, typer.Option("--no-timing", help="skip the CPU inference timing of shrunk "
                                             "networks")] = False,
-    threads: Annotated[int, typer.Option("--threads", help="torch CPU threads (default 1: small networks gain "
-                                         "nothing from more, and on a busy machine spinning threads slow the sweep "
-                                         "several-fold); 0 = torch's default")] = 1,
+    threads: ThreadsOpt = 1,
     set_: SetOpt = None,
     tracking_uri: UriOpt = None,
     no_track: Annotated[bool, typer.Option("--no-track", help="do not record anything in MLflow")] = False,
@@ -60,19 +60,10 @@ def prune(
     sigterm_to_interrupt()
 
     def go() -> Any:
-        from gencv.errors import SpecError
 
         exp = load_spec(spec, set_)
-        if threads < 0:
-            raise SpecError(f"--threads: got {threads}; use 1 or more, or 0 for torch's default")
-        import torch
-
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads or before)  # restored below: a CliRunner or notebook caller keeps its own
-        try:
+        with torch_threads(threads):
             return sweep(exp)
-        finally:
-            torch.set_num_threads(before)
 
     def sweep(exp: Any) -> Any:
         from gencv.studies.prune import (

@@ -15,6 +15,7 @@ from gencv.cli.common import (
     EngineOpt,
     SetOpt,
     SpecArg,
+    ThreadsOpt,
     UriOpt,
     command,
     engine_sets,
@@ -26,6 +27,7 @@ from gencv.cli.common import (
     setup_logging,
     sigterm_to_interrupt,
     spec_path,
+    with_threads,
 )
 from gencv.errors import GencvError, TrackingError
 
@@ -148,6 +150,7 @@ def run(
     spec: SpecArg = None,
     set_: SetOpt = None,
     engine: EngineOpt = None,
+    threads: ThreadsOpt = 1,
     tracking_uri: UriOpt = None,
     no_track: Annotated[bool, typer.Option("--no-track", help="do not record anything in MLflow")] = False,
     allow_large_loo: Annotated[bool, typer.Option("--allow-large-loo", help="run leave-one-out above cv.max_loo_samples")] = False,
@@ -217,12 +220,13 @@ def run(
 
     def resume_hint(exc: BaseException) -> str:
         run_id = getattr(exc, "gencv_run_id", None) or resume
-        cmd = command("run", spec_path(spec), set_, ("--tracking-uri", redacted(tracking_uri)), ("--no-track", no_track),
+        cmd = command("run", spec_path(spec), set_, ("--threads", None if threads == 1 else threads),
+                      ("--tracking-uri", redacted(tracking_uri)), ("--no-track", no_track),
                       ("--allow-large-loo", allow_large_loo), ("--permutations", permutations or None),
                       ("--register", register), ("--resume", run_id))
         return cmd if run_id else f"{cmd}  (no run was recorded yet: this starts afresh)"
 
-    outcome = guard(go, resume_hint)
+    outcome = guard(lambda: with_threads(threads, go), resume_hint)
     if not outcome.cv.ok_folds:
         raise typer.Exit(1)
 

@@ -12,6 +12,7 @@ from gencv.cli.common import (
     EngineOpt,
     SetOpt,
     SpecArg,
+    ThreadsOpt,
     UriOpt,
     command,
     engine_sets,
@@ -23,6 +24,7 @@ from gencv.cli.common import (
     setup_logging,
     sigterm_to_interrupt,
     spec_path,
+    with_threads,
 )
 
 
@@ -57,6 +59,7 @@ def sweep(
                                                    "combination is a level); overrides the spec's sweep.grid")] = None,
     set_: SetOpt = None,
     engine: EngineOpt = None,
+    threads: ThreadsOpt = 1,
     tracking_uri: UriOpt = None,
     no_track: Annotated[bool, typer.Option("--no-track", help="do not record anything in MLflow")] = False,
     resume: Annotated[str | None, typer.Option("--resume", help="sweep run id: finished levels are reused, "
@@ -106,11 +109,12 @@ def sweep(
 
     def resume_hint(exc: BaseException) -> str:
         run_id = None if storage else getattr(exc, "gencv_run_id", None) or resume
-        return command("sweep", spec_path(spec), set_, *[("--grid", g) for g in grid or []],
+        return command("sweep", spec_path(spec), set_, ("--threads", None if threads == 1 else threads),
+                       *[("--grid", g) for g in grid or []],
                        ("--tracking-uri", redacted(tracking_uri)), ("--no-track", no_track), ("--refit", refit),
                        ("--storage", redacted(storage)), ("--study", study), ("--resume", run_id))
 
-    guard(go, resume_hint)
+    guard(lambda: with_threads(threads, go), resume_hint)
 
 
 def _print(result: Any) -> None:

@@ -17,6 +17,7 @@ from gencv.cli.common import (
     EngineOpt,
     SetOpt,
     SpecArg,
+    ThreadsOpt,
     UriOpt,
     command,
     engine_sets,
@@ -28,6 +29,7 @@ from gencv.cli.common import (
     setup_logging,
     sigterm_to_interrupt,
     spec_path,
+    with_threads,
 )
 from gencv.errors import GencvError
 
@@ -155,6 +157,7 @@ def tune(
     spec: SpecArg = None,
     set_: SetOpt = None,
     engine: EngineOpt = None,
+    threads: ThreadsOpt = 1,
     trials: Annotated[int | None, typer.Option("--trials", "-n", help="the study's TOTAL of complete + pruned trials, "
                                                "over all workers (default tune.trials; per outer fold with --nested)")] = None,
     timeout: Annotated[float | None, typer.Option("--timeout", help="seconds this worker keeps starting trials")] = None,
@@ -220,12 +223,13 @@ def tune(
         return outcome
 
     def resume_hint(exc: BaseException) -> str:
-        return command("tune", spec_path(spec), set_, ("--study", used.get("study", "NAME")),
+        return command("tune", spec_path(spec), set_, ("--threads", None if threads == 1 else threads),
+                       ("--study", used.get("study", "NAME")),
                        ("--storage", redacted(storage)),
                        ("--tracking-uri", redacted(tracking_uri)),
                        ("--no-track", no_track), ("--trials", trials), ("--timeout", timeout),
                        ("--nested" if nested else "--no-nested", nested is not None))
 
-    outcome = guard(go, resume_hint)
+    outcome = guard(lambda: with_threads(threads, go), resume_hint)
     if outcome.nested is None and outcome.best is None and outcome.finalized:
         raise typer.Exit(1)

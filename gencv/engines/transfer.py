@@ -14,7 +14,7 @@ from torch import nn
 from gencv.errors import SpecError, did_you_mean
 from gencv.models import init_weights_
 
-__all__ = ["BaseWeights", "adapt_module_", "check_base", "transfer_"]
+__all__ = ["BaseWeights", "adapt_module_", "check_base", "new_head_", "transfer_"]
 
 
 @dataclass(eq=False)
@@ -87,6 +87,17 @@ def _shape(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(t.shape)
 
 
+def new_head_(module: nn.Module, base: BaseWeights, *, init: str = "he", activation: str = "relu") -> str:
+    """Replace `module`'s output layer by the `new_head` block when the base asks for one (in place, fresh
+    init); the output layer's name. A trained transferred network is rebuilt this way before its weights load."""
+    head = _head_name(module, base.head)
+    if base.new_head:
+        parent, _, attr = head.rpartition(".")
+        owner = module.get_submodule(parent) if parent else module
+        setattr(owner, attr, _new_head(module.get_submodule(head), base.new_head, init, activation))
+    return head
+
+
 def adapt_module_(module: nn.Module, base: BaseWeights, *, n_inputs: int | None = None, init: str = "he",
                   activation: str = "relu") -> tuple[str, list[str]]:
     """Give `module` (freshly built for the new task) the base's weights in place: every layer but the output
@@ -98,11 +109,7 @@ def adapt_module_(module: nn.Module, base: BaseWeights, *, n_inputs: int | None 
         raise SpecError(f"model.base: the base network ({base.tags.get('gencv.base', 'model.base')}) was trained on "
                         f"{base.n_inputs} input features, the data here have {n_inputs}; transfer needs the same "
                         "inputs (the same image size or feature columns)")
-    head = _head_name(module, base.head)
-    if base.new_head:
-        parent, _, attr = head.rpartition(".")
-        owner = module.get_submodule(parent) if parent else module
-        setattr(owner, attr, _new_head(module.get_submodule(head), base.new_head, init, activation))
+    head = new_head_(module, base, init=init, activation=activation)
     own = {k: v for k, v in module.state_dict().items() if not _under(k, head)}
     theirs = {k: v for k, v in base.state.items() if not _under(k, head)}
     problems = [f"{k}: {_shape(theirs[k])} in the base, {_shape(v)} here" for k, v in own.items()

@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 
 import torch
-from torch.func import functional_call, jvp, vjp, vmap
-from torch.func import grad as func_grad
+from torch.func import functional_call, grad as func_grad, jvp, vjp, vmap
 
 from gencv.measures._hvp import _Landscape
 

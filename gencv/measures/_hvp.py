@@ -7,8 +7,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.func import functional_call, jvp
-from torch.func import grad as func_grad
+from torch.func import functional_call, grad as func_grad, jvp
 
 logger = logging.getLogger(__name__)
 

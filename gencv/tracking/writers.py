@@ -51,8 +51,7 @@ class ThreadWriter:
 
     def flush(self, timeout: float | None = None) -> tuple[dict[str, str], list[str]]:
         """Wait for every queued write: (no new ids: they are the tracker's own), errors."""
-        from concurrent.futures import TimeoutError as FutureTimeout
-        from concurrent.futures import wait
+        from concurrent.futures import TimeoutError as FutureTimeout, wait
 
         with self._lock:
             pending, self._pending = self._pending, []

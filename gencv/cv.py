@@ -515,7 +515,7 @@ class ParentFoldLog:
 
     Per fold: `fold_<metric>` at step = fold index (with `fold_ok`, `fold_n_train`, `fold_n_valid`), its
     learning curves (`fold-<i>/curve_*`) when the fold is in `curves`, and its record in a
-    `fold_results/folds-<first>-<last>-<tag>.json` list that --resume and `compare` read. Writing fold by fold
+    `fold_results/folds-<first>-<last>-<tag>.json` list that --resume reads. Writing fold by fold
     cost one database commit and one artifact per fold (leave-one-out: ~60 ms a fold, as much as training
     it), so the folds finished since the last write are written once there are `every` of them or once
     `seconds` have passed since that write (a slow fold is written as soon as it ends), and on `close()`

@@ -373,38 +373,43 @@ def optimize(ctx: TrialContext, study: Any, n_trials: int, timeout: float | None
             log.info("%s: timeout of %.0f s reached", ctx.label, timeout)
             return
         trial = None
-        with study_lock(ctx.storage, study.study_name):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                optuna.storages.fail_stale_trials(study)
-            counts = study_counts(study)
-            taken = counts["COMPLETE"] + counts["PRUNED"] + counts["RUNNING"]
-            exhausted = isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study)
-            if counts["RUNNING"] and not warned_sqlite and storage_kind(str(getattr(ctx.storage, "url", ""))) == "sqlite":
-                warned_sqlite = True  # this worker runs nothing now: another process does
-                log.warning("%s: another worker is running trials of this study in the SQLite storage %s (or one "
-                            "died less than a heartbeat grace period ago); SQLite is for one worker (workers "
-                            "contend for one file lock and can fail with 'database is locked'); use a "
-                            "postgresql:// storage to share a study", ctx.label, redact_url(str(ctx.storage.url)))
-            if counts["WAITING"] > 0 or (taken < n_trials and not exhausted):
-                trial = _ask(ctx, study)
-                # Beat at once: a RUNNING trial without any heartbeat is never detected as stale.
-                Heartbeat(ctx.storage, trial._trial_id).beat_once()
-                batch = [trial, *_ask_more(ctx, study, n_trials, counts["WAITING"] - 1, taken + 1)]
-        if trial is None:
-            if counts["RUNNING"] == 0:
-                return
-            state = tuple(counts.values())
-            if state != last_state:
-                last_state, last_change = state, time.monotonic()
-            elif time.monotonic() - last_change > wait_limit:
-                log.warning("%s: %d trial(s) of other workers have been RUNNING without any change for %.0f s; "
-                            "this worker stops waiting for them (their workers finish the study)",
-                            ctx.label, counts["RUNNING"], wait_limit)
-                return
-            time.sleep(poll)
-            continue
-        records = _run_batch(ctx, study, batch) if len(batch) > 1 else iter([_run_trial(ctx, study, trial)])
+        batch: list[Any] = []
+        try:
+            with study_lock(ctx.storage, study.study_name):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    optuna.storages.fail_stale_trials(study)
+                counts = study_counts(study)
+                taken = counts["COMPLETE"] + counts["PRUNED"] + counts["RUNNING"]
+                exhausted = isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study)
+                if counts["RUNNING"] and not warned_sqlite and storage_kind(str(getattr(ctx.storage, "url", ""))) == "sqlite":
+                    warned_sqlite = True  # this worker runs nothing now: another process does
+                    log.warning("%s: another worker is running trials of this study in the SQLite storage %s (or one "
+                                "died less than a heartbeat grace period ago); SQLite is for one worker (workers "
+                                "contend for one file lock and can fail with 'database is locked'); use a "
+                                "postgresql:// storage to share a study", ctx.label, redact_url(str(ctx.storage.url)))
+                if counts["WAITING"] > 0 or (taken < n_trials and not exhausted):
+                    trial = _ask(ctx, study)
+                    # Beat at once: a RUNNING trial without any heartbeat is never detected as stale.
+                    Heartbeat(ctx.storage, trial._trial_id).beat_once()
+                    batch = [trial, *_ask_more(ctx, study, n_trials, counts["WAITING"] - 1, taken + 1)]
+            if trial is None:
+                if counts["RUNNING"] == 0:
+                    return
+                state = tuple(counts.values())
+                if state != last_state:
+                    last_state, last_change = state, time.monotonic()
+                elif time.monotonic() - last_change > wait_limit:
+                    log.warning("%s: %d trial(s) of other workers have been RUNNING without any change for %.0f s; "
+                                "this worker stops waiting for them (their workers finish the study)",
+                                ctx.label, counts["RUNNING"], wait_limit)
+                    return
+                time.sleep(poll)
+                continue
+            records = _run_batch(ctx, study, batch) if len(batch) > 1 else iter([_run_trial(ctx, study, trial)])
+        except (KeyboardInterrupt, SystemExit):  # asked but not yet under _run_trial's own handling: re-queued
+            _abandon(ctx, study, batch or ([trial] if trial is not None else []), "interrupted as it started")
+            raise
         try:
             for rec in records:
                 counts = study_counts(study)

@@ -38,27 +38,24 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.base import clone
 from torch import nn
 
 from gencv.augment import augment_refusal
 from gencv.engines.base import EpochCallback, FoldFit, FoldStartCallback
+from gencv.engines.batched_prep import Member as _Member, MemberPrep
 from gencv.engines.optim import make_schedule
 from gencv.engines.skorch_engine import SkorchEngine
 from gencv.engines.stacked_mlp import StackedMLP
 from gencv.engines.stacked_optim import STACKED_OPTIMIZERS, StackedOptimizer
 from gencv.errors import DivergenceError, GencvError
-from gencv.models import init_weights_
 from gencv.seeds import derive_seed
 from gencv.splits import Fold
 
@@ -121,38 +118,12 @@ class _MemberNet:
         self.callbacks_: list[tuple[str, Any]] = []
 
 
-@dataclass
-class _Member:
-    """One fold's state while the stack trains."""
-
-    fold: Fold
-    seed: int
-    est: Any
-    train: Any  # the estimator's TrainSpec
-    module: nn.Module
-    gen: torch.Generator  # the fold seed's stream after initialization: the shuffle orders
-    X: torch.Tensor  # preprocessed fit rows
-    y: torch.Tensor
-    X_es: torch.Tensor | None
-    y_es: torch.Tensor | None
-    X_ev: torch.Tensor | None
-    y_ev: np.ndarray | None
-    curve: Any
-    model: Any  # the estimator's ModelSpec
-    history: list[dict[str, Any]] = field(default_factory=list)
-    alive: bool = True
-    error: Exception | None = None
-    misses: int = 0
-    threshold: float = math.inf
-    best_epoch: int = 0
-    has_best: bool = False
-    stop_epoch: int = 0  # train.stop_at_train_loss: the epoch the fitted rows' loss reached it (0: not reached)
-
-
 def _stack_rows(rows: Sequence[torch.Tensor | None], fill: float | int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad tensors of different lengths into (members, longest, ...) and a float mask of real rows."""
     real = [r for r in rows if r is not None]
     n_max = max((len(r) for r in real), default=0)
+    if len(real) == len(rows) and all(len(r) == n_max for r in real):  # k-fold, leave-one-out: one length
+        return torch.stack(real), torch.ones(len(rows), n_max)
     tail = real[0].shape[1:]
     out = torch.full((len(rows), n_max, *tail), fill, dtype=real[0].dtype)
     mask = torch.zeros(len(rows), n_max)
@@ -284,11 +255,12 @@ def _population(estimators: list[Any], X: np.ndarray, y: np.ndarray, folds: list
     failed: dict[tuple[int, int], Exception] = {}
     members: dict[tuple[int, int], _Member] = {}
     for e, estimator in enumerate(estimators):
+        prep = MemberPrep(estimator, X, y, groups, eval_on_valid)
         for pos, (fold, seed) in enumerate(zip(folds, seeds)):
             if on_fold_start is not None:
                 on_fold_start(fold.index)
             try:
-                members[e, pos] = _prepare(estimator, X, y, groups, fold, seed, eval_on_valid)
+                members[e, pos] = prep.member(fold, seed)
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as exc:  # a fold's failure is reported, the other folds go on
@@ -345,40 +317,6 @@ def _chunks(members: list[_Member], max_members: int | None) -> list[list[_Membe
     return [members[i:i + n] for i in range(0, len(members), n)]
 
 
-def _prepare(estimator: Any, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None, fold: Fold, seed: int,
-             eval_on_valid: bool) -> _Member:
-    """A member: NetEstimator.fit's checks, scaling, initialization and early-stopping split, without training."""
-    est = clone(estimator).set_params(random_state=seed)
-    model, t, Xt, yf = est.prepare_fit(X[fold.train], y[fold.train])
-    yt = est.encode_target(yf)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(est._seed_)  # as NetEstimator.fit: the module's init draws come first ...
-        module = init_weights_(est.build_module(est.n_inputs_), model.init, model.activation)
-        module = module.to(getattr(torch, t.dtype))
-        gen = torch.Generator()
-        gen.set_state(torch.get_rng_state())  # ... then TensorBatches' shuffles continue the stream
-    est.init_state_ = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    split = est._inner_split(t.early_stopping, None if groups is None else np.asarray(groups)[fold.train])
-    if split is None:
-        fit_pos, es_pos = None, None
-    else:
-        codes = np.asarray(yt).astype(int) if est.task == "classification" else None
-        fit_pos, es_pos = split.positions(len(yt), codes)
-    est.fit_positions_, est.inner_valid_positions_ = fit_pos, es_pos
-    Xt_t, yt_t = torch.as_tensor(Xt), torch.as_tensor(yt)
-    X_ev = y_ev = None
-    if eval_on_valid and len(fold.valid):
-        X_ev = torch.as_tensor(est.scaled(X[fold.valid]))
-        y_ev = est.encode_target(y[fold.valid])
-    return _Member(
-        fold=fold, seed=seed, est=est, train=t, module=module, gen=gen,
-        X=Xt_t if fit_pos is None else Xt_t[torch.as_tensor(fit_pos)],
-        y=yt_t if fit_pos is None else yt_t[torch.as_tensor(fit_pos)],
-        X_es=None if es_pos is None else Xt_t[torch.as_tensor(es_pos)],
-        y_es=None if es_pos is None else yt_t[torch.as_tensor(es_pos)],
-        X_ev=X_ev, y_ev=y_ev, curve=est._curve_metric(), model=model)
-
-
 def _row_losses(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
     """Per-row criterion (members, rows): cross-entropy on logits or squared error."""
     if task == "classification":
@@ -429,6 +367,8 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
     plateau = _Plateaus([m.train for m in members]) if t.schedule.kind == "plateau" else None
     lrs = None if plateau is not None else _epoch_rates([m.train for m in members], dtype, device)
     n_pad = max(n_fit)
+    offsets = torch.arange(M).unsqueeze(1) * n_pad
+    pos = torch.arange(n_pad)
     for epoch in range(1, t.max_epochs + 1):
         alive = [m.alive for m in members]
         if not any(alive):
@@ -439,49 +379,55 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
             if alive[i]:
                 perm[i, : n_fit[i]] = torch.randperm(n_fit[i], generator=m.gen)
         n_rows = torch.tensor([n if a else 0 for n, a in zip(n_fit, alive)])
-        perm = perm.to(device)
-        Xp = torch.gather(X_fit, 1, perm.view(M, n_pad, *([1] * (X_fit.dim() - 2))).expand_as(X_fit))
-        yp = torch.gather(y_fit, 1, perm.view(M, n_pad, *([1] * (y_fit.dim() - 2))).expand_as(y_fit))
-        pos = torch.arange(n_pad)
+        idx = (perm + offsets).view(-1).to(device)  # each member's rows in its own order: one row gather
+        Xp = X_fit.view(M * n_pad, *X_fit.shape[2:]).index_select(0, idx).view_as(X_fit)
+        yp = y_fit.view(M * n_pad, *y_fit.shape[2:]).index_select(0, idx).view_as(y_fit)
         row_mask = (pos.unsqueeze(0) < n_rows.unsqueeze(1)).to(device=device, dtype=dtype)
-        loss_sum = torch.zeros(M, dtype=dtype, device=device)
         n_batches = (int(n_rows.max()) + B - 1) // B
+        # rows each member has in each batch (CPU); a batch every member fills alike needs no mask
+        counts = (n_rows.unsqueeze(0) - torch.arange(n_batches).unsqueeze(1) * B).clamp(min=0, max=B)
+        plain = (counts == counts.max(1, keepdim=True).values).all(1).tolist()
+        all_step = (counts > 0).all(1).tolist()
+        batch_losses = []
         for b in range(n_batches):
             s = b * B
-            counts = (n_rows - s).clamp(min=0, max=B)  # rows each member has in this batch (CPU)
-            stepping = counts > 0
-            mask = row_mask[:, s : s + B]
             out = stack.forward(params, Xp[:, s : s + B], drop_gen if has_dropout else None, p_drop)
-            loss_m = _masked_mean(_row_losses(out, yp[:, s : s + B], task), mask)
+            losses = _row_losses(out, yp[:, s : s + B], task)
+            loss_m = losses.mean(1) if plain[b] else _masked_mean(losses, row_mask[:, s : s + B])
             if isinstance(l1, torch.Tensor) or l1 > 0:
                 loss_m = loss_m + l1 * stack.l1(params)
-            finite = torch.isfinite(loss_m.detach()).cpu()
-            bad = stepping & ~finite
-            if bool(bad.any()):  # as skorch: stop the member at its first diverged batch, before the step
+            stepping = counts[b] > 0
+            if not bool(torch.isfinite(loss_m.detach()).all()):  # as skorch: a member stops at its first
+                bad = stepping & ~torch.isfinite(loss_m.detach()).cpu()  # diverged batch, before the step
                 for i in torch.nonzero(bad).flatten().tolist():
                     loss = float(loss_m[i].detach())
                     members[i].alive, members[i].error = False, DivergenceError(
                         f"training loss became {loss} at epoch {epoch}, batch {b + 1}; "
                         "lower train.lr, set train.clip_grad_norm, or scale the data", epoch=epoch, batch=b + 1)
                     n_rows[i] = 0
+                    counts[b:, i] = 0
                 row_mask = (pos.unsqueeze(0) < n_rows.unsqueeze(1)).to(device=device, dtype=dtype)
-                stepping = stepping & finite
-            step_dev = stepping.to(device)
-            total = torch.where(step_dev, loss_m, torch.zeros_like(loss_m)).sum()
+                plain[b:] = [False] * (n_batches - b)
+                all_step = (counts > 0).all(1).tolist()
+                stepping = counts[b] > 0
+            step_dev = None if all_step[b] else stepping.to(device)
+            if step_dev is not None:
+                loss_m = torch.where(step_dev, loss_m, torch.zeros_like(loss_m))
             grad_buf.zero_()
             with warnings.catch_warnings():  # the leaves are strided views by design (see StackedMLP.leaves)
                 warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout")
-                total.backward()
+                loss_m.sum().backward()
             stack.sync_grads_(params, grad_buf, stack.layout)
             grad = grad_buf
             if t.clip_grad_norm is not None:  # skorch's GradientNormClipping, per member
                 norm = grad.norm(dim=1, keepdim=True)
                 grad = grad * (t.clip_grad_norm / (norm + 1e-6)).clamp(max=1.0)
             with torch.no_grad():
-                rows = None if bool(stepping.all()) else torch.nonzero(step_dev).flatten()
+                rows = None if step_dev is None else torch.nonzero(step_dev).flatten()
                 if rows is None or len(rows):
                     opt.step_(flat, grad, plateau.rates(dtype, device) if plateau else lrs[epoch - 1], rows)
-                loss_sum += torch.where(step_dev, loss_m.detach(), torch.zeros_like(loss_m)) * counts.to(device, dtype)
+            batch_losses.append(loss_m.detach())
+        loss_sum = (torch.stack(batch_losses) * counts.to(device, dtype)).sum(0)
         with torch.no_grad():
             train_loss = (loss_sum / n_rows.clamp(min=1).to(device, dtype)).cpu().tolist()
             es_loss = _masked_mean(_row_losses(stack.forward(params, X_es, None), y_es, task), es_mask).cpu().tolist() \

@@ -344,8 +344,9 @@ class NetEstimator(BaseEstimator):
                             getattr(self, "y_std_", 1.0))
 
     # ------------------------------------------------------------------ targets
-    def _set_target_(self, y: np.ndarray) -> None:
-        """Fit the target encoding on `y` (classes, or the standardisation of a regression target)."""
+    def _set_target_(self, y: np.ndarray, checked: bool = False) -> None:
+        """Fit the target encoding on `y` (classes, or the standardisation of a regression target); `checked`:
+        y is a part of targets already checked as classification targets."""
         raise NotImplementedError
 
     def encode_target(self, y: np.ndarray) -> np.ndarray:
@@ -522,8 +523,9 @@ class NetClassifier(ClassifierMixin, NetEstimator):
 
     task = "classification"
 
-    def _set_target_(self, y: np.ndarray) -> None:
-        check_classification_targets(y)
+    def _set_target_(self, y: np.ndarray, checked: bool = False) -> None:
+        if not checked:
+            check_classification_targets(y)
         self.classes_ = self._class_set(y)
         if len(self.classes_) < 2:
             raise ValueError(f"{type(self).__name__} needs at least 2 classes; got 1 class "
@@ -558,7 +560,7 @@ class NetRegressor(RegressorMixin, NetEstimator):
     task = "regression"
     n_classes = 1
 
-    def _set_target_(self, y: np.ndarray) -> None:
+    def _set_target_(self, y: np.ndarray, checked: bool = False) -> None:
         y64 = np.asarray(y, dtype=np.float64)
         self.y_mean_ = float(y64.mean())
         self.y_std_ = float(y64.std()) or 1.0

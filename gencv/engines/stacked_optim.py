@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 __all__ = ["STACKED_OPTIMIZERS", "StackedOptimizer"]
+
+#: the fewest parameters a member has for Adam / AdamW to step through torch's fused kernel
+FUSED_MIN_PARAMS = 2048
 
 STACKED_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw", "nadam")
 
@@ -31,10 +36,23 @@ class StackedOptimizer:
         self.exp_avg_sq = z.clone() if kind in ("adam", "adamw", "nadam") else None
         self.steps = torch.zeros(flat.shape[0], 1, dtype=flat.dtype, device=flat.device)
         self.mu_product = torch.ones_like(self.steps) if kind == "nadam" else None
+        # Adam and AdamW with one rate and one decay: torch's fused kernel (torch.optim's `fused=True` update,
+        # a member per tensor: its own step count), in place of about a dozen whole-stack operations a step.
+        # It costs about 9 us a member on a CPU, so it pays for members of a few thousand parameters (measured:
+        # 5 x 5571 parameters 97 against 225 us a step; 300 x 771, 2885 against 719 us)
+        self.fused = getattr(torch, f"_fused_{kind}_", None) if kind in ("adam", "adamw") and \
+            not isinstance(weight_decay, torch.Tensor) and flat.shape[1] >= FUSED_MIN_PARAMS else None
+        if self.fused is not None:
+            assert self.exp_avg is not None and self.exp_avg_sq is not None
+            self.rows = list(flat.unbind(0)), list(self.exp_avg.unbind(0)), list(self.exp_avg_sq.unbind(0))
+            self.step_list = [torch.zeros((), dtype=torch.float32, device=flat.device) for _ in range(len(flat))]
 
     def step_(self, flat: torch.Tensor, grad: torch.Tensor, lr: float | torch.Tensor,
               rows: torch.Tensor | None) -> None:
         """Update `flat` in place for member `rows` (None: all); `lr`: one rate, or a (members, 1) column."""
+        if self.fused is not None and not isinstance(lr, torch.Tensor):  # (a rate per member never reaches here)
+            self._fused_step(grad, lr, range(len(flat)) if rows is None else rows.tolist())
+            return
         if rows is None:
             self._update(flat, grad, lr)
             return
@@ -56,6 +74,15 @@ class StackedOptimizer:
             self.wd = wd
             for n in self._STATE:
                 setattr(self, n, saved[n])
+
+    def _fused_step(self, grad: torch.Tensor, lr: float, rows: Any) -> None:
+        params, avgs, sqs = self.rows
+        steps = [self.step_list[i] for i in rows]
+        torch._foreach_add_(steps, 1.0)
+        assert self.fused is not None
+        self.fused([params[i] for i in rows], [grad[i] for i in rows], [avgs[i] for i in rows], [sqs[i] for i in rows],
+                   [], steps, lr=lr, beta1=self.betas[0], beta2=self.betas[1], weight_decay=float(self.wd),
+                   eps=self.eps, amsgrad=False, maximize=False)
 
     def _update(self, p: torch.Tensor, g: torch.Tensor, lr: float | torch.Tensor) -> None:
         kind, wd = self.kind, self.wd

@@ -349,6 +349,7 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
         X_es, y_es, es_mask = X_es.to(device), y_es.to(device), es_mask.to(device=device, dtype=dtype)
         best = flat.detach().clone()
     has_eval = any(m.X_ev is not None for m in members)
+    by_stack = task == "classification" and all(m.curve.name == "accuracy" for m in members)
     if has_eval:
         X_ev, ev_mask = _stack_rows([m.X_ev for m in members])
         X_ev, ev_mask = X_ev.to(device), ev_mask.to(device=device, dtype=dtype)
@@ -374,10 +375,13 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
         if not any(alive):
             break
         t_epoch = time.perf_counter()
-        perm = torch.zeros(M, n_pad, dtype=torch.long)
-        for i, m in enumerate(members):
-            if alive[i]:
-                perm[i, : n_fit[i]] = torch.randperm(n_fit[i], generator=m.gen)
+        if all(alive) and min(n_fit) == n_pad:  # one size (k-fold, leave-one-out): stacked at once
+            perm = torch.stack([torch.randperm(n_pad, generator=m.gen) for m in members])
+        else:
+            perm = torch.zeros(M, n_pad, dtype=torch.long)
+            for i, m in enumerate(members):
+                if alive[i]:
+                    perm[i, : n_fit[i]] = torch.randperm(n_fit[i], generator=m.gen)
         n_rows = torch.tensor([n if a else 0 for n, a in zip(n_fit, alive)])
         idx = (perm + offsets).view(-1).to(device)  # each member's rows in its own order: one row gather
         Xp = X_fit.view(M * n_pad, *X_fit.shape[2:]).index_select(0, idx).view_as(X_fit)
@@ -437,7 +441,11 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
             if has_eval:
                 out_ev = stack.forward(params, X_ev, None)
                 ev_loss = _masked_mean(_row_losses(out_ev, y_ev, task), ev_mask).cpu().tolist()
-                out_ev_np = out_ev.cpu().numpy()
+                if by_stack:  # accuracy: counts of the argmax hits over the stack, as np.mean(y == pred)
+                    hits = (out_ev.argmax(-1) == y_ev).to(torch.float64) * ev_mask.to(torch.float64)
+                    ev_score = (hits.sum(1) / ev_mask.to(torch.float64).sum(1).clamp(min=1.0)).cpu().tolist()
+                else:
+                    out_ev_np = out_ev.cpu().numpy()
         seconds = (time.perf_counter() - t_epoch) / max(1, sum(alive))
         improved: list[int] = []
         for i, m in enumerate(members):
@@ -449,7 +457,8 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
                 row["valid_loss"] = es_loss[i]
             if has_eval and m.X_ev is not None:
                 row["curve_valid_loss"] = ev_loss[i]
-                row["curve_valid_score"] = float(m.curve(out_ev_np[i, : len(m.X_ev)], m.y_ev))
+                row["curve_valid_score"] = ev_score[i] if by_stack else \
+                    float(m.curve(out_ev_np[i, : len(m.X_ev)], m.y_ev))
             if fit_loss is not None:
                 row["curve_fit_loss"] = fit_loss[i]
             m.history.append(row)

@@ -137,3 +137,41 @@ def test_members_large_enough_for_the_fused_adam_step_equal_the_skorch_nets(trai
         sa, sb = a.estimator.module_.state_dict(), b.estimator.module_.state_dict()
         for k in sa:
             torch.testing.assert_close(sb[k], sa[k], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("train", [
+    {"optimizer": "adam", "lr": 0.05},
+    {"optimizer": "rmsprop", "lr": 0.02, "schedule": {"kind": "plateau", "patience": 0, "factor": 0.5}},
+    {"optimizer": "momentum", "lr": 0.05, "clip_grad_norm": 0.5, "l1": 0.001},
+])
+def test_a_stack_rebuilt_without_its_stopped_members_trains_the_others_unchanged(
+        train: dict, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Members stopping early leave the stack (COMPACT_AT); the others' epochs are those of the full stack."""
+    import gencv.engines.batched as batched
+
+    X, y = make_classification(n_samples=150, n_features=6, n_informative=4, n_classes=3, random_state=0)
+    folds = [Fold(i, tr, va) for i, (tr, va) in enumerate(KFold(5, shuffle=True, random_state=0).split(X))]
+    t = {"batch_size": 16, "max_epochs": 30, "dtype": "float64", "schedule": "none",
+         "early_stopping": {"patience": 2, "valid_fraction": 0.3}, **train}
+    ests = [estimator_from_spec(ModelSpec(hidden=[8], dropout=0.0),
+                                TrainSpec(**(t | {"lr": t["lr"] / k, "weight_decay": 0.01 * k, "l1": t.get("l1", 0) * k})),
+                                task="classification", n_classes=3) for k in (1, 3)]  # a column of each per member
+    seeds = [21, 22, 23, 24, 25]
+    with caplog.at_level("DEBUG", logger="gencv.engines.batched"):
+        got = batched.BatchedEngine().fit_population(ests, X, y, folds, seeds)
+    assert "go on in a smaller stack" in caplog.text
+    monkeypatch.setattr(batched, "COMPACT_AT", 0.0)
+    ref = batched.BatchedEngine().fit_population(ests, X, y, folds, seeds)
+    stops = [f.estimator.epochs_run_ for fits in got for f in fits]
+    assert len(set(stops)) > 2 and max(stops) > min(stops) + 2
+    for fits_a, fits_b in zip(ref, got):
+        for a, b in zip(fits_a, fits_b):
+            ha, hb = a.estimator.net_.history, b.estimator.net_.history
+            assert len(ha) == len(hb)
+            for ra, rb in zip(ha, hb):
+                assert {k: v for k, v in rb.items() if k != "dur"} == \
+                    pytest.approx({k: v for k, v in ra.items() if k != "dur"}, abs=1e-12)
+            assert a.estimator.best_epoch_ == b.estimator.best_epoch_
+            sa, sb = a.estimator.module_.state_dict(), b.estimator.module_.state_dict()
+            for k in sa:
+                torch.testing.assert_close(sb[k], sa[k], atol=1e-12, rtol=0)

@@ -148,6 +148,11 @@ class _Plateaus:
     def step(self, member: int, monitored: float) -> None:
         self.policies[member].step(monitored)
 
+    def keep(self, members: list[int]) -> None:
+        """Only these members (by position) go on."""
+        self.opts = [self.opts[i] for i in members]
+        self.policies = [self.policies[i] for i in members]
+
 
 def _learning_rates(train: Any) -> list[float]:
     """The learning rate of each epoch: skorch's LRScheduler steps its policy once per epoch end."""
@@ -390,7 +395,8 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
         n_batches = (int(n_rows.max()) + B - 1) // B
         # rows each member has in each batch (CPU); a batch every member fills alike needs no mask
         counts = (n_rows.unsqueeze(0) - torch.arange(n_batches).unsqueeze(1) * B).clamp(min=0, max=B)
-        plain = (counts == counts.max(1, keepdim=True).values).all(1).tolist()
+        widths = (n_pad - torch.arange(n_batches) * B).clamp(max=B)  # the batch slices' lengths, padding included
+        plain = (counts == widths.unsqueeze(1)).all(1).tolist()
         all_step = (counts > 0).all(1).tolist()
         batch_losses = []
         for b in range(n_batches):
@@ -480,15 +486,59 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
         if es is not None and es.restore_best and improved:
             idx = torch.tensor(improved, device=device)
             best.index_copy_(0, idx, flat.detach()[idx])
-    final = flat.detach()
-    if es is not None and es.restore_best:
-        back = [i for i, m in enumerate(members)
-                if m.has_best and m.history and m.best_epoch != m.history[-1]["epoch"]]
-        if back:
-            idx = torch.tensor(back, device=device)
-            final = final.clone()
-            final[idx] = best[idx]
-    criterion: nn.Module = nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
+        live = [i for i, m in enumerate(members) if m.alive]
+        if 0 < len(live) <= len(members) * COMPACT_AT and epoch < t.max_epochs:
+            # most members have stopped: hand them back now and go on with a stack of the others only
+            gone = [i for i in range(len(members)) if not members[i].alive]
+            _hand_back([members[i] for i in gone], _final_rows([members[i] for i in gone], flat.detach()[gone],
+                       None if es is None else best[gone], es), stack, t)
+            log.debug("batched engine: epoch %d, %d of %d members go on in a smaller stack", epoch, len(live),
+                      len(members))
+            keep = torch.tensor(live, device=device)
+            members, n_fit, M = [members[i] for i in live], [n_fit[i] for i in live], len(live)
+            flat = flat.detach().index_select(0, keep)
+            grad_buf = torch.zeros_like(flat)
+            params = stack.leaves(flat, grad_buf)
+            opt.compact_(keep, flat)
+            stack.compact_(keep)
+            X_fit, y_fit, fit_mask = X_fit[keep], y_fit[keep], fit_mask[keep]
+            if es is not None:
+                X_es, y_es, es_mask, best = X_es[keep], y_es[keep], es_mask[keep], best[keep]
+            if has_eval:
+                X_ev, ev_mask, y_ev = X_ev[keep], ev_mask[keep], y_ev[keep]
+            wd, l1, p_drop = (v[keep] if isinstance(v, torch.Tensor) else v for v in (wd, l1, p_drop))
+            if plateau is not None:
+                plateau.keep(live)
+            else:
+                lrs = [r[keep] if isinstance(r, torch.Tensor) else r for r in lrs]
+            offsets = torch.arange(M).unsqueeze(1) * n_pad
+    _hand_back(members, _final_rows(members, flat.detach(), None if es is None else best, es), stack, t)
+
+
+#: the share of a stack's members still training at or below which the stack is rebuilt with them only
+#: (the stopped members' rows no longer cost a matrix product)
+COMPACT_AT = 0.5
+
+
+def _final_rows(members: list[_Member], flat: torch.Tensor, best: torch.Tensor | None, es: Any) -> torch.Tensor:
+    """Each member's weights to hand back: its last, or with `restore_best` its best epoch's."""
+    if es is None or not es.restore_best or best is None:
+        return flat
+    back = [i for i, m in enumerate(members) if m.has_best and m.history and m.best_epoch != m.history[-1]["epoch"]]
+    if not back:
+        return flat
+    idx = torch.tensor(back, device=flat.device)
+    final = flat.clone()
+    final[idx] = best[idx]
+    return final
+
+
+def _hand_back(members: list[_Member], final: torch.Tensor, stack: Any, t: Any) -> None:
+    """Load each member's final weights into its module and make its estimator a fitted one."""
+    if not members:
+        return
+    target = t.stop_at_train_loss
+    criterion: nn.Module = nn.CrossEntropyLoss() if members[0].est.task == "classification" else nn.MSELoss()
     final = final.cpu()
     for i, m in enumerate(members):
         if m.error is not None:
@@ -500,7 +550,7 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
         est.best_epoch_ = m.best_epoch if m.best_epoch > 0 else est.epochs_run_
         est.stop_reached_ = None if target is None else m.stop_epoch > 0
         est.stop_epoch_ = m.stop_epoch or None if target is not None else None
-        m.module.to(device)
+        m.module.to(torch.device(t.device))
 
 
 class AutoEngine:

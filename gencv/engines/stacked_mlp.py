@@ -80,6 +80,9 @@ class StackedMLP:
                     view.copy_(leaf.grad)
                     leaf.grad = view
 
+    def compact_(self, keep: torch.Tensor) -> None:
+        """Only the members `keep` go on: no per-member state here (the parameters are the caller's)."""
+
     @property
     def layout(self) -> list[Any]:
         return [arg for kind, arg in self.steps if kind == "linear"]

@@ -75,6 +75,18 @@ class StackedOptimizer:
             for n in self._STATE:
                 setattr(self, n, saved[n])
 
+    def compact_(self, keep: torch.Tensor, flat: torch.Tensor) -> None:
+        """Only the member rows `keep` go on; `flat` is their parameters (the stack's new flat tensor)."""
+        for n in self._STATE:
+            if getattr(self, n) is not None:
+                setattr(self, n, getattr(self, n).index_select(0, keep))
+        if isinstance(self.wd, torch.Tensor):
+            self.wd = self.wd.index_select(0, keep)
+        if self.fused is not None:
+            assert self.exp_avg is not None and self.exp_avg_sq is not None
+            self.rows = list(flat.unbind(0)), list(self.exp_avg.unbind(0)), list(self.exp_avg_sq.unbind(0))
+            self.step_list = [self.step_list[i] for i in keep.tolist()]
+
     def _fused_step(self, grad: torch.Tensor, lr: float, rows: Any) -> None:
         params, avgs, sqs = self.rows
         steps = [self.step_list[i] for i in rows]

@@ -1,0 +1,243 @@
+"""Any module's members as one function of a flat `(members, n_params)` parameter tensor (batched engine).
+
+The generic path of the batched engine: CNNs, batch norm, RNNs and the user's own modules run as
+`torch.func.vmap` over `torch.func.functional_call` of one template module (PyTorch's "model ensembling"
+recipe), with each member's parameters a row of the flat tensor and its buffers (batch-norm running
+statistics) a row of a stacked buffer that vmap updates in place. Plain MLPs keep `StackedMLP` (hand-batched
+`torch.baddbmm`, faster): `make_stack` picks.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from gencv.engines.stacked_mlp import StackedMLP
+from gencv.models import MLP
+
+__all__ = ["StackedFunctional", "functional_key", "make_stack", "stacks_as_mlp"]
+
+log = logging.getLogger(__name__)
+
+Params = dict[str, torch.Tensor]
+
+
+def stacks_as_mlp(module: nn.Module) -> bool:
+    """Whether `StackedMLP` can stack `module`: gencv's own MLP without batch norm."""
+    return type(module) is MLP and not any(isinstance(layer, nn.modules.batchnorm._BatchNorm) for layer in module.net)
+
+
+def make_stack(modules: Sequence[nn.Module]) -> StackedMLP | StackedFunctional:
+    """The stack for these members' modules (one architecture): StackedMLP for a plain MLP, else the generic path."""
+    return StackedMLP(modules[0]) if stacks_as_mlp(modules[0]) else StackedFunctional(modules)
+
+
+def functional_key(est: Any, module: nn.Module, dropout: float) -> list[Any] | None:
+    """What members of one generic stack must share beyond the batched engine's own key: the module's structure
+    (its repr, with dropout rates and sizes), its class or factory and `module__` arguments, and the dropout rate
+    (the template's dropout layers give every member the template's rate). None for a plain MLP."""
+    if stacks_as_mlp(module):
+        return None
+    kwargs = {k: v for k, v in est.get_params(deep=False).items() if k.startswith("module__")}
+    return [repr(module), repr(est.module), sorted(kwargs.items(), key=lambda kv: kv[0]), dropout]
+
+
+class StackedFunctional:
+    """One architecture, every member's trainable parameters a row of one flat tensor; the forward is
+    `vmap(functional_call(template, ...))` with `randomness="different"` (each member its own dropout masks).
+
+    The interface is `StackedMLP`'s (flatten, load_, leaves, sync_grads_, layout, forward, l1), so the engine's
+    loop is the same for both. Buffers and frozen parameters are per-member constants outside the flat tensor
+    (`self.buffers`): batch norm updates each member's running statistics in train mode, from that member's
+    real rows only, and uses them in eval mode. A module whose forward vmap cannot batch (an op without a
+    batching rule, such as `aten::lstm`) runs member by member over the same flat tensor: correct, not faster.
+    """
+
+    def __init__(self, modules: Sequence[nn.Module]) -> None:
+        self.template = copy.deepcopy(modules[0])
+        self.names: list[str] = []
+        self.layout: list[tuple[str, int, int, tuple[int, ...]]] = []  # (name, start, end, shape) in the flat row
+        off = 0
+        for name, p in modules[0].named_parameters():
+            if p.requires_grad:
+                self.layout.append((name, off, off + p.numel(), tuple(p.shape)))
+                self.names.append(name)
+                off += p.numel()
+        self.n_params = off
+        trainable = set(self.names)
+        consts = [n for n, p in modules[0].named_parameters() if n not in trainable]
+        consts += [n for n, _ in modules[0].named_buffers()]
+        self.buffers: Params = {}
+        for n in consts:
+            self.buffers[n] = torch.stack([_get(m, n).detach() for m in modules]).clone()
+        self._member = {id(m): i for i, m in enumerate(modules)}
+        self._best: Params | None = None
+        self._vmap: bool | None = None  # decided on the first forward: does vmap batch this module?
+        self.errors: dict[int, Exception] = {}  # members whose forward failed alone (a batch-norm batch of one row)
+
+    # ------------------------------------------------------------------ the flat layout
+    def flatten(self, module: nn.Module) -> torch.Tensor:
+        """One member's trainable parameters as a flat vector in the stack's layout."""
+        params = dict(module.named_parameters())
+        return torch.cat([params[n].detach().reshape(-1) for n in self.names])
+
+    def load_(self, module: nn.Module, flat: torch.Tensor) -> nn.Module:
+        """Copy a flat vector into `module`'s parameters and the member's buffers into its buffers, in place.
+
+        `module` is one of the modules the stack was built from (its buffers are found by identity).
+        """
+        i = self._member[id(module)]
+        with torch.no_grad():
+            for name, a, b, shape in self.layout:
+                _get(module, name).copy_(flat[a:b].view(shape))
+            for name, stacked in self.buffers.items():
+                _get(module, name).copy_(stacked[i])
+        return module
+
+    def leaves(self, flat: torch.Tensor, grad: torch.Tensor) -> Params:
+        """Per-parameter leaf views (members, *shape) into `flat`, their `.grad` views into `grad` (as StackedMLP)."""
+        M, out = flat.shape[0], {}
+        for name, a, b, shape in self.layout:
+            leaf = flat[:, a:b].view(M, *shape).requires_grad_(True)
+            leaf.grad = grad[:, a:b].view(M, *shape)
+            out[name] = leaf
+        self.buffers = {n: v.to(flat.device) for n, v in self.buffers.items()}
+        self.template.to(flat.device)
+        return out
+
+    @staticmethod
+    def sync_grads_(params: Params, grad: torch.Tensor, layout: list[Any]) -> None:
+        """Copy into `grad` any leaf gradient autograd did not accumulate in place (then rebind the view)."""
+        for name, a, b, _ in layout:
+            leaf = params[name]
+            view = grad[:, a:b].view(leaf.shape)
+            if leaf.grad is not None and leaf.grad.data_ptr() != view.data_ptr():
+                view.copy_(leaf.grad)
+                leaf.grad = view
+
+    @staticmethod
+    def l1(params: Params) -> torch.Tensor:
+        """Sum of absolute weights per member: parameters of two or more dimensions, as skorch's penalty."""
+        return sum(v.abs().flatten(1).sum(1) for v in params.values() if v.dim() > 2)  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ early stopping's best weights
+    def keep_best_(self, rows: torch.Tensor) -> None:
+        """Remember the buffers of members `rows` (their best epoch so far), in place."""
+        if not self.buffers:
+            return
+        if self._best is None:
+            self._best = {n: v.clone() for n, v in self.buffers.items()}
+        for n, v in self.buffers.items():
+            self._best[n].index_copy_(0, rows, v[rows])
+
+    def restore_best_(self, rows: torch.Tensor) -> None:
+        """Give members `rows` back the buffers `keep_best_` remembered, in place."""
+        if self._best is None:
+            return
+        for n, v in self.buffers.items():
+            v.index_copy_(0, rows, self._best[n][rows])
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, params: Params, X: torch.Tensor, gen: torch.Generator | None, p: float | torch.Tensor = 0.0,
+                counts: torch.Tensor | None = None) -> torch.Tensor:
+        """Outputs (members, rows, ...) for inputs (members, rows, ...).
+
+        `gen` None: eval mode (no dropout, running statistics; no buffer changes). Otherwise train mode, the
+        dropout masks drawn from a global RNG seeded from `gen` (reproducible, each member its own). `counts`
+        (train mode): the real rows each member has at the front of `X`; a member with none does not run (its
+        buffers stay), and members run in groups of equal counts, so batch norm sees only real rows. Their
+        outputs beyond `counts` are zero. `p` is unused: the template's dropout layers hold the rate.
+        """
+        M, R = X.shape[0], X.shape[1]
+        if self._vmap is None:
+            self._vmap = self._probe(params, X)
+        if gen is None:
+            self.template.eval()
+            return self._call(params, self.buffers, X)
+        self.template.train()
+        seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device))
+        n = [R] * M if counts is None else [int(c) for c in counts.tolist()]
+        if all(c == R for c in n):
+            return self._seeded(seed, params, self.buffers, X)
+        groups: dict[int, list[int]] = {}
+        for i, c in enumerate(n):
+            if c > 0:
+                groups.setdefault(c, []).append(i)
+        out: torch.Tensor | None = None
+        for j, (c, rows) in enumerate(sorted(groups.items())):
+            idx = torch.tensor(rows, device=X.device)
+            sub_p = {k: v.index_select(0, idx) for k, v in params.items()}
+            sub_b = {k: v.index_select(0, idx) for k, v in self.buffers.items()}
+            try:
+                o = self._seeded(seed + j, sub_p, sub_b, X[idx, :c])
+            except (RuntimeError, ValueError) as exc:
+                if c != 1:
+                    raise
+                for i in rows:  # as the skorch engine: batch norm refuses a training batch of one row; that fold fails
+                    self.errors[i] = ValueError(f"a training batch of one row: {exc}; change train.batch_size so that "
+                                                "no fold's last batch has a single row")
+                o = None
+            if out is None:
+                shape = (M, R, *(o.shape[2:] if o is not None else self._out_tail(params, X)))
+                out = X.new_zeros(shape)
+            if o is None:
+                out[idx, :c] = math.nan  # the engine stops a member whose loss is not finite, with its error
+                continue
+            out[idx, :c] = o.to(out.dtype)
+            for k, v in sub_b.items():
+                self.buffers[k].index_copy_(0, idx, v)
+        if out is None:  # no member has rows in this batch (the engine does not step any)
+            out = X.new_zeros((M, R, *self._out_tail(params, X)))
+        return out
+
+    def _out_tail(self, params: Params, X: torch.Tensor) -> tuple[int, ...]:
+        with torch.no_grad():
+            was = self.template.training
+            self.template.eval()
+            try:
+                return tuple(self._call(params, self.buffers, X[:, :1]).shape[2:])
+            finally:
+                self.template.train(was)
+
+    def _seeded(self, seed: int, params: Params, buffers: Params, X: torch.Tensor) -> torch.Tensor:
+        devices = [X.device] if X.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            return self._call(params, buffers, X)
+
+    def _call(self, params: Params, buffers: Params, X: torch.Tensor) -> torch.Tensor:
+        if self._vmap:
+            return vmap(self._one, randomness="different")(params, buffers, X)  # type: ignore[no-any-return]
+        return torch.stack([self._one({k: v[i] for k, v in params.items()}, {k: v[i] for k, v in buffers.items()},
+                                      X[i]) for i in range(X.shape[0])])
+
+    def _one(self, params: Params, buffers: Params, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.template, (params, buffers), (x,))  # type: ignore[no-any-return]
+
+    def _probe(self, params: Params, X: torch.Tensor) -> bool:
+        """Whether vmap batches the template's forward (tried in eval mode on two rows: no buffer changes)."""
+        was = self.template.training
+        self.template.eval()
+        try:
+            with torch.no_grad():
+                vmap(self._one, randomness="different")(params, self.buffers, X[:, :2])
+            return True
+        except Exception as exc:  # an op without a batching rule, data-dependent control flow, .item()
+            log.info("batched engine: vmap cannot batch %s (%s); its members run one by one",
+                     type(self.template).__name__, str(exc).splitlines()[0])
+            return False
+        finally:
+            self.template.train(was)
+
+
+def _get(module: nn.Module, name: str) -> torch.Tensor:
+    """The parameter or buffer `name` ("a.b.weight") of `module`."""
+    owner, _, attr = name.rpartition(".")
+    return getattr(module.get_submodule(owner) if owner else module, attr)  # type: ignore[no-any-return]

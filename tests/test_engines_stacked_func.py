@@ -8,6 +8,7 @@ import runpy
 import numpy as np
 import pytest
 import torch
+from sklearn.base import clone
 from sklearn.datasets import load_digits
 from sklearn.model_selection import KFold
 from torch import nn
@@ -139,6 +140,20 @@ def test_populations_with_different_dropout_or_module_arguments_go_in_different_
     assert _max_weight_diff(alone, together[2]) < ATOL
 
 
+def test_a_population_of_custom_modules_stacks_by_module_arguments(caplog: pytest.LogCaptureFixture) -> None:
+    m = ModelSpec(kind="custom", module=f"{RESMLP}:ResMLP", kwargs={"width": 6, "depth": 1, "dropout": 0.0})
+    base = estimator_from_spec(m, TrainSpec(**TRAIN), task="classification", n_classes=3,  # type: ignore[arg-type]
+                               module=ResMLP)
+    ests = [clone(base).set_params(lr=0.05), clone(base).set_params(lr=0.1, module__width=4),
+            clone(base).set_params(lr=0.02)]
+    X, y, folds = _data("classification")
+    with caplog.at_level("INFO", logger="gencv.engines.batched"):
+        together = BatchedEngine().fit_population(ests, X, y, folds, SEEDS)
+    assert "3 configurations x 4 folds in 2 stack(s)" in caplog.text  # width 4 is another architecture
+    for est, pop in zip(ests, together):
+        assert _max_weight_diff(list(get_engine("skorch").fit_folds(est, X, y, folds, SEEDS)), pop) < ATOL
+
+
 def test_a_batch_norm_batch_of_one_row_fails_that_member_alone_as_in_the_skorch_engine() -> None:
     est = _est(model={"batch_norm": True})  # batches of 16: folds of 113 rows end in a batch of one row
     X, y, folds = _data("classification")
@@ -167,3 +182,14 @@ def test_a_forward_vmap_cannot_batch_runs_member_by_member(caplog: pytest.LogCap
         ref, got = _compare(est, *_data("classification"))
     assert "vmap cannot batch Branchy" in caplog.text
     assert _max_weight_diff(ref, got) < ATOL
+
+
+@pytest.mark.parametrize("spec", ["digits_cnn.yaml", "custom_resmlp.yaml"])
+def test_the_cnn_and_custom_examples_run_under_the_batched_engine(spec: str) -> None:
+    from gencv.runner import run_experiment
+    from gencv.spec import load_experiment
+
+    exp = load_experiment(ROOT / "experiments" / spec, ["train.max_epochs=2", "cv.n_splits=2", "train.engine=batched"])
+    out = run_experiment(exp, refit=False)  # no tracker: nothing recorded
+    assert out.cv.n_failed == 0 and all(np.isfinite(f.valid_scores["accuracy"]) for f in out.cv.folds)
+    assert [len(f.history) for f in out.cv.folds] == [2, 2]

@@ -4,6 +4,8 @@ a CNN, an MLP with batch norm, an RNN and a custom module."""
 from __future__ import annotations
 
 import runpy
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,6 +91,18 @@ def test_batch_norm_with_early_stopping_restores_each_members_best_statistics() 
     ref, got = _compare(est, *_data("classification"))
     assert [f.estimator.best_epoch_ for f in got] == [f.estimator.best_epoch_ for f in ref]
     assert any(f.estimator.best_epoch_ < f.estimator.epochs_run_ for f in got)  # some member went back
+    assert _max_weight_diff(ref, got) < ATOL
+
+
+@pytest.mark.parametrize("train", [
+    {"optimizer": "nesterov", "weight_decay": 0.01, "l1": 1e-3, "clip_grad_norm": 0.5},
+    {"schedule": {"kind": "plateau", "patience": 0, "factor": 0.5}, "max_epochs": 6, "lr": 0.3},
+    {"optimizer": "adam", "lr": 0.02, "max_epochs": 40, "stop_at_train_loss": 0.5},
+], ids=str)
+def test_batch_norm_members_follow_the_engines_per_member_settings(train: dict) -> None:
+    est = _est(model={"batch_norm": True}, batch_size=20, **train)
+    ref, got = _compare(est, *_data("classification"))
+    assert [f.estimator.epochs_run_ for f in got] == [f.estimator.epochs_run_ for f in ref]
     assert _max_weight_diff(ref, got) < ATOL
 
 
@@ -185,11 +199,16 @@ def test_a_forward_vmap_cannot_batch_runs_member_by_member(caplog: pytest.LogCap
 
 
 @pytest.mark.parametrize("spec", ["digits_cnn.yaml", "custom_resmlp.yaml"])
-def test_the_cnn_and_custom_examples_run_under_the_batched_engine(spec: str) -> None:
+def test_the_cnn_and_custom_examples_run_under_the_batched_engine(spec: str, tmp_path: Path) -> None:
     from gencv.runner import run_experiment
     from gencv.spec import load_experiment
 
-    exp = load_experiment(ROOT / "experiments" / spec, ["train.max_epochs=2", "cv.n_splits=2", "train.engine=batched"])
+    # a copy of the example whose net file differs by a comment: load_module caches a file's module by its
+    # content digest, and tests/test_custom_module.py checks which path the original resolves to
+    (tmp_path / "nets").mkdir()
+    (tmp_path / "nets" / "resmlp.py").write_text(RESMLP.read_text() + "\n# a copy for test_engines_stacked_func\n")
+    shutil.copy(ROOT / "experiments" / spec, tmp_path / spec)
+    exp = load_experiment(tmp_path / spec, ["train.max_epochs=2", "cv.n_splits=2", "train.engine=batched"])
     out = run_experiment(exp, refit=False)  # no tracker: nothing recorded
     assert out.cv.n_failed == 0 and all(np.isfinite(f.valid_scores["accuracy"]) for f in out.cv.folds)
     assert [len(f.history) for f in out.cv.folds] == [2, 2]

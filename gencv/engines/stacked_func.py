@@ -79,6 +79,7 @@ class StackedFunctional:
             self.buffers[n] = torch.stack([_get(m, n).detach() for m in modules]).clone()
         self._member = {id(m): i for i, m in enumerate(modules)}
         self._best: Params | None = None
+        self._seeds: torch.Generator | None = None  # the dropout masks' seeds (see forward)
         self._vmap: bool | None = None  # decided on the first forward: does vmap batch this module?
         self.errors: dict[int, Exception] = {}  # members whose forward failed alone (a batch-norm batch of one row)
 
@@ -162,7 +163,10 @@ class StackedFunctional:
             self.template.eval()
             return self._call(params, self.buffers, X)
         self.template.train()
-        seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device))
+        if self._seeds is None:  # a CPU stream seeded once from `gen`: no device sync per batch
+            self._seeds = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen,
+                                                                          device=gen.device)))
+        seed = int(torch.randint(0, 2**62, (1,), generator=self._seeds))
         n = [R] * M if counts is None else [int(c) for c in counts.tolist()]
         if all(c == R for c in n):
             return self._seeded(seed, params, self.buffers, X)

@@ -58,6 +58,8 @@ class StackedFunctional:
     (`self.buffers`): batch norm updates each member's running statistics in train mode, from that member's
     real rows only, and uses them in eval mode. A module whose forward vmap cannot batch (an op without a
     batching rule, such as `aten::lstm`) runs member by member over the same flat tensor: correct, not faster.
+    (For gencv's LSTM that is the faster choice on a CPU: 5 members of 32 units over 12 steps, forward and
+    backward, took 9.7 ms one by one through the fused kernel against 13.5 ms for an unrolled cell under vmap.)
     """
 
     def __init__(self, modules: Sequence[nn.Module]) -> None:

@@ -17,9 +17,9 @@ from torch import nn
 
 from gencv.engines import BatchedEngine, estimator_from_spec, get_engine
 from gencv.engines.batched import unsupported_setting
-from gencv.engines.stacked_func import StackedFunctional, make_stack
+from gencv.engines.stacked_func import StackedCNN, StackedFunctional, make_stack
 from gencv.engines.stacked_mlp import StackedMLP
-from gencv.models import MLP
+from gencv.models import CNN, MLP
 from gencv.spec import ModelSpec, TrainSpec
 from gencv.splits import Fold
 from tests.conftest import ROOT
@@ -127,6 +127,31 @@ def test_make_stack_keeps_the_hand_batched_mlp_for_plain_mlps() -> None:
     assert isinstance(make_stack([MLP(3, 2, (4,), dropout=0.2)]), StackedMLP)
     assert isinstance(make_stack([MLP(3, 2, (4,), batch_norm=True)]), StackedFunctional)
     assert isinstance(make_stack([ResMLP(3, 2)]), StackedFunctional)
+    assert isinstance(make_stack([CNN((1, 8, 8), 3, (2,), hidden=(4,))]), StackedCNN)
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_the_hand_batched_cnn_computes_what_vmap_computes(batch_norm: bool) -> None:
+    torch.manual_seed(0)
+    modules = [CNN((1, 8, 8), 3, (3, 4), hidden=(5,), batch_norm=batch_norm).double() for _ in range(3)]
+    X = torch.randn(3, 10, 64, dtype=torch.float64)
+    counts = torch.tensor([10, 7, 0])  # a member with fewer rows, one with none
+    results = []
+    for cls in (StackedCNN, StackedFunctional):
+        stack = cls(modules)
+        flat = torch.stack([stack.flatten(m) for m in modules])
+        grad = torch.zeros_like(flat)
+        params = stack.leaves(flat, grad)
+        out = stack.forward(params, X, torch.Generator().manual_seed(1), 0.0, counts)
+        out.sum().backward()
+        stack.sync_grads_(params, grad, stack.layout)
+        with torch.no_grad():
+            ev = stack.forward(params, X, None)
+        results.append((out.detach(), grad.clone(), ev, {k: v.clone() for k, v in stack.buffers.items()}))
+    (o1, g1, e1, b1), (o2, g2, e2, b2) = results
+    for a, b in ((o1, o2), (g1, g2), (e1, e2), *((b1[k], b2[k]) for k in b1)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert bool((g1[2] == 0).all()) and (not batch_norm or int(b1["features.1.num_batches_tracked"][2]) == 0)
 
 
 def test_dropout_masks_are_seeded_per_member_and_reproducible() -> None:

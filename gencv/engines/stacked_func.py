@@ -16,13 +16,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
 from gencv.engines.stacked_mlp import StackedMLP
-from gencv.models import MLP
+from gencv.models import CNN, MLP
 
-__all__ = ["StackedFunctional", "functional_key", "make_stack", "stacks_as_mlp"]
+__all__ = ["StackedCNN", "StackedFunctional", "functional_key", "make_stack", "stacks_as_mlp"]
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,13 @@ def stacks_as_mlp(module: nn.Module) -> bool:
 
 
 def make_stack(modules: Sequence[nn.Module]) -> StackedMLP | StackedFunctional:
-    """The stack for these members' modules (one architecture): StackedMLP for a plain MLP, else the generic path."""
-    return StackedMLP(modules[0]) if stacks_as_mlp(modules[0]) else StackedFunctional(modules)
+    """The stack for these members' modules (one architecture): StackedMLP for a plain MLP, StackedCNN for
+    gencv's CNN, else the generic path."""
+    if stacks_as_mlp(modules[0]):
+        return StackedMLP(modules[0])
+    if type(modules[0]) is CNN and _hand_batchable(modules[0]):
+        return StackedCNN(modules)
+    return StackedFunctional(modules)
 
 
 def functional_key(est: Any, module: nn.Module, dropout: float) -> list[Any] | None:
@@ -247,3 +253,63 @@ def _get(module: nn.Module, name: str) -> torch.Tensor:
     """The parameter or buffer `name` ("a.b.weight") of `module`."""
     owner, _, attr = name.rpartition(".")
     return getattr(module.get_submodule(owner) if owner else module, attr)  # type: ignore[no-any-return]
+
+
+def _hand_batchable(module: nn.Module) -> bool:
+    """Whether StackedCNN's layers cover every layer of `module` (batch norm: affine, a fixed momentum)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and not (
+                layer.affine and layer.track_running_stats and layer.momentum is not None):
+            return False
+        if isinstance(layer, nn.Conv2d) and layer.padding_mode != "zeros":
+            return False
+    return True
+
+
+class StackedCNN(StackedFunctional):
+    """gencv's CNN hand-batched: the members' images side by side as channels, (rows, members x channels, H, W),
+    so each convolution is one grouped convolution (`groups=members`), batch norm one `F.batch_norm` over
+    members x channels (each member's statistics its own rows'), max pooling and activations per channel, and
+    the head `torch.baddbmm`. The same flat layout, buffers and train-mode grouping as StackedFunctional; it
+    saves vmap's layout copies around pooling and batch norm (a training step ~1.3x faster on digits_cnn).
+    """
+
+    def _probe(self, params: Params, X: torch.Tensor) -> bool:
+        return True
+
+    def _call(self, params: Params, buffers: Params, X: torch.Tensor) -> torch.Tensor:
+        t = self.template
+        M, N = X.shape[0], X.shape[1]
+        h = X.reshape(M, N, *t.image_shape).transpose(0, 1).reshape(N, M * t.image_shape[0], *t.image_shape[1:])
+        for i, layer in enumerate(t.features):
+            name = f"features.{i}"
+            if isinstance(layer, nn.Conv2d):
+                w, b = params[f"{name}.weight"], params.get(f"{name}.bias")
+                h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), None if b is None else b.reshape(-1), layer.stride,
+                             layer.padding, layer.dilation, M * layer.groups)
+            elif isinstance(layer, nn.BatchNorm2d):
+                h = self._batch_norm(layer, name, params, buffers, h)
+            else:  # activation, max pooling: per channel
+                h = layer(h)
+        h = h.reshape(N, M, -1).transpose(0, 1)  # (members, rows, features): each member's flatten order
+        for j, layer in enumerate(t.head.net):
+            name = f"head.net.{j}"
+            if isinstance(layer, nn.Linear):
+                h = torch.baddbmm(params[f"{name}.bias"].unsqueeze(1), h, params[f"{name}.weight"].transpose(1, 2))
+            elif isinstance(layer, nn.BatchNorm1d):
+                flat = self._batch_norm(layer, name, params, buffers, h.transpose(0, 1).reshape(N, -1))
+                h = flat.reshape(N, M, -1).transpose(0, 1)
+            else:  # activation; dropout (train mode: elementwise masks, each member its own)
+                h = layer(h)
+        return h
+
+    def _batch_norm(self, layer: nn.Module, name: str, params: Params, buffers: Params,
+                    h: torch.Tensor) -> torch.Tensor:
+        """`layer` for every member at once on (rows, members x channels, ...); running statistics updated in
+        place in train mode (the buffers are contiguous (members, channels): their flat views are theirs)."""
+        training = self.template.training
+        if training:
+            buffers[f"{name}.num_batches_tracked"].add_(1)
+        return F.batch_norm(h, buffers[f"{name}.running_mean"].view(-1), buffers[f"{name}.running_var"].view(-1),
+                            params[f"{name}.weight"].reshape(-1), params[f"{name}.bias"].reshape(-1), training,
+                            layer.momentum, layer.eps)

@@ -25,6 +25,7 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 CASES: dict[str, tuple[str, list[str]]] = {
     "cnn5_bn_dropout_speedup_vs_skorch": ("digits_cnn.yaml", []),  # the example: batch norm, dropout 0.2
     "cnn5_plain_speedup_vs_skorch": ("digits_cnn.yaml", ["model.batch_norm=false", "model.dropout=0.0"]),
+    "mlp_bn5_speedup_vs_skorch": ("diabetes_kfold.yaml", ["model.batch_norm=true"]),
     "custom_resmlp5_speedup_vs_skorch": ("custom_resmlp.yaml", []),
     "lstm_rolling5_speedup_vs_skorch": ("sunspots_rolling.yaml", []),
 }

@@ -125,15 +125,16 @@ def test_a_custom_module_member_equals_its_skorch_net() -> None:
 
 def test_make_stack_keeps_the_hand_batched_mlp_for_plain_mlps() -> None:
     assert isinstance(make_stack([MLP(3, 2, (4,), dropout=0.2)]), StackedMLP)
-    assert isinstance(make_stack([MLP(3, 2, (4,), batch_norm=True)]), StackedFunctional)
+    assert isinstance(make_stack([MLP(3, 2, (4,), batch_norm=True)]), StackedCNN)
     assert isinstance(make_stack([ResMLP(3, 2)]), StackedFunctional)
     assert isinstance(make_stack([CNN((1, 8, 8), 3, (2,), hidden=(4,))]), StackedCNN)
 
 
-@pytest.mark.parametrize("batch_norm", [False, True])
-def test_the_hand_batched_cnn_computes_what_vmap_computes(batch_norm: bool) -> None:
+@pytest.mark.parametrize(("kind", "batch_norm"), [("cnn", False), ("cnn", True), ("mlp", True)])
+def test_the_hand_batched_cnn_computes_what_vmap_computes(kind: str, batch_norm: bool) -> None:
     torch.manual_seed(0)
-    modules = [CNN((1, 8, 8), 3, (3, 4), hidden=(5,), batch_norm=batch_norm).double() for _ in range(3)]
+    modules = [(CNN((1, 8, 8), 3, (3, 4), hidden=(5,), batch_norm=batch_norm) if kind == "cnn" else
+                MLP(64, 3, (6, 5), batch_norm=batch_norm)).double() for _ in range(3)]
     X = torch.randn(3, 10, 64, dtype=torch.float64)
     counts = torch.tensor([10, 7, 0])  # a member with fewer rows, one with none
     results = []
@@ -151,7 +152,9 @@ def test_the_hand_batched_cnn_computes_what_vmap_computes(batch_norm: bool) -> N
     (o1, g1, e1, b1), (o2, g2, e2, b2) = results
     for a, b in ((o1, o2), (g1, g2), (e1, e2), *((b1[k], b2[k]) for k in b1)):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
-    assert bool((g1[2] == 0).all()) and (not batch_norm or int(b1["features.1.num_batches_tracked"][2]) == 0)
+    assert bool((g1[2] == 0).all())  # the member without rows: no gradient, its statistics untouched
+    assert all(int(v[2]) == 0 for k, v in b1.items() if k.endswith("num_batches_tracked"))
+    assert all(int(v[1]) == 1 for k, v in b1.items() if k.endswith("num_batches_tracked"))
 
 
 def test_dropout_masks_are_seeded_per_member_and_reproducible() -> None:

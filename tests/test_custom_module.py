@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from gencv.cv import cross_validate
-from gencv.engines import NetClassifier, UnsupportedSettingError, engine_used
+from gencv.engines import NetClassifier, engine_used
 from gencv.errors import SpecError
 from gencv.models import MLP, load_module, module_args, module_reference
 from gencv.modref import check_module_source
@@ -243,14 +243,17 @@ def test_init_default_keeps_the_modules_own_weights() -> None:
     assert not torch.equal(he["inp.weight"], own["inp.weight"]) and torch.count_nonzero(he["inp.bias"]) == 0
 
 
-def test_batched_engine_refuses_a_custom_module_and_auto_falls_back() -> None:
+def test_batched_engine_stacks_a_custom_module_and_auto_uses_it() -> None:
     exp = custom(f"{RESMLP}:ResMLP", width=4)
     prep = prepare(exp)
-    assert engine_used("auto", prep.estimator) == "skorch"
-    with pytest.raises(UnsupportedSettingError, match=r"model.kind: got 'custom' \(ResMLP\); the batched engine "
-                                                      r"stacks the built-in MLP only; use "
-                                                      "train.engine: skorch"):
-        run_experiment(exp.with_overrides({"train.engine": "batched"}), refit=False)
+    assert engine_used("auto", prep.estimator) == "batched"  # the generic path: vmap over functional_call
+    ds = prep.dataset
+    ref = cross_validate(prep.estimator, ds.X, ds.y, prep.folds, metric="accuracy", seed=exp.seed, engine="skorch")
+    got = cross_validate(prep.estimator, ds.X, ds.y, prep.folds, metric="accuracy", seed=exp.seed, engine="batched")
+    assert got.n_failed == 0 and len(got.folds) == len(ref.folds)
+    # float32, dropout off: the same training up to float32 reduction order
+    for a, b in zip(ref.folds, got.folds):
+        assert b.valid_scores["accuracy"] == pytest.approx(a.valid_scores["accuracy"], abs=0.05)
 
 
 def test_tuning_model_kwargs_width() -> None:

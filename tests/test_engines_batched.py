@@ -149,7 +149,6 @@ def test_dropout_members_differ_and_are_reproducible() -> None:
 
 
 @pytest.mark.parametrize(("change", "field"), [
-    ({"model": {"batch_norm": True}}, "model.batch_norm"),
     ({"optimizer": "lbfgs"}, "train.optimizer"),
 ])
 def test_unsupported_settings_name_the_setting_and_suggest_skorch(change: dict, field: str) -> None:

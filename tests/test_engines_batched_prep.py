@@ -139,13 +139,14 @@ def test_members_large_enough_for_the_fused_adam_step_equal_the_skorch_nets(trai
             torch.testing.assert_close(sb[k], sa[k], atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("train", [
-    {"optimizer": "adam", "lr": 0.05},
-    {"optimizer": "rmsprop", "lr": 0.02, "schedule": {"kind": "plateau", "patience": 0, "factor": 0.5}},
-    {"optimizer": "momentum", "lr": 0.05, "clip_grad_norm": 0.5, "l1": 0.001},
+@pytest.mark.parametrize(("train", "model"), [
+    ({"optimizer": "adam", "lr": 0.05}, {}),
+    ({"optimizer": "rmsprop", "lr": 0.02, "schedule": {"kind": "plateau", "patience": 0, "factor": 0.5}}, {}),
+    ({"optimizer": "momentum", "lr": 0.05, "clip_grad_norm": 0.5, "l1": 0.001}, {}),
+    ({"optimizer": "adam", "lr": 0.05}, {"batch_norm": True}),  # per-member buffers (and best buffers) follow
 ])
 def test_a_stack_rebuilt_without_its_stopped_members_trains_the_others_unchanged(
-        train: dict, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        train: dict, model: dict, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """Members stopping early leave the stack (COMPACT_AT); the others' epochs are those of the full stack."""
     import gencv.engines.batched as batched
 
@@ -153,7 +154,7 @@ def test_a_stack_rebuilt_without_its_stopped_members_trains_the_others_unchanged
     folds = [Fold(i, tr, va) for i, (tr, va) in enumerate(KFold(5, shuffle=True, random_state=0).split(X))]
     t = {"batch_size": 16, "max_epochs": 30, "dtype": "float64", "schedule": "none",
          "early_stopping": {"patience": 2, "valid_fraction": 0.3}, **train}
-    ests = [estimator_from_spec(ModelSpec(hidden=[8], dropout=0.0),
+    ests = [estimator_from_spec(ModelSpec(hidden=[8], dropout=0.0, **model),
                                 TrainSpec(**(t | {"lr": t["lr"] / k, "weight_decay": 0.01 * k, "l1": t.get("l1", 0) * k})),
                                 task="classification", n_classes=3) for k in (1, 3)]  # a column of each per member
     seeds = [21, 22, 23, 24, 25]

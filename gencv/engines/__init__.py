@@ -1,7 +1,7 @@
 """Training engines: fit the folds of one configuration and hand back one fitted model per fold.
 
 `base` defines the seam (`Engine`, `FittedModel`, `FoldFit`); `skorch_engine` is the reference
-engine (one cloned skorch net per fold); `batched` trains all folds as one stacked MLP; `sklearn_api`
+engine (one cloned skorch net per fold); `batched` trains all folds as one stacked model; `sklearn_api`
 holds the scikit-learn estimators they fit (`NetClassifier`, `NetRegressor`), built from `skorch_net` (the trimmed skorch loop), `optim`
 (optimizers and schedules by name) and `estimator` (preprocessing, the exported model).
 """

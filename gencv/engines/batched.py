@@ -1,8 +1,9 @@
 """The batched engine: all folds of one configuration trained as one stacked model.
 
 Every fold is a *member*: its parameters are one row of a flat `(members, n_params)` tensor, and
-its layers run as batched matrix products (`torch.baddbmm`), so one training step advances every
-member at once. Each member keeps what the skorch engine gives its fold:
+its layers run as batched matrix products (`torch.baddbmm`, `StackedMLP`) or, for CNNs, batch norm,
+RNNs and custom modules, as `torch.func.vmap` over `functional_call` (`StackedFunctional`), so one
+training step advances every member at once. Each member keeps what the skorch engine gives its fold:
 
 - its own preprocessing and initialization: the member's module is built and initialized as the
   skorch net builds it, under `torch.manual_seed(fold seed)`, so its initial weights are the skorch
@@ -21,7 +22,8 @@ member at once. Each member keeps what the skorch engine gives its fold:
   gradient-norm clipping;
 - its own `train.stop_at_train_loss`: the data loss on its fitted rows in eval mode after every epoch;
   a member that reaches the target stops there (recorded as skorch's `StopAtTrainLoss` records it);
-- its own dropout masks (one engine generator, seeded from the fold seeds; not skorch's masks).
+- its own dropout masks (one engine generator, seeded from the fold seeds; not skorch's masks);
+- its own batch-norm running statistics, updated from its own real rows only, restored with its best weights.
 
 `BatchedEngine.fit_population` trains many configurations (a tuning population: trials x folds) the same
 way: members that share architecture, batch size, optimizer, epochs and schedule kind go in one stack, and
@@ -53,6 +55,7 @@ from gencv.engines.base import EpochCallback, FoldFit, FoldStartCallback
 from gencv.engines.batched_prep import Member as _Member, MemberPrep
 from gencv.engines.optim import make_schedule
 from gencv.engines.skorch_engine import SkorchEngine
+from gencv.engines.stacked_func import functional_key, make_stack
 from gencv.engines.stacked_mlp import StackedMLP
 from gencv.engines.stacked_optim import STACKED_OPTIMIZERS, StackedOptimizer
 from gencv.errors import DivergenceError, GencvError
@@ -76,22 +79,15 @@ def unsupported_setting(estimator: Any) -> str | None:
     Settings the estimator itself refuses are not reported here: each fold's fit fails on them, as in the
     skorch engine.
     """
-    if not isinstance(estimator.module, str):
-        name = getattr(estimator.module, "__qualname__", repr(estimator.module))
-        return f"model.kind: got 'custom' ({name}); the batched engine stacks the built-in MLP only"
     if getattr(estimator, "base", None) is not None:
         return (f"model.base: got {getattr(estimator.base, 'tags', {}).get('gencv.base', 'a base network')}; "
                 "the batched engine does not load, freeze or re-head a base network")
     try:
-        m, t = estimator._specs()
+        _, t = estimator._specs()
     except ValueError:
         return None
-    if m.kind != "mlp":
-        return f"model.kind: got {m.kind!r}; the batched engine stacks MLPs only"
     if (refusal := augment_refusal(getattr(estimator, "augment", None), "the batched engine")) is not None:
         return refusal
-    if m.batch_norm:
-        return "model.batch_norm: got true; the batched engine has no per-member batch norm yet"
     if t.optimizer not in STACKED_OPTIMIZERS:
         return f"train.optimizer: got {t.optimizer!r}; the batched engine supports {', '.join(STACKED_OPTIMIZERS)}"
     if t.schedule.kind not in _SCHEDULES:
@@ -186,7 +182,7 @@ def _epoch_rates(trains: Sequence[Any], dtype: torch.dtype, device: torch.device
 
 
 class BatchedEngine:
-    """All folds as one stacked MLP; the skorch engine's per-fold semantics (see the module docstring)."""
+    """All folds as one stacked model; the skorch engine's per-fold semantics (see the module docstring)."""
 
     name = "batched"
 
@@ -248,7 +244,8 @@ def _stack_key(m: _Member) -> str:
     es = m.train.early_stopping
     return json.dumps([list(m.X.shape[1:]), m.model.model_dump(mode="json", exclude={"dropout"}),
                        m.train.model_dump(mode="json", exclude={"lr", "weight_decay", "l1", "early_stopping"}),
-                       None if es is None else es.model_dump(mode="json", exclude={"patience", "min_delta"})],
+                       None if es is None else es.model_dump(mode="json", exclude={"patience", "min_delta"}),
+                       functional_key(m.est, m.module, m.model.dropout)],
                       sort_keys=True, default=str)
 
 
@@ -337,7 +334,7 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
     """Train every member in lockstep, then hand each its module, history and early-stopping outcome."""
     est0 = members[0].est
     task, dtype, device = est0.task, getattr(torch, t.dtype), torch.device(t.device)
-    stack = StackedMLP(members[0].module)
+    stack = make_stack([m.module for m in members])  # StackedMLP for a plain MLP, else StackedFunctional
     M, B = len(members), t.batch_size
     flat = torch.stack([stack.flatten(m.module) for m in members]).to(device)
     grad_buf = torch.zeros_like(flat)
@@ -369,7 +366,8 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
     opt = StackedOptimizer(t.optimizer, flat, momentum=t.momentum, weight_decay=wd)
     drop_gen = torch.Generator(device=device)
     drop_gen.manual_seed(derive_seed(members[0].seed, "batched-dropout", *[m.seed for m in members[1:]]))
-    has_dropout = isinstance(p_drop, torch.Tensor) or p_drop > 0
+    # the generic stack needs its generator in every training forward: train mode (batch norm) and seeded masks
+    has_dropout = isinstance(p_drop, torch.Tensor) or p_drop > 0 or not isinstance(stack, StackedMLP)
     plateau = _Plateaus([m.train for m in members]) if t.schedule.kind == "plateau" else None
     lrs = None if plateau is not None else _epoch_rates([m.train for m in members], dtype, device)
     n_pad = max(n_fit)
@@ -401,7 +399,7 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
         batch_losses = []
         for b in range(n_batches):
             s = b * B
-            out = stack.forward(params, Xp[:, s : s + B], drop_gen if has_dropout else None, p_drop)
+            out = stack.forward(params, Xp[:, s : s + B], drop_gen if has_dropout else None, p_drop, counts[b])
             losses = _row_losses(out, yp[:, s : s + B], task)
             loss_m = losses.mean(1) if plain[b] else _masked_mean(losses, row_mask[:, s : s + B])
             if isinstance(l1, torch.Tensor) or l1 > 0:
@@ -411,7 +409,7 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
                 bad = stepping & ~torch.isfinite(loss_m.detach()).cpu()  # diverged batch, before the step
                 for i in torch.nonzero(bad).flatten().tolist():
                     loss = float(loss_m[i].detach())
-                    members[i].alive, members[i].error = False, DivergenceError(
+                    members[i].alive, members[i].error = False, stack.errors.pop(i, None) or DivergenceError(
                         f"training loss became {loss} at epoch {epoch}, batch {b + 1}; "
                         "lower train.lr, set train.clip_grad_norm, or scale the data", epoch=epoch, batch=b + 1)
                     n_rows[i] = 0
@@ -420,6 +418,9 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
                 plain[b:] = [False] * (n_batches - b)
                 all_step = (counts > 0).all(1).tolist()
                 stepping = counts[b] > 0
+                if not bool(stepping.any()):  # every member with rows here failed: nothing to step
+                    batch_losses.append(torch.zeros_like(loss_m.detach()))
+                    continue
             step_dev = None if all_step[b] else stepping.to(device)
             if step_dev is not None:
                 loss_m = torch.where(step_dev, loss_m, torch.zeros_like(loss_m))
@@ -486,21 +487,21 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
         if es is not None and es.restore_best and improved:
             idx = torch.tensor(improved, device=device)
             best.index_copy_(0, idx, flat.detach()[idx])
+            stack.keep_best_(idx)
         live = [i for i, m in enumerate(members) if m.alive]
         if 0 < len(live) <= len(members) * COMPACT_AT and epoch < t.max_epochs:
             # most members have stopped: hand them back now and go on with a stack of the others only
-            gone = [i for i in range(len(members)) if not members[i].alive]
-            _hand_back([members[i] for i in gone], _final_rows([members[i] for i in gone], flat.detach()[gone],
-                       None if es is None else best[gone], es), stack, t)
+            _hand_back(members, [i for i in range(len(members)) if not members[i].alive], flat,
+                       best if es is not None else None, es, stack, t)
             log.debug("batched engine: epoch %d, %d of %d members go on in a smaller stack", epoch, len(live),
                       len(members))
             keep = torch.tensor(live, device=device)
             members, n_fit, M = [members[i] for i in live], [n_fit[i] for i in live], len(live)
             flat = flat.detach().index_select(0, keep)
             grad_buf = torch.zeros_like(flat)
+            stack.compact_(keep)
             params = stack.leaves(flat, grad_buf)
             opt.compact_(keep, flat)
-            stack.compact_(keep)
             X_fit, y_fit, fit_mask = X_fit[keep], y_fit[keep], fit_mask[keep]
             if es is not None:
                 X_es, y_es, es_mask, best = X_es[keep], y_es[keep], es_mask[keep], best[keep]
@@ -512,7 +513,7 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
             else:
                 lrs = [r[keep] if isinstance(r, torch.Tensor) else r for r in lrs]
             offsets = torch.arange(M).unsqueeze(1) * n_pad
-    _hand_back(members, _final_rows(members, flat.detach(), None if es is None else best, es), stack, t)
+    _hand_back(members, list(range(len(members))), flat, best if es is not None else None, es, stack, t)
 
 
 #: the share of a stack's members still training at or below which the stack is rebuilt with them only
@@ -520,30 +521,27 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
 COMPACT_AT = 0.5
 
 
-def _final_rows(members: list[_Member], flat: torch.Tensor, best: torch.Tensor | None, es: Any) -> torch.Tensor:
-    """Each member's weights to hand back: its last, or with `restore_best` its best epoch's."""
-    if es is None or not es.restore_best or best is None:
-        return flat
-    back = [i for i, m in enumerate(members) if m.has_best and m.history and m.best_epoch != m.history[-1]["epoch"]]
-    if not back:
-        return flat
-    idx = torch.tensor(back, device=flat.device)
-    final = flat.clone()
-    final[idx] = best[idx]
-    return final
-
-
-def _hand_back(members: list[_Member], final: torch.Tensor, stack: Any, t: Any) -> None:
-    """Load each member's final weights into its module and make its estimator a fitted one."""
-    if not members:
+def _hand_back(members: list[_Member], rows: list[int], flat: torch.Tensor, best: torch.Tensor | None, es: Any,
+               stack: Any, t: Any) -> None:
+    """Hand back the members at stack rows `rows`: each its last weights, or with `restore_best` its best
+    epoch's (weights and buffers), loaded into its module; its estimator made a fitted one."""
+    if not rows:
         return
+    final = flat.detach()[rows]
+    if es is not None and es.restore_best and best is not None:
+        back = [j for j, i in enumerate(rows) if members[i].has_best and members[i].history
+                and members[i].best_epoch != members[i].history[-1]["epoch"]]
+        if back:
+            final[back] = best[[rows[j] for j in back]]
+            stack.restore_best_(torch.tensor([rows[j] for j in back], device=flat.device))
     target = t.stop_at_train_loss
     criterion: nn.Module = nn.CrossEntropyLoss() if members[0].est.task == "classification" else nn.MSELoss()
     final = final.cpu()
-    for i, m in enumerate(members):
+    for j, i in enumerate(rows):
+        m = members[i]
         if m.error is not None:
             continue
-        stack.load_(m.module, final[i])
+        stack.load_(m.module, final[j])
         est = m.est
         est.net_ = _MemberNet(m.module, criterion, t.device, m.history)
         est.epochs_run_ = len(m.history)

@@ -31,6 +31,7 @@ class StackedMLP:
                 if pos < len(layers) - 1:
                     self.steps.append(("dropout", None))
         self.n_params = off
+        self.errors: dict[int, Exception] = {}  # StackedFunctional's per-member forward failures; none here
 
     def flatten(self, module: nn.Module) -> torch.Tensor:
         """One member's parameters as a flat vector in the stack's layout."""
@@ -80,6 +81,12 @@ class StackedMLP:
                     view.copy_(leaf.grad)
                     leaf.grad = view
 
+    def keep_best_(self, rows: torch.Tensor) -> None:
+        """No buffers to remember (StackedFunctional keeps batch-norm statistics here)."""
+
+    def restore_best_(self, rows: torch.Tensor) -> None:
+        """No buffers to restore."""
+
     def compact_(self, keep: torch.Tensor) -> None:
         """Only the members `keep` go on: no per-member state here (the parameters are the caller's)."""
 
@@ -88,12 +95,13 @@ class StackedMLP:
         return [arg for kind, arg in self.steps if kind == "linear"]
 
     def forward(self, params: list[tuple[torch.Tensor, torch.Tensor]], X: torch.Tensor,
-                gen: torch.Generator | None, p: float | torch.Tensor = 0.0) -> torch.Tensor:
+                gen: torch.Generator | None, p: float | torch.Tensor = 0.0,
+                counts: torch.Tensor | None = None) -> torch.Tensor:
         """Outputs (members, rows, n_out) for inputs (members, rows, n_in).
 
         Dropout only when `gen` is given, at rate `p`: one float for every member (masks drawn with
         `bernoulli_`), or a (members, 1, 1) tensor of rates (masks `rand < 1 - p`: a member at rate 0
-        keeps every unit, exactly).
+        keeps every unit, exactly). `counts` is unused: rows are independent, padded rows masked by the caller.
         """
         M = params[0][0].shape[0]
         h = X.reshape(M, X.shape[1], -1)

@@ -314,6 +314,7 @@ class TuneSpec(_Strict):
     max_consecutive_failures: int = Field(10, ge=1)
     divergence: Literal["prune", "penalty"] = "prune"
     batch_trials: int = Field(1, ge=1, le=1024)  # trials asked at once and trained as one population (batched engine)
+    population_pruning: Literal["none", "median"] = "none"  # median: a population's worse half stops at 1/4 of epochs
 
     @model_validator(mode="after")
     def _check_pruner_options(self) -> TuneSpec:

@@ -82,8 +82,9 @@ def drop_unset_transfer_keys(raw: dict[str, Any]) -> None:
 
 
 def drop_unset_custom_keys(raw: dict[str, Any]) -> None:
-    """Remove model.module, model.kwargs, data.augment and the transfer keys when unset, and tune.batch_trials at
-    its default 1, from a dumped spec (in place): digests stay as before these keys existed."""
+    """Remove model.module, model.kwargs, data.augment and the transfer keys when unset, and tune.batch_trials and
+    tune.population_pruning at their defaults, from a dumped spec (in place): digests stay as before these keys
+    existed."""
     if isinstance(raw.get("data"), dict) and raw["data"].get("augment", 0) is None:
         raw["data"].pop("augment")
     model = raw.get("model")
@@ -94,3 +95,5 @@ def drop_unset_custom_keys(raw: dict[str, Any]) -> None:
     tune = raw.get("tune")
     if isinstance(tune, dict) and tune.get("batch_trials", 1) == 1:
         tune.pop("batch_trials", None)
+    if isinstance(tune, dict) and tune.get("population_pruning", "none") == "none":
+        tune.pop("population_pruning", None)

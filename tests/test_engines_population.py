@@ -83,3 +83,28 @@ def test_an_unsupported_configuration_is_named() -> None:
     X, y, folds = _data("classification")
     with pytest.raises(UnsupportedSettingError, match=r"estimator 1: train.optimizer: got 'lbfgs'"):
         BatchedEngine().fit_population([_est(), _est(optimizer="lbfgs")], X, y, folds, SEEDS)
+
+
+def test_median_population_pruning_stops_the_worse_half_at_a_quarter_of_the_epochs() -> None:
+    """prune="median": the configurations whose mean held-out loss at epoch ceil(epochs / 4) is above the median
+    stop there (as the unpruned run's histories say they should); the others train on exactly as unpruned."""
+    lrs = [0.3, 0.1, 0.03, 0.01, 0.003, 0.001]
+    ests = [_est(optimizer="sgd", lr=lr, max_epochs=8) for lr in lrs]
+    X, y, folds = _data("classification")
+    full = BatchedEngine().fit_population(ests, X, y, folds, SEEDS)
+    pruned = BatchedEngine().fit_population(ests, X, y, folds, SEEDS, prune="median")
+    at = 2  # ceil(8 / 4)
+    loss = [np.mean([f.estimator.net_.history[at - 1]["curve_valid_loss"] for f in fits]) for fits in full]
+    expect = [v > np.median(loss) for v in loss]
+    assert sum(expect) == 3
+    for fits_full, fits_pruned, worse, v in zip(full, pruned, expect, loss):
+        for a, b in zip(fits_full, fits_pruned):
+            if worse:
+                assert b.estimator.epochs_run_ == at
+                epoch, value, median = b.estimator.population_pruned_
+                assert (epoch, value, median) == (at, pytest.approx(v, abs=1e-12), pytest.approx(np.median(loss)))
+            else:
+                assert b.estimator.epochs_run_ == 8 and b.estimator.population_pruned_ is None
+                assert _max_weight_diff([a], [b]) < 1e-12  # the stack rebuilt without the pruned half
+    with pytest.raises(ValueError, match="prune: got 'mean'"):
+        BatchedEngine().fit_population(ests, X, y, folds, SEEDS, prune="mean")

@@ -76,6 +76,22 @@ def test_a_diverging_member_fails_its_trial_only() -> None:
     assert by_lr[1000.0].state == "PRUNED" and "diverged" in by_lr[1000.0].reason
 
 
+def test_population_pruning_prunes_the_worse_half_of_a_population_and_says_why() -> None:
+    exp = tune_exp({"train.lr": {"choices": [0.5, 0.2, 0.05, 0.01, 0.002, 0.0005]}},
+                   **{"tune.sampler": "grid", "tune.batch_trials": 6, "tune.population_pruning": "median",
+                      "train.max_epochs": 4})
+    out = tune_experiment(exp, storage=MEM, n_trials=6, refit=False)
+    states = sorted(t.state for t in out.trials)
+    assert states == ["COMPLETE"] * 3 + ["PRUNED"] * 3
+    for t in out.trials:
+        if t.state == "PRUNED":
+            assert t.reason.startswith("population pruning: stopped at epoch 1 of 4, its mean held-out loss")
+            assert len(t.fold_scores) == 3  # its folds are still scored and recorded
+    assert out.best is not None and out.best.state == "COMPLETE"
+    digest = gencv.tuning.study.study_digest
+    assert digest(exp) == digest(exp.with_overrides({"tune.population_pruning": "none"}))
+
+
 @pytest.mark.slow
 def test_an_interrupted_population_requeues_its_trials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     def interrupted(*a: Any, **k: Any) -> Any:

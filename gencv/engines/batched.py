@@ -52,8 +52,8 @@ from torch import nn
 
 from gencv.augment import augment_refusal
 from gencv.engines.base import EpochCallback, FoldFit, FoldStartCallback
+from gencv.engines.batched_columns import _column, _epoch_rates, _Plateaus, _stack_rows
 from gencv.engines.batched_prep import Member as _Member, MemberPrep
-from gencv.engines.optim import make_schedule
 from gencv.engines.skorch_engine import SkorchEngine
 from gencv.engines.stacked_func import functional_key, make_stack
 from gencv.engines.stacked_mlp import StackedMLP
@@ -114,73 +114,6 @@ class _MemberNet:
         self.callbacks_: list[tuple[str, Any]] = []
 
 
-def _stack_rows(rows: Sequence[torch.Tensor | None], fill: float | int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad tensors of different lengths into (members, longest, ...) and a float mask of real rows."""
-    real = [r for r in rows if r is not None]
-    n_max = max((len(r) for r in real), default=0)
-    if len(real) == len(rows) and all(len(r) == n_max for r in real):  # k-fold, leave-one-out: one length
-        return torch.stack(real), torch.ones(len(rows), n_max)
-    tail = real[0].shape[1:]
-    out = torch.full((len(rows), n_max, *tail), fill, dtype=real[0].dtype)
-    mask = torch.zeros(len(rows), n_max)
-    for i, r in enumerate(rows):
-        if r is not None and len(r):
-            out[i, : len(r)] = r
-            mask[i, : len(r)] = 1.0
-    return out, mask
-
-
-class _Plateaus:
-    """One `ReduceLROnPlateau` per member (torch's own, on a stand-in optimizer): a learning rate each."""
-
-    def __init__(self, trains: Sequence[Any]) -> None:
-        sched = make_schedule(trains[0], "train_loss")
-        self.opts = [torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=t.lr) for t in trains]
-        self.policies = [sched.policy(o, **sched.kwargs) for o in self.opts]  # type: ignore[union-attr]
-
-    def rates(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        return torch.tensor([[o.param_groups[0]["lr"]] for o in self.opts], dtype=dtype, device=device)
-
-    def step(self, member: int, monitored: float) -> None:
-        self.policies[member].step(monitored)
-
-    def keep(self, members: list[int]) -> None:
-        """Only these members (by position) go on."""
-        self.opts = [self.opts[i] for i in members]
-        self.policies = [self.policies[i] for i in members]
-
-
-def _learning_rates(train: Any) -> list[float]:
-    """The learning rate of each epoch: skorch's LRScheduler steps its policy once per epoch end."""
-    sched = make_schedule(train, "train_loss")
-    if sched is None:
-        return [float(train.lr)] * train.max_epochs
-    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=train.lr)
-    policy = sched.policy(opt, **sched.kwargs)
-    lrs = []
-    for _ in range(train.max_epochs):
-        lrs.append(float(opt.param_groups[0]["lr"]))
-        opt.step()
-        policy.step()
-    return lrs
-
-
-def _column(values: Sequence[float], dtype: torch.dtype, device: torch.device) -> float | torch.Tensor:
-    """One float when every member has the same value, else a (members, 1) column."""
-    if all(v == values[0] for v in values):
-        return float(values[0])
-    return torch.tensor([float(v) for v in values], dtype=dtype, device=device).unsqueeze(1)
-
-
-def _epoch_rates(trains: Sequence[Any], dtype: torch.dtype, device: torch.device) -> list[Any]:
-    """Each epoch's learning rate: a float when the members agree, else a (members, 1) column."""
-    per = [_learning_rates(t) for t in trains]
-    if all(r == per[0] for r in per):
-        return list(per[0])
-    table = torch.tensor(per, dtype=dtype, device=device)  # (members, epochs)
-    return [table[:, e : e + 1] for e in range(table.shape[1])]
-
-
 class BatchedEngine:
     """All folds as one stacked model; the skorch engine's per-fold semantics (see the module docstring)."""
 
@@ -216,6 +149,7 @@ class BatchedEngine:
         *,
         groups: np.ndarray | None = None,
         eval_on_valid: bool = True,
+        prune: str = "none",
     ) -> list[list[FoldFit]]:
         """Fit every estimator (a trial's configuration) on every fold, all as members of stacked models.
 
@@ -224,6 +158,11 @@ class BatchedEngine:
         rate and early-stopping patience / min_delta. `seeds[i]` seeds fold i of every estimator, so each
         member trains as `fit_folds(estimator, ...)` trains it alone (dropout masks aside). Returns, per
         estimator, its FoldFits in fold order; a member's failure (divergence) is its FoldFit's error.
+
+        `prune="median"` (`tune.population_pruning`): at a quarter of the epochs, the configurations of a stack
+        whose mean monitored loss (held-out curve, else early-stopping split, else training loss) over their
+        folds is above the median of the stack's configurations stop there; their estimators carry
+        `population_pruned_ = (epoch, loss, median)` (None for the others).
         """
         if len(folds) != len(seeds):
             raise ValueError(f"got {len(folds)} folds but {len(seeds)} seeds; pass one seed per fold")
@@ -231,7 +170,10 @@ class BatchedEngine:
             reason = unsupported_setting(est)
             if reason is not None:
                 raise UnsupportedSettingError(f"estimator {e}: {reason}; train it with the skorch engine")
-        return _population(list(estimators), X, y, list(folds), list(seeds), groups, eval_on_valid, None, None)
+        if prune not in ("none", "median"):
+            raise ValueError(f"prune: got {prune!r}; use 'none' or 'median'")
+        return _population(list(estimators), X, y, list(folds), list(seeds), groups, eval_on_valid, None, None,
+                           prune)
 
     def _fits(self, estimator: Any, X: np.ndarray, y: np.ndarray, folds: list[Fold], seeds: list[int],
               groups: np.ndarray | None, eval_on_valid: bool, on_fold_start: FoldStartCallback | None,
@@ -251,7 +193,7 @@ def _stack_key(m: _Member) -> str:
 
 def _population(estimators: list[Any], X: np.ndarray, y: np.ndarray, folds: list[Fold], seeds: list[int],
                 groups: np.ndarray | None, eval_on_valid: bool, on_fold_start: FoldStartCallback | None,
-                on_epoch: EpochCallback | None) -> list[list[FoldFit]]:
+                on_epoch: EpochCallback | None, prune: str = "none") -> list[list[FoldFit]]:
     """Prepare every (estimator, fold) member, train them in stacks of shared settings, collect the fits."""
     t0 = time.perf_counter()
     failed: dict[tuple[int, int], Exception] = {}
@@ -263,6 +205,7 @@ def _population(estimators: list[Any], X: np.ndarray, y: np.ndarray, folds: list
                 on_fold_start(fold.index)
             try:
                 members[e, pos] = prep.member(fold, seed)
+                members[e, pos].config = e
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as exc:  # a fold's failure is reported, the other folds go on
@@ -275,7 +218,7 @@ def _population(estimators: list[Any], X: np.ndarray, y: np.ndarray, folds: list
                  len(stacks))
     for group in stacks.values():
         for chunk in _chunks(group, group[0].train.max_members):
-            _train(chunk, chunk[0].train, on_epoch)
+            _train(chunk, chunk[0].train, on_epoch, prune)
     share = (time.perf_counter() - t0) / max(1, len(folds) * len(estimators))
     out: list[list[FoldFit]] = []
     for e in range(len(estimators)):
@@ -330,7 +273,7 @@ def _masked_mean(losses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (losses * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
-def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> None:
+def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None, prune: str = "none") -> None:
     """Train every member in lockstep, then hand each its module, history and early-stopping outcome."""
     est0 = members[0].est
     task, dtype, device = est0.task, getattr(torch, t.dtype), torch.device(t.device)
@@ -488,6 +431,8 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
             idx = torch.tensor(improved, device=device)
             best.index_copy_(0, idx, flat.detach()[idx])
             stack.keep_best_(idx)
+        if prune == "median" and epoch == -(-t.max_epochs // 4) and epoch < t.max_epochs:
+            _prune_median(members, epoch)
         live = [i for i, m in enumerate(members) if m.alive]
         if 0 < len(live) <= len(members) * COMPACT_AT and epoch < t.max_epochs:
             # most members have stopped: hand them back now and go on with a stack of the others only
@@ -514,6 +459,26 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None) -> No
                 lrs = [r[keep] if isinstance(r, torch.Tensor) else r for r in lrs]
             offsets = torch.arange(M).unsqueeze(1) * n_pad
     _hand_back(members, list(range(len(members))), flat, best if es is not None else None, es, stack, t)
+
+
+def _prune_median(members: list[_Member], epoch: int) -> None:
+    """Stop the members of every configuration whose mean monitored loss this epoch is above the median of the
+    stack's configurations (three or more) that trained this epoch."""
+    losses: dict[int, list[float]] = {}
+    for m in members:
+        if m.error is None and m.history and m.history[-1]["epoch"] == epoch:
+            row = m.history[-1]
+            losses.setdefault(m.config, []).append(row.get("curve_valid_loss", row.get("valid_loss",
+                                                                                      row["train_loss"])))
+    if len(losses) < 3:
+        return
+    means = {c: float(np.mean(v)) for c, v in losses.items()}
+    median = float(np.median(list(means.values())))
+    for m in members:
+        if m.config in means and means[m.config] > median and m.error is None:
+            m.alive, m.pruned = False, (epoch, means[m.config], median)
+    log.info("batched engine: population pruning at epoch %d: %d of %d configurations above the median loss %.4g "
+             "stop", epoch, sum(v > median for v in means.values()), len(means), median)
 
 
 #: the share of a stack's members still training at or below which the stack is rebuilt with them only
@@ -548,6 +513,7 @@ def _hand_back(members: list[_Member], rows: list[int], flat: torch.Tensor, best
         est.best_epoch_ = m.best_epoch if m.best_epoch > 0 else est.epochs_run_
         est.stop_reached_ = None if target is None else m.stop_epoch > 0
         est.stop_epoch_ = m.stop_epoch or None if target is not None else None
+        est.population_pruned_ = m.pruned
         m.module.to(torch.device(t.device))
 
 

@@ -57,6 +57,8 @@ class Member:
     best_epoch: int = 0
     has_best: bool = False
     stop_epoch: int = 0  # train.stop_at_train_loss: the epoch the fitted rows' loss reached it (0: not reached)
+    config: int = 0  # which configuration of a population (fit_population's estimator index)
+    pruned: tuple[int, float, float] | None = None  # population pruning: (epoch, its configuration's loss, median)
 
 
 class MemberPrep:

@@ -24,6 +24,8 @@ class PrefitEngine:
     def __init__(self, fits: Sequence[FoldFit], name: str = "batched") -> None:
         self.name = name
         self.fits = {f.fold.index: f for f in fits}
+        #: (epoch, loss, median) when population pruning stopped these fits (`fit_population(prune="median")`)
+        self.pruned = next((p for f in fits if (p := getattr(f.estimator, "population_pruned_", None))), None)
 
     def fit_folds(self, estimator: Any, X: np.ndarray, y: np.ndarray, folds: Sequence[Fold], seeds: Sequence[int],
                   *, groups: np.ndarray | None = None, eval_on_valid: bool = True,

@@ -43,7 +43,8 @@ def study_digest(exp: Experiment, *, legacy: bool = False) -> str:
     """Digest of what makes trials comparable: the spec without the study's budget settings.
 
     `tune.pruner_options` is left out: it changes which trials stop early, not what a completed
-    trial's value means (so is `tune.batch_trials`: how many trials train together), and leaving it out keeps studies made before the option existed resumable
+    trial's value means (so are `tune.batch_trials`: how many trials train together, and `tune.population_pruning`),
+    and leaving it out keeps studies made before the option existed resumable
     (and an explicitly written default equal to an omitted one). `legacy`: the digest as a gencv
     without the keys in `_ADDED_KEYS` computed it (None when one of them is not at its default).
     """
@@ -52,7 +53,8 @@ def study_digest(exp: Experiment, *, legacy: bool = False) -> str:
     raw = exp.model_dump(mode="json")
     raw.pop("sweep", None)  # a sweep's levels are not what a trial's value means
     raw.pop("tracking", None)  # how a run is recorded, not what it scores
-    for k in ("trials", "timeout", "max_consecutive_failures", "nested", "pruner_options", "batch_trials"):
+    for k in ("trials", "timeout", "max_consecutive_failures", "nested", "pruner_options", "batch_trials",
+              "population_pruning"):
         (raw.get("tune") or {}).pop(k, None)
     raw.pop("name", None)
     drop_unset_custom_keys(raw)  # model.module/model.kwargs unset: the digest of studies stored before they existed

@@ -190,6 +190,10 @@ def _run_trial_body(ctx: TrialContext, study: Any, trial: Any, engine: Any = Non
                             groups=ds.groups, engine=trial_exp.train.engine if engine is None else engine,
                             train_fraction=trial_exp.data.train_fraction, data=ctx.prep.data_ref)
         value = float(np.mean([scores[i] for i in sorted(scores)]))
+        if (pruned := getattr(engine, "pruned", None)) is not None:  # tune.population_pruning stopped its members
+            raise optuna.TrialPruned(f"population pruning: stopped at epoch {pruned[0]} of {trial_exp.train.max_epochs}"
+                                     f", its mean held-out loss {pruned[1]:.4g} above the population's median "
+                                     f"{pruned[2]:.4g}")
         _set_measures(trial, cv.ok_folds, metric)
     except optuna.TrialPruned as exc:
         state, reason = TrialState.PRUNED, str(exc)
@@ -480,7 +484,8 @@ def _run_batch(ctx: TrialContext, study: Any, trials: list[Any]) -> Iterator[Tri
             seeds = [derive_seed(exp.seed, "fold", i) for i in range(len(ctx.folds))]  # cross_validate's fold seeds
             try:
                 out = BatchedEngine().fit_population(list(ests.values()), ds.X, ds.y, ctx.folds, seeds,
-                                                     groups=ds.groups)
+                                                     groups=ds.groups, prune=exp.tune.population_pruning
+                                                     if exp.tune is not None else "none")
                 fits = dict(zip(ests, out))
             except (KeyboardInterrupt, SystemExit):
                 _abandon(ctx, study, trials, "interrupted while its population trained")

@@ -120,7 +120,12 @@ def test_a_fold_that_fails_its_checks_fails_alone() -> None:
     {"optimizer": "adam", "lr": 0.02, "weight_decay": 0.01, "max_epochs": 12,
      "early_stopping": {"patience": 1, "valid_fraction": 0.3}},  # members stop at different epochs
 ])
-def test_members_large_enough_for_the_fused_adam_step_equal_the_skorch_nets(train: dict) -> None:
+def test_members_large_enough_for_the_fused_adam_step_equal_the_skorch_nets(train: dict,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    for name in ("_fused_adam_", "_fused_adamw_"):  # a spy: the fused kernel is what steps these members
+        kernel = getattr(torch, name)
+        monkeypatch.setattr(torch, name, lambda *a, _k=kernel, **kw: calls.append(1) or _k(*a, **kw))
     X, y = make_classification(n_samples=120, n_features=6, n_informative=4, n_classes=3, random_state=0)
     folds = [Fold(i, tr, va) for i, (tr, va) in enumerate(KFold(4, shuffle=True, random_state=0).split(X))]
     t = {"batch_size": 16, "max_epochs": 3, "schedule": "none", "dtype": "float64", "early_stopping": None, **train}
@@ -130,6 +135,10 @@ def test_members_large_enough_for_the_fused_adam_step_equal_the_skorch_nets(trai
     ref = list(get_engine("skorch").fit_folds(est, X, y, folds, seeds))
     got = list(get_engine("batched").fit_folds(est, X, y, folds, seeds))
     assert sum(p.numel() for p in got[0].estimator.module_.parameters()) >= FUSED_MIN_PARAMS
+    if t["early_stopping"] is None:
+        assert len(calls) == t["max_epochs"] * 6  # one call a batch (6 batches of 16 in a fold of 90 rows)
+    else:
+        assert calls
     if "early_stopping" in train and train["early_stopping"]:
         assert len({len(f.estimator.net_.history) for f in got}) > 1
     for a, b in zip(ref, got):
@@ -176,3 +185,32 @@ def test_a_stack_rebuilt_without_its_stopped_members_trains_the_others_unchanged
             sa, sb = a.estimator.module_.state_dict(), b.estimator.module_.state_dict()
             for k in sa:
                 torch.testing.assert_close(sb[k], sa[k], atol=1e-12, rtol=0)
+
+
+def test_folds_with_different_class_sets_train_in_different_stacks_as_the_skorch_engine_gives_them() -> None:
+    """classes=None and a fold missing a class: that member has two outputs, the others three."""
+    t = TrainSpec(optimizer="sgd", lr=0.05, batch_size=16, max_epochs=2, schedule="none", early_stopping=None,
+                  dtype="float64")
+    est = estimator_from_spec(ModelSpec(hidden=[7], dropout=0.0), t, task="classification",
+                              n_classes=3).set_params(classes=None)
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(60, 4)), np.repeat([0, 1, 2], 20)
+    folds = [Fold(0, np.arange(20, 60), np.arange(5)), Fold(1, np.r_[0:30, 45:60], np.arange(30, 45)),
+             Fold(2, np.r_[0:45, 50:60], np.arange(45, 50))]
+    ref = list(get_engine("skorch").fit_folds(est, X, y, folds, [1, 2, 3], eval_on_valid=False))
+    got = list(get_engine("batched").fit_folds(est, X, y, folds, [1, 2, 3], eval_on_valid=False))
+    assert [list(f.estimator.classes_) for f in got] == [list(f.estimator.classes_) for f in ref] == \
+        [[1, 2], [0, 1, 2], [0, 1, 2]]
+    for a, b in zip(ref, got):
+        sa, sb = a.estimator.module_.state_dict(), b.estimator.module_.state_dict()
+        for k in sa:
+            torch.testing.assert_close(sb[k], sa[k], atol=1e-6, rtol=0)
+
+
+def test_a_fold_of_one_training_row_fails_as_prepare_fit_fails_it() -> None:
+    X, y = _data("regression", 30)
+    folds = [Fold(0, np.arange(10, 30), np.arange(10)), Fold(1, np.array([0]), np.arange(1, 30))]
+    prep = MemberPrep(_est("regression"), X, y, None, eval_on_valid=True)
+    prep.member(folds[0], 1)
+    with pytest.raises(ValueError, match="minimum of 2 is required"):
+        prep.member(folds[1], 2)

@@ -208,6 +208,21 @@ def test_a_batch_norm_batch_of_one_row_fails_that_member_alone_as_in_the_skorch_
     assert _max_weight_diff([f for f in ref if f.error is None], [f for f in got if f.error is None]) < ATOL
 
 
+def test_a_batch_norm_batch_of_one_row_in_every_member_fails_each_fold_not_the_run() -> None:
+    """Leave-one-out on 18 rows in batches of 16: every member's last batch has one row (no uneven groups)."""
+    from sklearn.model_selection import LeaveOneOut
+
+    est = _est(model={"batch_norm": True}, batch_size=16, max_epochs=1)
+    X, y, _ = _data("classification")
+    X, y = X[:18], y[:18]
+    folds = [Fold(i, tr, va) for i, (tr, va) in enumerate(LeaveOneOut().split(X))]
+    seeds = list(range(18))
+    ref = list(get_engine("skorch").fit_folds(est, X, y, folds, seeds))
+    got = list(get_engine("batched").fit_folds(est, X, y, folds, seeds))
+    assert all(f.error is not None for f in ref) and all(f.error is not None for f in got)
+    assert all("more than 1 value per channel" in str(f.error) for f in got)
+
+
 def test_a_forward_vmap_cannot_batch_runs_member_by_member(caplog: pytest.LogCaptureFixture) -> None:
     class Branchy(nn.Module):  # data-dependent control flow: vmap refuses it
         def __init__(self, n_features: int, n_outputs: int) -> None:

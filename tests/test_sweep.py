@@ -42,6 +42,15 @@ def test_a_shared_sweep_refuses_levels_of_the_base_network(tmp_path: Path) -> No
                   storage=f"sqlite:///{tmp_path}/optuna.db")
 
 
+def test_a_level_the_batched_engine_cannot_train_is_an_error_before_any_level_trains(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with pytest.raises(SpecError, match=r"sweep level train.optimizer=lbfgs: train.optimizer: got 'lbfgs'; the "
+                                        r"batched engine supports .*; use train.engine: skorch"):
+        run_sweep(tiny(**FAST, **{"train.engine": "batched"}), {"train.optimizer": ["adam", "lbfgs"]},
+                  tracker=MlflowTracker(uri))
+    assert MlflowClient(uri).search_runs([e.experiment_id for e in MlflowClient(uri).search_experiments()]) == []
+
+
 def test_levels_share_the_folds_and_are_compared_with_the_baseline(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     out = run_sweep(tiny(**FAST), {"model.dropout": [0.0, 0.5], "train.lr": [0.02]}, tracker=MlflowTracker(uri))

@@ -184,7 +184,7 @@ class BatchedEngine:
 def _stack_key(m: _Member) -> str:
     """What members of one stack share: all settings but the per-member hyper-parameters."""
     es = m.train.early_stopping
-    return json.dumps([list(m.X.shape[1:]), m.model.model_dump(mode="json", exclude={"dropout"}),
+    return json.dumps([list(m.X.shape[1:]), m.est._n_out(), m.model.model_dump(mode="json", exclude={"dropout"}),
                        m.train.model_dump(mode="json", exclude={"lr", "weight_decay", "l1", "early_stopping"}),
                        None if es is None else es.model_dump(mode="json", exclude={"patience", "min_delta"}),
                        functional_key(m.est, m.module, m.model.dropout)],
@@ -447,7 +447,9 @@ def _train(members: list[_Member], t: Any, on_epoch: EpochCallback | None, prune
             stack.compact_(keep)
             params = stack.leaves(flat, grad_buf)
             opt.compact_(keep, flat)
-            X_fit, y_fit, fit_mask = X_fit[keep], y_fit[keep], fit_mask[keep]
+            n_pad = max(n_fit)  # the survivors' longest rows: padding beyond them no longer computed
+            X_fit, y_fit, fit_mask = (v[keep, :n_pad].contiguous() for v in (X_fit, y_fit, fit_mask))
+            pos = torch.arange(n_pad)
             if es is not None:
                 X_es, y_es, es_mask, best = X_es[keep], y_es[keep], es_mask[keep], best[keep]
             if has_eval:

@@ -79,7 +79,7 @@ class MemberPrep:
             self.first, self.checked, self.specs = est, self._check_all(est), (model, t)
             X_ev = None if not (self.eval_on_valid and len(fold.valid)) else est.scaled(self.X[fold.valid])
             return self._finish(est, fold, seed, model, t, Xt, yf, X_ev)
-        if self.checked is None or not _plain(self.first.preprocess_):
+        if self.checked is None or not _plain(self.first.preprocess_) or len(fold.train) < 2:
             est = clone(self.estimator).set_params(random_state=seed)
             model, t, Xt, yf = est.prepare_fit(self.X[fold.train], self.y[fold.train])
             X_ev = None if not (self.eval_on_valid and len(fold.valid)) else est.scaled(self.X[fold.valid])

@@ -186,7 +186,7 @@ class StackedFunctional:
                                                                           device=gen.device)))
         seed = int(torch.randint(0, 2**62, (1,), generator=self._seeds))
         n = [R] * M if counts is None else [int(c) for c in counts.tolist()]
-        if all(c == R for c in n):
+        if R > 1 and all(c == R for c in n):  # (a batch of one row goes below: batch norm may refuse it)
             return self._seeded(seed, params, self.buffers, X)
         groups: dict[int, list[int]] = {}
         for i, c in enumerate(n):

@@ -23,7 +23,7 @@ from gencv.errors import GencvError, SpecError
 from gencv.measures.config import is_diagnostic
 from gencv.metrics import METRICS
 from gencv.report import summarize, value_bounds
-from gencv.runner import RunOutcome, prepare, run_experiment, run_tags
+from gencv.runner import RunOutcome, make_estimator, prepare, run_experiment, run_tags
 from gencv.spec import Experiment, parse_overrides
 from gencv.splits import folds_digest
 from gencv.stats import granulated_kendall, holm, kendall_tau
@@ -147,6 +147,20 @@ def levels_of(exp: Experiment, grid: Mapping[str, Sequence[Any]],
     return levels, base, exps
 
 
+def _check_engines(levels: Sequence[Level], exps: Sequence[Experiment], prep: Any) -> None:
+    """A level that `train.engine: batched` cannot train is an error before any level trains (not after the
+    levels before it)."""
+    from gencv.engines.batched import unsupported_setting
+
+    for level, level_exp in zip(levels, exps):
+        if level_exp.train.engine != "batched":
+            continue
+        est = make_estimator(level_exp, prep.dataset, module=prep.module, base=prep.estimator.base)
+        if (why := unsupported_setting(est)) is not None:
+            raise SpecError(f"sweep level {level.label}: {why}; use train.engine: skorch (or auto, which falls back "
+                            "for the levels it cannot stack)")
+
+
 def _scores(outcome: RunOutcome, metric: str, label: str, digest: str) -> RunScores:
     folds = [f for f in outcome.cv.ok_folds if np.isfinite(f.valid_scores.get(metric, np.nan))]
     return RunScores(outcome.run_id or label, label, metric, {f.index: f.valid_scores[metric] for f in folds},
@@ -214,6 +228,7 @@ def run_sweep(
     levels, base, exps = levels_of(exp, grid, baseline)
     uri = getattr(tracker, "tracking_uri", None)  # where model.base's run or registered model is
     prep = prepare(exp, tracking_uri=uri)  # the folds every level shares (levels may not change what decides them)
+    _check_engines(levels, exps, prep)
     digest = folds_digest(prep.folds)
     if storage is not None:
         if resume:

@@ -203,7 +203,8 @@ def _old_digest(exp: Experiment) -> str:
     import hashlib
 
     raw = exp.model_dump(mode="json")
-    for k in ("trials", "timeout", "max_consecutive_failures", "nested", "pruner_options", "batch_trials"):
+    for k in ("trials", "timeout", "max_consecutive_failures", "nested", "pruner_options", "batch_trials",
+              "population_pruning"):  # (keys that did not exist then)
         raw["tune"].pop(k, None)
     raw.pop("name", None)
     raw.pop("sweep", None)  # nor the keys added since (train.engine, train.dtype, sweep, tracking, ...)

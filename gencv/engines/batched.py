@@ -516,7 +516,8 @@ def _hand_back(members: list[_Member], rows: list[int], flat: torch.Tensor, best
         est.stop_reached_ = None if target is None else m.stop_epoch > 0
         est.stop_epoch_ = m.stop_epoch or None if target is not None else None
         est.population_pruned_ = m.pruned
-        m.module.to(torch.device(t.device))
+        if t.device != "cpu":  # (the members' modules are built on the CPU)
+            m.module.to(torch.device(t.device))
 
 
 class AutoEngine:

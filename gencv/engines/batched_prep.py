@@ -85,7 +85,7 @@ class MemberPrep:
             X_ev = None if not (self.eval_on_valid and len(fold.valid)) else est.scaled(self.X[fold.valid])
             return self._finish(est, fold, seed, model, t, Xt, yf, X_ev)
         Xc, yc = self.checked
-        est = copy.copy(self.first)  # the settings (read only) and checks of the first fold; its own fitted state:
+        est = _shallow(self.first)  # the settings (read only) and checks of the first fold; its own fitted state:
         est.random_state = seed
         est._seed_ = est._seed()
         yf = yc[fold.train]
@@ -142,6 +142,14 @@ class MemberPrep:
             X_ev=None if X_ev is None else torch.as_tensor(X_ev), y_ev=y_ev, curve=est._curve_metric(), model=model)
 
 
+def _shallow(obj: Any) -> Any:
+    """`copy.copy` of an estimator without scikit-learn's pickling hooks (`__getstate__` / `__setstate__`, which
+    copy.copy goes through and which cost more than the copy): the same attributes, shared values."""
+    new = object.__new__(type(obj))
+    new.__dict__.update(obj.__dict__)
+    return new
+
+
 def _plain(pipeline: Pipeline) -> bool:
     """A standard scaler (or none) and the cast: the preprocessing `_refit` reproduces."""
     steps = pipeline.named_steps
@@ -154,10 +162,10 @@ def _refit(template: Pipeline, X: np.ndarray) -> tuple[Pipeline, np.ndarray]:
     """`template` (a fitted `_plain` pipeline) fitted anew on X, and X transformed: StandardScaler's statistics
     by its own formulas (`_incremental_mean_and_var` from nothing, `_is_constant_feature`,
     `_handle_zeros_in_scale`) on checked, finite X."""
-    pipe = copy.copy(template)  # the cast step is stateless: shared; the scaler's statistics are the fold's own
+    pipe = _shallow(template)  # the cast step is stateless: shared; the scaler's statistics are the fold's own
     scaler = template.named_steps["scale"]
     if scaler != "passthrough":
-        scaler = copy.copy(scaler)
+        scaler = _shallow(scaler)
         pipe.steps = [("scale", scaler), template.steps[1]]
         n = X.shape[0]
         total = np.sum(X, axis=0, dtype=np.float64)

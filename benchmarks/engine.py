@@ -3,8 +3,9 @@
 Run: python benchmarks/engine.py [--reps 3] [--loo-reps 1] [--only population|loo300]
 The figures time the engines (`fit_folds` of every fold, per-epoch held-out curve on, as
 `cross_validate` calls it), on one torch thread; ratios use each way's fastest repetition (machine
-noise only adds time). Fold scoring (`score_fold`: predictions, metrics on train / valid) is the
-same for both engines and is not in the figures; the end-to-end `cross_validate` time of 5-fold CV
+noise only adds time; a full garbage collection runs before each repetition, outside it: one landing
+inside costs ~0.2 s with torch loaded). Fold scoring (`score_fold`: predictions, metrics on train / valid)
+is the same for both engines and is not in the figures; the end-to-end `cross_validate` time of 5-fold CV
 is printed beside them (`#` lines) for context. Scores: mean held-out fold accuracy.
 `population_speedup_vs_skorch`: 16 configurations (lr, weight decay, dropout drawn per configuration)
 x 5 folds: the skorch engine fitting the 80 folds configuration by configuration, against one
@@ -17,6 +18,7 @@ Prints `figure: NAME value: X target: T PASS|MISS` lines.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 from collections.abc import Callable
@@ -67,10 +69,12 @@ def population(X: np.ndarray, y: np.ndarray, folds: list[Fold], epochs: int, n_c
     ests = [_est([64, 64], epochs, lr=float(10 ** rng.uniform(-4, -2)), weight_decay=float(rng.uniform(0, 1e-3)),
                  dropout=float(rng.uniform(0, 0.5))) for _ in range(n_configs)]
     seeds = [derive_seed(0, "fold", f.index) for f in folds]
+    gc.collect()
     t0 = time.perf_counter()
     for est in ests:
         list(get_engine("skorch").fit_folds(est, X, y, folds, seeds))
     t_sk = time.perf_counter() - t0
+    gc.collect()
     t0 = time.perf_counter()
     fits = BatchedEngine().fit_population(ests, X, y, folds, seeds)
     t_pop = time.perf_counter() - t0
@@ -79,6 +83,7 @@ def population(X: np.ndarray, y: np.ndarray, folds: list[Fold], epochs: int, n_c
           f"(mean accuracy {acc:.3f})", flush=True)
     r = t_sk / t_pop
     _line("population_speedup_vs_skorch", r, ">= 6", r >= 6)
+    gc.collect()
     t0 = time.perf_counter()  # tune.population_pruning=median: does stopping the worse half pay?
     pruned = BatchedEngine().fit_population(ests, X, y, folds, seeds, prune="median")
     t_pr = time.perf_counter() - t0
@@ -115,6 +120,7 @@ def _best(fn: Callable[[], float], reps: int, X: np.ndarray | None = None, y: np
           ) -> tuple[float, float]:
     times, score = [], float("nan")
     for _ in range(reps):
+        gc.collect()  # each repetition starts without a pending full collection (~0.2 s with torch loaded)
         t0 = time.perf_counter()
         score = fn()
         times.append(time.perf_counter() - t0)

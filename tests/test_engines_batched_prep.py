@@ -10,7 +10,7 @@ from sklearn.base import clone
 from sklearn.datasets import make_classification, make_regression
 from sklearn.model_selection import KFold, LeaveOneOut
 
-from gencv.engines import estimator_from_spec, get_engine
+from gencv.engines import BatchedEngine, estimator_from_spec, get_engine
 from gencv.engines.batched_prep import MemberPrep
 from gencv.engines.stacked_optim import FUSED_MIN_PARAMS
 from gencv.models import init_weights_
@@ -148,6 +148,25 @@ def test_members_large_enough_for_the_fused_adam_step_equal_the_skorch_nets(trai
             torch.testing.assert_close(sb[k], sa[k], atol=1e-6, rtol=0)
 
 
+def test_a_population_with_a_rate_and_a_decay_per_member_steps_each_through_the_fused_kernel() -> None:
+    X, y = make_classification(n_samples=120, n_features=6, n_informative=4, n_classes=3, random_state=0)
+    folds = [Fold(i, tr, va) for i, (tr, va) in enumerate(KFold(4, shuffle=True, random_state=0).split(X))]
+    ests = [estimator_from_spec(ModelSpec(hidden=[64, 32], dropout=0.0),
+                                TrainSpec(optimizer=opt, lr=lr, weight_decay=wd, batch_size=16, max_epochs=3,
+                                          schedule="none", dtype="float64", early_stopping=None),
+                                task="classification", n_classes=3)
+            for opt, lr, wd in (("adam", 0.01, 0.0), ("adam", 0.003, 0.01), ("adamw", 0.02, 0.1),
+                                ("adamw", 0.005, 0.0))]
+    seeds = [5, 6, 7, 8]
+    together = BatchedEngine().fit_population(ests, X, y, folds, seeds)
+    for est, fits in zip(ests, together):
+        ref = list(get_engine("skorch").fit_folds(est, X, y, folds, seeds))
+        for a, b in zip(ref, fits):
+            sa, sb = a.estimator.module_.state_dict(), b.estimator.module_.state_dict()
+            for k in sa:
+                torch.testing.assert_close(sb[k], sa[k], atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize(("train", "model"), [
     ({"optimizer": "adam", "lr": 0.05}, {}),
     ({"optimizer": "rmsprop", "lr": 0.02, "schedule": {"kind": "plateau", "patience": 0, "factor": 0.5}}, {}),
@@ -164,7 +183,8 @@ def test_a_stack_rebuilt_without_its_stopped_members_trains_the_others_unchanged
     t = {"batch_size": 16, "max_epochs": 30, "dtype": "float64", "schedule": "none",
          "early_stopping": {"patience": 2, "valid_fraction": 0.3}, **train}
     ests = [estimator_from_spec(ModelSpec(hidden=[8], dropout=0.0, **model),
-                                TrainSpec(**(t | {"lr": t["lr"] / k, "weight_decay": 0.01 * k, "l1": t.get("l1", 0) * k})),
+                                TrainSpec(**(t | {"lr": t["lr"] / k, "weight_decay": 0.01 * k,
+                                                  "l1": t.get("l1", 0) * k})),
                                 task="classification", n_classes=3) for k in (1, 3)]  # a column of each per member
     seeds = [21, 22, 23, 24, 25]
     with caplog.at_level("DEBUG", logger="gencv.engines.batched"):

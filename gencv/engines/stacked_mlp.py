@@ -114,13 +114,11 @@ class StackedMLP:
             elif kind == "dropout":
                 if gen is None:
                     continue
-                if isinstance(p, torch.Tensor):
+                if isinstance(p, torch.Tensor):  # the mask made and scaled in place: 0 or 1 / keep
                     keep = 1.0 - p
-                    mask = torch.rand(h.shape, generator=gen, dtype=h.dtype, device=h.device) < keep
-                    h = h * mask / keep
+                    h = h * torch.rand(h.shape, generator=gen, dtype=h.dtype, device=h.device).lt_(keep).div_(keep)
                 elif p > 0:
-                    mask = torch.empty_like(h).bernoulli_(1.0 - p, generator=gen)
-                    h = h * mask / (1.0 - p)
+                    h = h * torch.empty_like(h).bernoulli_(1.0 - p, generator=gen).div_(1.0 - p)
             else:
                 h = arg(h)
         return h

@@ -36,12 +36,13 @@ class StackedOptimizer:
         self.exp_avg_sq = z.clone() if kind in ("adam", "adamw", "nadam") else None
         self.steps = torch.zeros(flat.shape[0], 1, dtype=flat.dtype, device=flat.device)
         self.mu_product = torch.ones_like(self.steps) if kind == "nadam" else None
-        # Adam and AdamW with one rate and one decay: torch's fused kernel (torch.optim's `fused=True` update,
-        # a member per tensor: its own step count), in place of about a dozen whole-stack operations a step.
-        # It costs about 9 us a member on a CPU, so it pays for members of a few thousand parameters (measured:
-        # 5 x 5571 parameters 97 against 225 us a step; 300 x 771, 2885 against 719 us)
+        # Adam and AdamW: torch's fused kernel (torch.optim's `fused=True` update, a member per tensor: its own
+        # step count; one call for the stack when the members share rate and decay, else one call a member),
+        # in place of about a dozen whole-stack operations a step. It costs about 9 us a member on a CPU, so it
+        # pays for members of a few thousand parameters (measured, one rate: 5 x 5571 parameters 97 against
+        # 225 us a step, 300 x 771 2885 against 719 us; a rate per member: 80 x 5571, 1.4 against 8.4 ms)
         self.fused = getattr(torch, f"_fused_{kind}_", None) if kind in ("adam", "adamw") and \
-            not isinstance(weight_decay, torch.Tensor) and flat.shape[1] >= FUSED_MIN_PARAMS else None
+            flat.shape[1] >= FUSED_MIN_PARAMS else None
         if self.fused is not None:
             assert self.exp_avg is not None and self.exp_avg_sq is not None
             self.rows = list(flat.unbind(0)), list(self.exp_avg.unbind(0)), list(self.exp_avg_sq.unbind(0))
@@ -50,7 +51,7 @@ class StackedOptimizer:
     def step_(self, flat: torch.Tensor, grad: torch.Tensor, lr: float | torch.Tensor,
               rows: torch.Tensor | None) -> None:
         """Update `flat` in place for member `rows` (None: all); `lr`: one rate, or a (members, 1) column."""
-        if self.fused is not None and not isinstance(lr, torch.Tensor):  # (a rate per member never reaches here)
+        if self.fused is not None:
             self._fused_step(grad, lr, range(len(flat)) if rows is None else rows.tolist())
             return
         if rows is None:
@@ -87,14 +88,21 @@ class StackedOptimizer:
             self.rows = list(flat.unbind(0)), list(self.exp_avg.unbind(0)), list(self.exp_avg_sq.unbind(0))
             self.step_list = [self.step_list[i] for i in keep.tolist()]
 
-    def _fused_step(self, grad: torch.Tensor, lr: float, rows: Any) -> None:
+    def _fused_step(self, grad: torch.Tensor, lr: float | torch.Tensor, rows: Any) -> None:
         params, avgs, sqs = self.rows
         steps = [self.step_list[i] for i in rows]
         torch._foreach_add_(steps, 1.0)
         assert self.fused is not None
-        self.fused([params[i] for i in rows], [grad[i] for i in rows], [avgs[i] for i in rows], [sqs[i] for i in rows],
-                   [], steps, lr=lr, beta1=self.betas[0], beta2=self.betas[1], weight_decay=float(self.wd),
-                   eps=self.eps, amsgrad=False, maximize=False)
+        kw = {"beta1": self.betas[0], "beta2": self.betas[1], "eps": self.eps, "amsgrad": False, "maximize": False}
+        if not isinstance(lr, torch.Tensor) and not isinstance(self.wd, torch.Tensor):
+            self.fused([params[i] for i in rows], [grad[i] for i in rows], [avgs[i] for i in rows],
+                       [sqs[i] for i in rows], [], steps, lr=lr, weight_decay=float(self.wd), **kw)
+            return
+        lrs = lr.flatten().tolist() if isinstance(lr, torch.Tensor) else None
+        wds = self.wd.flatten().tolist() if isinstance(self.wd, torch.Tensor) else None
+        for i, step in zip(rows, steps):  # a rate or a decay per member: one call each
+            self.fused([params[i]], [grad[i]], [avgs[i]], [sqs[i]], [], [step], lr=lr if lrs is None else lrs[i],
+                       weight_decay=float(self.wd) if wds is None else wds[i], **kw)
 
     def _update(self, p: torch.Tensor, g: torch.Tensor, lr: float | torch.Tensor) -> None:
         kind, wd = self.kind, self.wd

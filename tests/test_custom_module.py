@@ -122,7 +122,9 @@ def test_spec_checks_the_module_field(model: dict[str, Any], match: str) -> None
 
 def test_a_relative_file_is_resolved_against_the_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "specs" / "nets").mkdir(parents=True)
-    shutil.copy(RESMLP, tmp_path / "specs" / "nets" / "resmlp.py")
+    # a copy that differs by a comment: load_module names a file's module by its content digest, so a byte-equal
+    # copy would resolve to the path of whichever test (on this xdist worker) loaded the original first
+    (tmp_path / "specs" / "nets" / "resmlp.py").write_text(RESMLP.read_text() + "\n# this test's copy\n")
     spec = tmp_path / "specs" / "s.yaml"
     spec.write_text("model: {kind: custom, module: nets/resmlp.py:ResMLP, kwargs: {width: 4}}\n")
     monkeypatch.chdir(tmp_path)  # another cwd than the spec's folder

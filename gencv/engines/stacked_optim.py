@@ -42,7 +42,7 @@ class StackedOptimizer:
         # pays for members of a few thousand parameters (measured, one rate: 5 x 5571 parameters 97 against
         # 225 us a step, 300 x 771 2885 against 719 us; a rate per member: 80 x 5571, 1.4 against 8.4 ms)
         self.fused = getattr(torch, f"_fused_{kind}_", None) if kind in ("adam", "adamw") and \
-            flat.shape[1] >= FUSED_MIN_PARAMS else None
+            flat.shape[1] >= FUSED_MIN_PARAMS and _fused_runs_on(flat.device) else None
         if self.fused is not None:
             assert self.exp_avg is not None and self.exp_avg_sq is not None
             self.rows = list(flat.unbind(0)), list(self.exp_avg.unbind(0)), list(self.exp_avg_sq.unbind(0))
@@ -168,6 +168,13 @@ class StackedOptimizer:
             else:
                 self.buf.mul_(self.alpha).addcmul_(g, g, value=1.0 - self.alpha)
             p.sub_(lr * g / self.buf.sqrt().add_(self.eps))
+
+
+def _fused_runs_on(device: torch.device) -> bool:
+    """torch's fused Adam kernels run on CUDA, and on the CPU from torch 2.4 (the project allows torch >= 2.2)."""
+    from torch.torch_version import TorchVersion
+
+    return device.type == "cuda" or TorchVersion(torch.__version__) >= (2, 4)
 
 
 def _decayed(g: torch.Tensor, p: torch.Tensor, wd: float | torch.Tensor) -> torch.Tensor:

@@ -112,3 +112,27 @@ def test_processes_creating_a_new_sqlite_store_together_all_succeed(tmp_path: Pa
     from mlflow import MlflowClient
 
     assert [e.name for e in MlflowClient(uri).search_experiments(filter_string="name = 'race'")] == ["race"]
+
+
+def test_the_writer_process_tries_a_write_again_after_a_race_with_another_writer() -> None:
+    """Two workers logging one data set into one SQLite store: MLflow's look-up-then-insert can lose the race
+    (UNIQUE constraint failed) or wait past SQLite's lock; the writer tries such a write again, nothing else."""
+    from gencv.tracking.writer_process import _write
+
+    class Store:
+        def __init__(self, errors: list[Exception]) -> None:
+            self.errors, self.calls = errors, 0
+
+        def log_inputs_now(self) -> None:
+            self.calls += 1
+            if self.errors:
+                raise self.errors.pop(0)
+
+    raced = Store([RuntimeError("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.dataset_uuid"),
+                   RuntimeError("(sqlite3.OperationalError) database is locked")])
+    _write(raced, "log_inputs_now", (), {})
+    assert raced.calls == 3
+    broken = Store([ValueError("no such table: datasets")])
+    with pytest.raises(ValueError, match="no such table"):
+        _write(broken, "log_inputs_now", (), {})
+    assert broken.calls == 1

@@ -13,6 +13,8 @@ import os
 import pickle
 import signal
 import sys
+import time
+from typing import Any
 
 from gencv.tracking.store import is_unreachable
 from gencv.tracking.writers import read_frame, write_frame
@@ -52,7 +54,7 @@ def main(argv: list[str]) -> int:
             skipped += 1
             continue
         try:
-            getattr(tracker, op)(*args, **kwargs)
+            _write(tracker, op, args, kwargs)
         except Exception as exc:  # reported at the next flush; later writes still go through
             logging.getLogger(__name__).debug("MLflow write %s failed", op, exc_info=True)
             text = " ".join(str(exc).split())
@@ -60,6 +62,24 @@ def main(argv: list[str]) -> int:
             if tracker.tracking_uri.startswith(("http://", "https://")) and is_unreachable(exc):
                 unreachable = text
     return 0
+
+
+#: what two processes writing one SQL store at once can hit, and a second try gets past: SQLite's write lock,
+#: and a row the other process inserted between MLflow's look-up and its insert (a data set both runs log)
+_RACES = ("database is locked", "UNIQUE constraint failed", "duplicate key value", "IntegrityError")
+
+
+def _write(tracker: Any, op: str, args: tuple[Any, ...], kwargs: dict[str, Any], tries: int = 4) -> None:
+    """Perform one write; a race with another writer of the same store is tried again (0.5, 1, 2 s later)."""
+    for attempt in range(tries):
+        try:
+            getattr(tracker, op)(*args, **kwargs)
+            return
+        except Exception as exc:
+            if attempt == tries - 1 or not any(r in f"{type(exc).__name__}: {exc}" for r in _RACES):
+                raise
+            logging.getLogger(__name__).debug("MLflow write %s raced another writer; trying again", op)
+            time.sleep(0.5 * 2**attempt)
 
 
 if __name__ == "__main__":
